@@ -1,0 +1,54 @@
+"""Datasets as tensors on the run's device: no DataLoader, no per-sample Python in the training loop."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+DATA_ROOT_VARIABLE = "HYPEROPT_DATA_ROOT"
+
+
+def default_data_root() -> str:
+    return os.environ.get(DATA_ROOT_VARIABLE, "data")
+
+
+@dataclass
+class TensorDataset:
+    """Inputs and labels of a train and a test split, already on the device."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+    def batches(self, batch_size: int, generator: torch.Generator):
+        """One epoch of shuffled training batches; the last, smaller batch is kept, as a DataLoader would."""
+        order = torch.randperm(len(self.train_y), generator=generator).to(self.train_y.device)
+        for start in range(0, len(order), batch_size):
+            index = order[start:start + batch_size]
+            yield self.train_x[index], self.train_y[index]
+
+
+def load_mnist(root: str | os.PathLike, device: torch.device | str = "cpu", download: bool = False,
+               subset: int | None = None, dtype: torch.dtype = torch.float32) -> TensorDataset:
+    """MNIST from ``root/MNIST/raw`` (torchvision's layout), scaled to [0, 1] as ToTensor does."""
+    from torchvision.datasets import MNIST
+
+    root = Path(root).expanduser()
+    splits = []
+    for train in (True, False):
+        try:
+            dataset = MNIST(str(root), train=train, download=download)
+        except RuntimeError as error:
+            raise FileNotFoundError(
+                f"MNIST not found under {root.resolve() / 'MNIST' / 'raw'} ({error}). Point data.root (or the "
+                f"{DATA_ROOT_VARIABLE} environment variable) at the folder that holds MNIST/raw, or pass "
+                "data.download=true to fetch it.") from None
+        x = dataset.data.to(device=device, dtype=dtype).div_(255.0).unsqueeze(1)
+        splits += [x, dataset.targets.to(device)]
+    if subset is not None:
+        splits[0], splits[1] = splits[0][:subset], splits[1][:subset]
+    return TensorDataset(*splits)

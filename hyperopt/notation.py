@@ -1,0 +1,133 @@
+"""The paper's notation for stacks: ``"Adam^α/SGD(1e-5)"`` is Adam on the weights whose hyperparameter α is
+learned by SGD with step size 1e-5. The leftmost optimizer updates the weights; each ``/`` adds a level above."""
+
+from __future__ import annotations
+
+import re
+
+import numpy
+from typing import Iterable
+
+from .base import Hyperoptimizer
+from .optimizers import SGD, AdaGrad, Adam, RMSProp
+
+OPTIMIZERS = {cls.NAME.lower(): cls for cls in (SGD, Adam, AdaGrad, RMSProp)}
+SYMBOLS = {"lr": "α", "momentum": "μ", "beta1": "β1", "beta2": "β2", "gamma": "γ", "eps": "ε"}
+ALIASES = {**{name: name for name in SYMBOLS}, **{symbol: name for name, symbol in SYMBOLS.items()},
+           "alpha": "lr", "mu": "momentum", "β₁": "beta1", "β₂": "beta2"}
+
+GRAMMAR = """\
+  stack      := level ( "/" level )*            leftmost level updates the weights
+  level      := NAME [ "^" learned ] [ "(" [ value ( "," value )* ] ")" ]
+  NAME       := SGD | Adam | AdaGrad | RMSProp  (any case)
+  learned    := symbol | "{" symbol ( "," symbol )* "}"
+  symbol     := α | alpha | lr | μ | mu | momentum | β1 | beta1 | β2 | beta2 | γ | gamma
+  value      := number | symbol "=" number      positional order: SGD(lr, momentum), Adam(lr, beta1, beta2, eps),
+                                                AdaGrad(lr), RMSProp(lr, gamma)
+  examples:  SGD   SGD(0.01)/SGD   Adam^α/SGD(1e-5)   RMSProp^{α,γ}/RMSProp(1e-4)   SGD(lr=0.1, momentum=0.9)/SGD"""
+
+_LEVEL = re.compile(r"^\s*(?P<name>[A-Za-z]+)\s*(?:\^\s*(?P<learned>\{[^}]*\}|[^\s(/{]+))?\s*"
+                    r"(?:\((?P<args>[^()]*)\))?\s*$")
+
+
+def _error(spec: str, part: str, why: str) -> ValueError:
+    return ValueError(f"bad optimizer stack {spec!r}: {why} in {part.strip()!r}.\nThe notation is:\n{GRAMMAR}")
+
+
+def _hyperparameter(spec: str, part: str, symbol: str) -> str:
+    name = ALIASES.get(symbol.strip().lower(), ALIASES.get(symbol.strip()))
+    if name is None:
+        raise _error(spec, part, f"unknown hyperparameter {symbol.strip()!r}")
+    return name
+
+
+def _number(spec: str, part: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise _error(spec, part, f"{text.strip()!r} is not a number") from None
+
+
+def parse(spec: str) -> list[tuple[type[Hyperoptimizer], dict, tuple[str, ...] | None]]:
+    """The levels of a stack, bottom first, as (optimizer class, hyperparameter values, learned names or None)."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"an optimizer stack must be a non-empty string, not {spec!r}.\nThe notation is:\n{GRAMMAR}")
+    levels = []
+    for part in spec.split("/"):
+        match = _LEVEL.match(part)
+        if match is None:
+            raise _error(spec, part, "cannot read this level")
+        cls = OPTIMIZERS.get(match["name"].lower())
+        if cls is None:
+            raise _error(spec, part, f"unknown optimizer {match['name']!r} (known: SGD, Adam, AdaGrad, RMSProp)")
+        learned = None
+        if match["learned"] is not None:
+            symbols = match["learned"].strip("{}").split(",")
+            learned = tuple(_hyperparameter(spec, part, s) for s in symbols)
+        values: dict[str, float] = {}
+        order = list(cls.HYPERPARAMETERS)
+        args = [a for a in (match["args"] or "").split(",")] if (match["args"] or "").strip() else []
+        for position, arg in enumerate(args):
+            if "=" in arg:
+                key, text = arg.split("=", 1)
+                name = _hyperparameter(spec, part, key)
+            else:
+                if any("=" in a for a in args[:position]):
+                    raise _error(spec, part, "a positional value follows a keyword value")
+                if position >= len(order):
+                    raise _error(spec, part, f"{cls.NAME} takes at most {len(order)} values ({', '.join(order)})")
+                name, text = order[position], arg
+            if name not in cls.HYPERPARAMETERS:
+                raise _error(spec, part, f"{cls.NAME} has no hyperparameter {name!r} (it has {', '.join(order)})")
+            if name in values:
+                raise _error(spec, part, f"{name} is given twice")
+            values[name] = _number(spec, part, text)
+        levels.append((cls, values, learned))
+    return levels
+
+
+def stack(spec: str, params: Iterable | None = None, **options) -> Hyperoptimizer:
+    """Build a stack from the paper's notation: ``stack("Adam/SGD(1e-5)", model.parameters())``.
+    ``options`` (check_finite, hypergradient) apply to every level."""
+    hyper = None
+    levels = parse(spec)
+    for position, (cls, values, learned) in enumerate(reversed(levels)):
+        try:
+            hyper = cls(params if position == len(levels) - 1 else None, hyper=hyper, learn=learned,
+                        **options, **values)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"bad optimizer stack {spec!r}: {error}.\nThe notation is:\n{GRAMMAR}") from error
+    return hyper
+
+
+def _format_number(value: float, single_precision: bool) -> str:
+    # The shortest text that reads back to the same number in the precision the value is held in.
+    return str(numpy.float32(value)) if single_precision else repr(float(value))
+
+
+def format_level(level: Hyperoptimizer, values: dict[str, float], learned: tuple[str, ...],
+                 single_precision: bool = False) -> str:
+    text = level.NAME
+    if tuple(learned) != tuple(level._default_learn(values)):
+        symbols = [SYMBOLS[name] for name in learned]
+        text += "^" + (symbols[0] if len(symbols) == 1 else "{" + ",".join(symbols) + "}")
+    numbers = [_format_number(values[name], single_precision) for name in level.HYPERPARAMETERS]
+    defaults = [_format_number(default, single_precision) for default, _, _ in level.HYPERPARAMETERS.values()]
+    while len(numbers) > 1 and numbers[-1] == defaults[len(numbers) - 1]:
+        numbers.pop()
+    return text + "(" + ", ".join(numbers) + ")"
+
+
+def format_stack(optimizer: Hyperoptimizer, group: int = 0) -> str:
+    """The stack in the paper's notation with its current values; ``stack(format_stack(opt))`` rebuilds it."""
+    levels = optimizer.levels()
+    values = optimizer.hyperparameters(group)
+    texts = []
+    for level, level_values in zip(levels, values):
+        if level._attached:
+            g = level.param_groups[group]
+            single = g["hyper_raw"].dtype.itemsize <= 4
+            texts.append(format_level(level, level_values, g["learn"], single))
+        else:
+            texts.append(format_level(level, level_values, level._config["learn"]))
+    return "/".join(texts)

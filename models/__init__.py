@@ -1,0 +1,5 @@
+"""The paper's networks."""
+
+from .mlp import MLP
+
+__all__ = ["MLP"]

@@ -1,0 +1,156 @@
+"""Per-step time of hyperoptimizer stacks of height 0..H against the same plain torch.optim optimizer, and the
+reference code's, side by side in one process. Prints JSON (and writes it with --out).
+
+Method: every configuration trains the same model on the same fixed batches; rounds interleave the configurations
+(so drift in the machine's speed hits all of them alike) and each round times `--steps` steps after a warm-up;
+the figure reported is the median over rounds of the mean step time. A step is forward, backward and the
+optimizer's update, as in a training loop. Ratios are against the plain torch.optim optimizer of the family.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import hyperopt  # noqa: E402
+from models import MLP  # noqa: E402
+
+FAMILIES = {
+    # family: (plain torch.optim factory, bottom of the stack, each further level)
+    "SGD": (lambda params: torch.optim.SGD(params, lr=0.01), "SGD(0.01)", "SGD(0.01)"),
+    "Adam": (lambda params: torch.optim.Adam(params, lr=1e-3), "Adam", "SGD(1e-5)"),
+}
+
+
+def spec_of(family: str, height: int) -> str:
+    _, bottom, above = FAMILIES[family]
+    return "/".join([bottom] + [above] * height)
+
+
+class Trainer:
+    """One configuration: a model, an optimizer and how one step is taken."""
+
+    def __init__(self, name, model, batches, step):
+        self.name, self.model, self.batches, self.step_fn = name, model, batches, step
+        self.position = 0
+
+    def run(self, steps: int, device: torch.device) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(steps):
+            x, y = self.batches[self.position % len(self.batches)]
+            self.position += 1
+            self.step_fn(x, y)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - start) / steps
+
+
+def torch_trainer(name, model, optimizer, batches):
+    def step(x, y):
+        loss = F.nll_loss(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return Trainer(name, model, batches, step)
+
+
+def reference_trainer(name, model, spec, batches):
+    from gradient_descent_the_ultimate_optimizer import gdtuo
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from reference import reference_stack
+
+    wrapper = gdtuo.ModuleWrapper(model, optimizer=reference_stack(spec))
+    wrapper.initialize()
+
+    def step(x, y):
+        wrapper.begin()
+        loss = F.nll_loss(wrapper.forward(x), y)
+        wrapper.zero_grad()
+        loss.backward(create_graph=True)
+        wrapper.step()
+    return Trainer(name, model, batches, step)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--max-height", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=50, help="timed steps per configuration per round")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-reference", action="store_true", help="leave out the reference code")
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+
+    torch.manual_seed(0)
+    base_model = MLP().to(device)
+    generator = torch.Generator().manual_seed(0)
+    batches = [(torch.rand(args.batch_size, 1, 28, 28, generator=generator).to(device),
+                torch.randint(0, 10, (args.batch_size,), generator=generator).to(device)) for _ in range(20)]
+
+    trainers = []
+    for family, (plain, _, _) in FAMILIES.items():
+        model = copy.deepcopy(base_model)
+        trainers.append(torch_trainer(f"{family}/torch.optim", model, plain(model.parameters()), batches))
+        for height in range(args.max_height + 1):
+            spec = spec_of(family, height)
+            model = copy.deepcopy(base_model)
+            trainers.append(torch_trainer(f"{family}/ours/{height}", model,
+                                          hyperopt.stack(spec, model.parameters()), batches))
+            if not args.no_reference:
+                trainers.append(reference_trainer(f"{family}/reference/{height}", copy.deepcopy(base_model),
+                                                  spec, batches))
+
+    for trainer in trainers:  # warm-up
+        trainer.run(5, device)
+    times = {trainer.name: [] for trainer in trainers}
+    for _ in range(args.rounds):
+        for trainer in trainers:
+            times[trainer.name].append(trainer.run(args.steps, device))
+    median = {name: statistics.median(values) for name, values in times.items()}
+
+    results = []
+    for family in FAMILIES:
+        plain = median[f"{family}/torch.optim"]
+        for height in range(args.max_height + 1):
+            row = {"family": family, "height": height, "stack": spec_of(family, height),
+                   "torch_optim_ms": plain * 1e3}
+            for who in ("ours", "reference"):
+                name = f"{family}/{who}/{height}"
+                if name in median:
+                    row[f"{who}_ms"] = median[name] * 1e3
+                    row[f"{who}_vs_torch_optim"] = median[name] / plain
+            results.append(row)
+    report = {
+        "benchmark": "per-step time of hyperoptimizer stacks, MNIST MLP 784-128-10, random inputs",
+        "model": "MLP", "batch_size": args.batch_size, "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+        or platform.machine(),
+        "cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
+        "method": f"median over {args.rounds} interleaved rounds of the mean of {args.steps} steps",
+        "results": results,
+    }
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""The paper's reference code (PyPI gradient-descent-the-ultimate-optimizer==1.0) driven step by step, as its
+README does, to compare our optimizers with."""
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from gradient_descent_the_ultimate_optimizer import gdtuo
+
+import hyperopt
+
+
+def reference_stack(spec: str):
+    """The reference's optimizer for a stack in the paper's notation."""
+    above = gdtuo.NoOpOptimizer()
+    for cls, values, learned in reversed(hyperopt.parse(spec)):
+        v = {name: default for name, (default, _, _) in cls.HYPERPARAMETERS.items()} | values
+        learn = learned if learned is not None else cls._default_learn(v)
+        if cls is hyperopt.SGD:
+            above = gdtuo.SGD(alpha=v["lr"], mu=v["momentum"], optimizer=above)
+        elif cls is hyperopt.AdaGrad:
+            above = gdtuo.AdaGrad(alpha=v["lr"], optimizer=above)
+        elif cls is hyperopt.Adam:
+            assert v["eps"] == 1e-8
+            kind = gdtuo.AdamBaydin if learn == ("lr",) else gdtuo.Adam
+            above = kind(alpha=v["lr"], beta1=v["beta1"], beta2=v["beta2"], optimizer=above)
+        elif cls is hyperopt.RMSProp:
+            kind = gdtuo.RMSPropAlpha if learn == ("lr",) else gdtuo.RMSProp
+            above = kind(alpha=v["lr"], gamma=v["gamma"], optimizer=above)
+    return above
+
+
+def natural_values(optimizer) -> list[dict]:
+    """Hyperparameters of each level of a reference stack, in natural units, the weights' optimizer first."""
+    levels = []
+    while not isinstance(optimizer, gdtuo.NoOpOptimizer):
+        values = {}
+        for name, raw in optimizer.parameters.items():
+            raw = raw.detach()
+            if name == "alpha":
+                is_sqrt = isinstance(optimizer, (gdtuo.RMSProp, gdtuo.RMSPropAlpha))
+                values["lr"] = float(raw ** 2 if is_sqrt else raw)
+            elif name == "mu":
+                values["momentum"] = float(raw)
+            else:
+                values[name] = float((raw.tanh() + 1.0) / 2.0)
+        levels.append(values)
+        optimizer = optimizer.optimizer
+    return levels
+
+
+def run_reference(spec: str, model: torch.nn.Module, batches):
+    """(losses, weights after each step, hyperparameters after each step) of the reference code."""
+    model = copy.deepcopy(model)
+    wrapper = gdtuo.ModuleWrapper(model, optimizer=reference_stack(spec))
+    wrapper.initialize()
+    losses, weights, hyperparameters = [], [], []
+    for x, y in batches:
+        wrapper.begin()
+        loss = F.nll_loss(wrapper.forward(x), y)
+        wrapper.zero_grad()
+        loss.backward(create_graph=True)
+        wrapper.step()
+        losses.append(loss.item())
+        weights.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
+        hyperparameters.append(natural_values(wrapper.optimizer))
+    return losses, weights, hyperparameters
+
+
+def run_ours(spec: str, model: torch.nn.Module, batches, **options):
+    model = copy.deepcopy(model)
+    optimizer = hyperopt.stack(spec, model.parameters(), **options)
+    losses, weights, hyperparameters = [], [], []
+    for x, y in batches:
+        loss = F.nll_loss(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        weights.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
+        hyperparameters.append(optimizer.hyperparameters())
+    return losses, weights, hyperparameters

@@ -1,0 +1,237 @@
+"""The library's behaviour beyond reference equality: torch.optim parity, closed forms, notation, resuming,
+divergence, param groups, torch.compile."""
+
+import copy
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import hyperopt
+from models import MLP
+
+
+def train(model, optimizer, batches):
+    losses = []
+    for x, y in batches:
+        loss = F.nll_loss(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.fixture
+def batches(mnist_batches):
+    return [(x.float(), y) for x, y in mnist_batches[:20]]
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_height_zero_sgd_equals_torch_sgd(momentum, dtype, batches):
+    torch.manual_seed(0)
+    model = MLP().to(dtype)
+    ours, theirs = copy.deepcopy(model), copy.deepcopy(model)
+    data = [(x.to(dtype), y) for x, y in batches]
+    train(ours, hyperopt.SGD(ours.parameters(), lr=0.1, momentum=momentum), data)
+    train(theirs, torch.optim.SGD(theirs.parameters(), lr=0.1, momentum=momentum, foreach=False), data)
+    # torch.optim.SGD updates with one fused multiply-add (p + (-lr)·g, rounded once); the reference code, which we
+    # follow, rounds g·lr and then p - g·lr. So the two agree to rounding, not to the bit.
+    eps = torch.finfo(dtype).eps
+    for a, b in zip(ours.parameters(), theirs.parameters()):
+        torch.testing.assert_close(a, b, rtol=50 * eps, atol=50 * eps * float(b.abs().max()))
+
+
+def test_sgd_over_sgd_is_baydins_hypergradient_descent(batches):
+    torch.manual_seed(0)
+    model = MLP().double()
+    kappa = 0.01
+    optimizer = hyperopt.stack(f"SGD(0.01)/SGD({kappa})", model.parameters())
+    alpha, previous_grad = 0.01, None
+    for x, y in batches:
+        loss = F.nll_loss(model(x.double()), y)
+        optimizer.zero_grad()
+        loss.backward()
+        grad = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+        if previous_grad is not None:
+            alpha = alpha + kappa * float(grad @ previous_grad)
+        optimizer.step()
+        previous_grad = grad
+        assert optimizer.hyperparameters()[0]["lr"] == pytest.approx(alpha, rel=1e-12)
+    assert alpha > 0.0101  # it learned something
+
+
+@pytest.mark.parametrize("spec", ["SGD^{α,μ}(0.1, 0.0)/SGD", "SGD(0.1, 0.5)/SGD", "Adam/SGD", "AdaGrad/SGD",
+                                  "RMSProp/SGD", "Adam^{β1}/SGD", "RMSProp^γ/SGD"])
+def test_closed_form_jacobians_equal_autograd(spec, batches):
+    torch.manual_seed(0)
+    model = MLP().double()
+    models = [copy.deepcopy(model) for _ in range(2)]
+    optimizers = [hyperopt.stack(spec, m.parameters(), hypergradient=mode)
+                  for m, mode in zip(models, ["closed_form", "autograd"])]
+    for x, y in batches[:5]:
+        for m, opt in zip(models, optimizers):
+            opt.zero_grad()
+            F.nll_loss(m(x.double()), y).backward()
+            opt.step()
+        closed, auto = (opt._group_state(opt.param_groups[0])["jac"] for opt in optimizers)
+        assert len(closed) == len(auto) == len(optimizers[0].param_groups[0]["learn"])
+        for c, a in zip(closed, auto):
+            torch.testing.assert_close(c, a, rtol=1e-10, atol=1e-14)
+    assert all(column.abs().sum() > 0 for column in closed)  # (μ's Jacobian is 0 at the first step only)
+
+
+def test_learning_momentum_from_zero_is_an_explicit_option(batches):
+    torch.manual_seed(0)
+    model = MLP()
+    default = hyperopt.stack("SGD(0.1)/SGD(0.01)", copy.deepcopy(model).parameters())
+    assert default.param_groups[0]["learn"] == ("lr",)
+    learning = hyperopt.SGD(model.parameters(), lr=0.1, learn=("lr", "momentum"), hyper=hyperopt.SGD(lr=0.01))
+    train(model, learning, batches)
+    assert learning.hyperparameters()[0]["momentum"] != 0.0
+    assert str(learning).startswith("SGD^{α,μ}(") or learning.hyperparameters()[0]["momentum"] != 0.0
+
+
+NOTATION = ["SGD", "SGD(0.01)", "SGD/SGD", "SGD/Adam(0.1)", "Adam/SGD(1e-5)", "Adam^α/SGD(1e-5)",
+            "Adam^alpha/SGD(1e-5)", "RMSProp^{α,γ}/RMSProp(1e-4)", "Adam(0.0040, 0.899, 0.999)",
+            "SGD(lr=0.1, momentum=0.9)/SGD(1e-3)", "sgd/ADAM/adagrad/rmsprop/Sgd", "RMSProp^{alpha,gamma}/SGD(1e-4)"]
+
+
+@pytest.mark.parametrize("spec", NOTATION)
+def test_notation_round_trips(spec, batches):
+    model = MLP()
+    optimizer = hyperopt.stack(spec, model.parameters())
+    train(model, optimizer, batches[:3])
+    rebuilt = hyperopt.stack(str(optimizer), MLP().parameters())
+    assert [type(level) for level in rebuilt.levels()] == [type(level) for level in optimizer.levels()]
+    assert [level.param_groups[0]["learn"] for level in rebuilt.levels()] == \
+           [level.param_groups[0]["learn"] for level in optimizer.levels()]
+    for ours, theirs in zip(rebuilt.hyperparameters(), optimizer.hyperparameters()):
+        assert ours == pytest.approx(theirs, rel=1e-6)
+
+
+def test_notation_means_what_the_paper_means():
+    opt = hyperopt.stack("Adam^α/SGD(1e-5)", MLP().parameters())
+    assert [type(level) for level in opt.levels()] == [hyperopt.Adam, hyperopt.SGD]
+    assert opt.param_groups[0]["learn"] == ("lr",)
+    assert opt.hyperparameters() == [pytest.approx({"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}),
+                                     pytest.approx({"lr": 1e-5, "momentum": 0.0})]
+    opt = hyperopt.stack("Adam(0.0040, 0.899, 0.999)/SGD(1e-5)", MLP().parameters())
+    assert opt.hyperparameters()[0] == pytest.approx({"lr": 0.004, "beta1": 0.899, "beta2": 0.999, "eps": 1e-8})
+    assert str(opt) == "Adam(0.004, 0.899)/SGD(1e-05)"
+    rms = hyperopt.stack("RMSProp(0.01)/SGD(1e-4)", MLP().parameters())
+    assert rms.hyperparameters()[0]["lr"] == pytest.approx(0.01)  # α, not the √α it stores
+    assert rms.param_groups[0]["hyper_raw"][0].item() == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("", "non-empty"),
+    ("Adamm/SGD", "unknown optimizer 'Adamm'"),
+    ("SGD/", "cannot read this level"),
+    ("SGD(0.1", "cannot read this level"),
+    ("SGD(abc)", "'abc' is not a number"),
+    ("SGD(0.1, 0.9, 3)", "SGD takes at most 2 values"),
+    ("SGD(lr=0.1, 0.9)", "positional value follows a keyword"),
+    ("SGD(lr=0.1, lr=0.2)", "lr is given twice"),
+    ("Adam^δ/SGD", "unknown hyperparameter 'δ'"),
+    ("AdaGrad(gamma=0.5)", "AdaGrad has no hyperparameter 'gamma'"),
+    ("Adam^ε/SGD", "Adam cannot learn 'eps'"),
+    ("Adam(0.001, 1.5)", "beta1 must lie strictly between 0 and 1"),
+    ("SGD(-0.1)", "lr must not be negative"),
+    ("SGD(nan)", "lr must be a finite number"),
+])
+def test_bad_specs_say_what_is_wrong(spec, message):
+    with pytest.raises(ValueError) as error:
+        hyperopt.stack(spec, MLP().parameters())
+    assert message in str(error.value)
+    assert "stack      :=" in str(error.value)  # the grammar is shown
+
+
+@pytest.mark.parametrize("spec", ["Adam/SGD(1e-5)/Adam(1e-3)", "SGD(0.1, 0.9)/RMSProp(1e-3)", "AdaGrad/AdaGrad"])
+def test_resume_continues_bitwise(spec, batches, tmp_path):
+    torch.manual_seed(0)
+    model = MLP()
+    straight = copy.deepcopy(model)
+    straight_opt = hyperopt.stack(spec, straight.parameters())
+    straight_losses = train(straight, straight_opt, batches)
+
+    first = copy.deepcopy(model)
+    first_opt = hyperopt.stack(spec, first.parameters())
+    losses = train(first, first_opt, batches[:7])
+    torch.save({"model": first.state_dict(), "optimizer": first_opt.state_dict()}, tmp_path / "checkpoint.pt")
+    del first, first_opt
+
+    checkpoint = torch.load(tmp_path / "checkpoint.pt")
+    resumed = MLP()
+    resumed.load_state_dict(checkpoint["model"])
+    resumed_opt = hyperopt.stack(spec, resumed.parameters())
+    resumed_opt.load_state_dict(checkpoint["optimizer"])
+    losses += train(resumed, resumed_opt, batches[7:])
+
+    assert losses == straight_losses
+    assert resumed_opt.hyperparameters() == straight_opt.hyperparameters()
+    for a, b in zip(resumed.parameters(), straight.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_load_state_dict_rejects_another_stack():
+    state = hyperopt.stack("Adam/SGD", MLP().parameters()).state_dict()
+    with pytest.raises(ValueError, match="height"):
+        hyperopt.stack("Adam", MLP().parameters()).load_state_dict(state)
+
+
+def test_nonfinite_hypergradient_raises_and_changes_nothing(batches):
+    model = MLP()
+    optimizer = hyperopt.stack("Adam/SGD(1e-5)", model.parameters())
+    train(model, optimizer, batches[:2])
+    before = [p.detach().clone() for p in model.parameters()]
+    hyperparameters = optimizer.hyperparameters()
+    x, y = batches[2]
+    F.nll_loss(model(x), y).backward()
+    model.layer1.weight.grad[0, 0] = float("nan")
+    with pytest.raises(hyperopt.DivergenceError) as error:
+        optimizer.step()
+    assert (error.value.level, error.value.hyperparameter, error.value.step) == (0, "lr", 3)
+    assert "level 0 (Adam)" in str(error.value) and "step 3" in str(error.value)
+    assert optimizer.hyperparameters() == hyperparameters
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))
+
+
+def test_param_groups_learn_separately(batches):
+    torch.manual_seed(0)
+    model = MLP()
+    optimizer = hyperopt.SGD([{"params": model.layer1.parameters()},
+                              {"params": model.layer2.parameters(), "lr": 0.05}],
+                             lr=0.01, hyper=hyperopt.SGD(lr=0.01))
+    train(model, optimizer, batches)
+    first, second = optimizer.hyperparameters(0), optimizer.hyperparameters(1)
+    assert first[0]["lr"] != pytest.approx(0.01) and second[0]["lr"] != pytest.approx(0.05)
+    assert first[0]["lr"] != pytest.approx(second[0]["lr"])
+    assert len(optimizer.hyper.param_groups) == 2
+
+
+def test_stepping_a_level_above_directly_is_refused():
+    optimizer = hyperopt.stack("SGD/SGD", MLP().parameters())
+    with pytest.raises(RuntimeError, match="weights' optimizer"):
+        optimizer.hyper.step()
+    with pytest.raises(RuntimeError, match="no parameters"):
+        hyperopt.SGD(lr=0.1).step()
+
+
+def test_trains_a_compiled_model(batches):
+    torch.manual_seed(0)
+    model = MLP()
+    compiled = torch.compile(model, backend="eager")
+    optimizer = hyperopt.stack("Adam/SGD(1e-5)", model.parameters())
+    losses = train(compiled, optimizer, batches)
+    assert losses[-1] < losses[0]
+    assert optimizer.hyperparameters()[0]["lr"] != 1e-3
+
+
+def test_state_dict_saves_to_a_buffer():
+    optimizer = hyperopt.stack("RMSProp/Adam/SGD", MLP().parameters())
+    buffer = io.BytesIO()
+    torch.save(optimizer.state_dict(), buffer)
+    assert buffer.tell() > 0
