@@ -6,12 +6,13 @@ as one raw vector ``group["hyper_raw"]``; and so on up the stack. The top level'
 
 The hypergradient. After step t-1 the parameters of level k are ``x_t = x_{t-1} - step_k(h_k)``, where the step is
 built from detached gradients and state but the current hyperparameters ``h_k``. Each update therefore keeps its
-Jacobian ``∂step_k/∂h_k`` (one flat tensor per learned hyperparameter, in ``state["jac"]``), and at step t
+Jacobian ``∂step_k/∂h_k`` (a row per learned hyperparameter, in ``state["jac"]``), and at step t
 
     ∂L(w_t)/∂h_0 = -Jac_0ᵀ ∇L(w_t),    ∂L(w_t)/∂h_k = -Jac_kᵀ ∂L(w_t)/∂h_{k-1}
 
 which is exactly what the reference code gets from ``loss.backward(create_graph=True)`` (it detaches every gradient
-inside the update, so nothing of second order survives): a plain ``loss.backward()`` and K dot products per level.
+inside the update, so nothing of second order survives): a plain ``loss.backward()`` and one matrix-vector product
+per level.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ class Parameterisation:
         self.to_raw, self.to_value, self.derivative = to_raw, to_value, derivative
 
 
-IDENTITY = Parameterisation(lambda x: x, lambda r: r, lambda r: 1.0)
+# The identity's derivative is None rather than 1, so the Jacobian is not multiplied by 1 element by element.
+IDENTITY = Parameterisation(lambda x: x, lambda r: r, lambda r: None)
 # √α is stored so that α = (√α)² stays non-negative (the reference RMSProp).
 SQUARE = Parameterisation(math.sqrt, torch.square, lambda r: 2.0 * r)
 # β ∈ (0, 1) is stored as atanh(2β - 1) and read back as (tanh(x) + 1) / 2, written as the reference writes it.
@@ -60,9 +62,11 @@ class Hyperoptimizer(torch.optim.Optimizer):
       NAME: the paper's name of the optimizer, as the notation writes it.
       HYPERPARAMETERS: {name: (default, Parameterisation, learnable)}, in the notation's positional order.
       _default_learn(values) -> the names the reference learns for these initial values.
-      _direction(h, g, state, t) -> (step, new_state): the update ``x_new = x - step`` on flat tensors, written with
-          differentiable operations in the learned values of ``h`` (the autograd path differentiates it).
-      _jacobian(h, learned, g, state, new_state, step, t) -> {learned name: ∂step/∂value}, in closed form.
+      _step_scalars(h, t) -> {name: value}: quantities of step t (Adam's bias corrections), added to h.
+      _direction(h, g, state) -> (step, new_state, intermediates): the update ``x_new = x - step`` on flat
+          tensors, written with differentiable operations in the learned values of ``h`` (the autograd path
+          differentiates it); intermediates are whatever the closed-form Jacobian can reuse.
+      _jacobian(h, learned, g, state, new_state, step, intermediates) -> {learned name: ∂step/∂value}.
     """
 
     NAME: str
@@ -70,7 +74,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable | None = None, *, hyper: Hyperoptimizer | None = None,
                  learn: Iterable[str] | None = None, check_finite: bool = True,
-                 hypergradient: str = "closed_form", **values: float):
+                 hypergradient: str = "closed_form", compile: bool = False, **values: float):
         unknown = set(values) - set(self.HYPERPARAMETERS)
         if unknown:
             raise TypeError(f"{self.NAME} has no hyperparameter {sorted(unknown)}; "
@@ -90,6 +94,8 @@ class Hyperoptimizer(torch.optim.Optimizer):
         self.hyper = hyper
         self.check_finite = check_finite
         self.hypergradient = hypergradient
+        self.compile = compile
+        self._compiled = None
         self._config = defaults
         self._attached = False
         self._owner: Hyperoptimizer | None = None
@@ -162,10 +168,24 @@ class Hyperoptimizer(torch.optim.Optimizer):
 
     def _values(self, group: dict, raw: torch.Tensor) -> dict:
         """Current hyperparameters: tensors (from raw) for the learnable ones, floats for the fixed ones."""
-        values = {name: group[name] for name in self.HYPERPARAMETERS}
-        for i, name in enumerate(group["learn"]):
+        return self._values_of(raw, {name: group[name] for name in self.HYPERPARAMETERS}, group["learn"])
+
+    def _values_of(self, raw: torch.Tensor, fixed: dict, learn: tuple[str, ...]) -> dict:
+        values = dict(fixed)
+        for i, name in enumerate(learn):
             values[name] = self.HYPERPARAMETERS[name][1].to_value(raw[i])
         return values
+
+    def _step_values(self, raw: torch.Tensor, fixed: dict, learn: tuple[str, ...], t: int) -> dict:
+        """The hyperparameters and the quantities of step t derived from them (Adam's bias corrections), as
+        tensors: a compiled update then sees the step number only through its inputs."""
+        values = self._values_of(raw, fixed, learn)
+        for name, value in self._step_scalars(values, t).items():
+            values[name] = value if isinstance(value, torch.Tensor) else raw.new_tensor(value)
+        return values
+
+    def _step_scalars(self, h: dict, t: int) -> dict:
+        return {}
 
     def _group_state(self, group: dict) -> dict:
         # A group is updated as one flat vector; its state lives under its first parameter, where
@@ -213,14 +233,15 @@ class Hyperoptimizer(torch.optim.Optimizer):
             if jac is None:  # first step: there was no update yet, so the loss does not depend on h
                 hypergradient = torch.zeros_like(raw)
             else:
-                hypergradient = -torch.stack([torch.dot(column, u) for column in jac]).to(raw.dtype)
+                hypergradient = torch.mv(jac, u).neg_().to(raw.dtype)
             raw.grad = hypergradient
             hypergradients.append(hypergradient)
         return hypergradients
 
     def _check_finite(self, levels: list[Hyperoptimizer], hypergradients: list[list[torch.Tensor]]) -> None:
-        # One synchronisation per step: a single reduction over every hypergradient of the stack.
-        if bool(torch.cat([h for groups in hypergradients for h in groups]).isfinite().all()):
+        # One synchronisation per step: NaN and ±inf survive a sum (a finite sum that overflows is looked into too).
+        flat = [h for groups in hypergradients for h in groups]
+        if math.isfinite(float(flat[0].sum() if len(flat) == 1 else torch.cat(flat).sum())):
             return
         for k, (level, groups) in enumerate(zip(levels, hypergradients)):
             for group, hypergradient in zip(level.param_groups, groups):
@@ -233,32 +254,49 @@ class Hyperoptimizer(torch.optim.Optimizer):
         state = self._group_state(group)
         previous = {k: v for k, v in state.items() if k not in ("jac", "step")}
         raw = group["hyper_raw"].detach()
+        fixed = {name: group[name] for name in self.HYPERPARAMETERS}
         learned = self._learned(group)
         t = state.get("step", 0) + 1
-
-        def step_of(raw):
-            h = self._values(group, raw)
-            step, new_state = self._direction(h, g, previous, t)
-            return step, (step, new_state)
-
         if learned and self.hypergradient == "autograd":
+            def step_of(raw):
+                step, new_state, _ = self._direction(self._step_values(raw, fixed, learned, t), g, previous)
+                return step, (step, new_state)
             jacobian, (step, new_state) = jacfwd(step_of, has_aux=True)(raw)
-            jac = list(jacobian.unbind(1))
+            jac = jacobian.T.contiguous()
         else:
-            step, new_state = step_of(raw)[1]
-            jac = None
-            if learned:
-                h = self._values(group, raw)
-                closed_form = self._jacobian(h, learned, g, previous, new_state, step, t)
-                jac = [closed_form[name] * self.HYPERPARAMETERS[name][1].derivative(raw[i])
-                       for i, name in enumerate(learned)]
+            h = self._step_values(raw, fixed, group["learn"], t)
+            chain = [self.HYPERPARAMETERS[name][1].derivative(raw[i]) for i, name in enumerate(learned)]
+            update = self._closed_form_update
+            if self.compile and self._owner is None and previous:
+                update = self._compiled_update()
+            step, new_state, jac = update(h, g, previous, learned, chain)
         params = group["params"]
-        steps = step.split([p.numel() for p in params])
-        torch._foreach_sub_(params, [s.view_as(p) for s, p in zip(steps, params)])
+        if len(params) == 1:
+            params[0].sub_(step.view_as(params[0]))
+        else:
+            steps = step.split([p.numel() for p in params])
+            torch._foreach_sub_(params, [s.view_as(p) for s, p in zip(steps, params)])
         state.update(new_state)
         state["step"] = t
         if jac is not None:
             state["jac"] = jac
+
+    def _closed_form_update(self, h, g, previous, learned, chain):
+        """(step, new state, Jacobian ∂step/∂raw with a row per learned hyperparameter, or None)."""
+        step, new_state, intermediates = self._direction(h, g, previous)
+        if not learned:
+            return step, new_state, None
+        closed_form = self._jacobian(h, learned, g, previous, new_state, step, intermediates)
+        columns = [closed_form[name] if derivative is None else closed_form[name] * derivative
+                   for name, derivative in zip(learned, chain)]
+        return step, new_state, columns[0].unsqueeze(0) if len(columns) == 1 else torch.stack(columns)
+
+    def _compiled_update(self):
+        # Compiled once per optimizer: on the weights' large flat vectors the update's dozens of element-wise
+        # operations fuse into a few loops. The first step (no state yet) always runs eagerly.
+        if self._compiled is None:
+            self._compiled = torch.compile(self._closed_form_update)
+        return self._compiled
 
     # ----------------------------------------------------------------- reading the stack
     def hyperparameters(self, group: int = 0) -> list[dict[str, float]]:

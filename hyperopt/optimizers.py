@@ -23,21 +23,17 @@ class SGD(Hyperoptimizer):
     def _default_learn(cls, values):
         return ("lr", "momentum") if values["momentum"] != 0.0 else ("lr",)
 
-    @staticmethod
-    def _uses_momentum(h):
-        return isinstance(h["momentum"], torch.Tensor) or h["momentum"] != 0.0
-
-    def _direction(self, h, g, state, t):
-        if not self._uses_momentum(h):
-            return g * h["lr"], {}
+    def _direction(self, h, g, state):
+        # A learned momentum is a tensor: it is in use even while its value is 0.
+        if not isinstance(h["momentum"], torch.Tensor) and h["momentum"] == 0.0:
+            return g * h["lr"], {}, {"direction": g}
         buf = g if "buf" not in state else state["buf"] * h["momentum"] + g
-        return buf * h["lr"], {"buf": buf}
+        return buf * h["lr"], {"buf": buf}, {"direction": buf}
 
-    def _jacobian(self, h, learned, g, state, new_state, step, t):
-        direction = new_state.get("buf", g)
-        jacobian = {"lr": direction}
+    def _jacobian(self, h, learned, g, state, new_state, step, intermediates):
+        jacobian = {"lr": intermediates["direction"]}
         if "momentum" in learned:
-            jacobian["momentum"] = (state["buf"] * h["lr"] if "buf" in state else torch.zeros_like(g))
+            jacobian["momentum"] = state["buf"] * h["lr"] if "buf" in state else torch.zeros_like(g)
         return jacobian
 
 
@@ -49,36 +45,45 @@ class Adam(Hyperoptimizer):
     HYPERPARAMETERS = {"lr": (1e-3, IDENTITY, True), "beta1": (0.9, UNIT_INTERVAL, True),
                        "beta2": (0.999, UNIT_INTERVAL, True), "eps": (1e-8, IDENTITY, False)}
 
-    def _moments(self, h, g, state, t):
-        m = state.get("m", torch.zeros_like(g))
-        v = state.get("v", torch.zeros_like(g) + h["eps"])
-        return m, v
+    @staticmethod
+    def _moments(h, g, state):
+        return state.get("m", torch.zeros_like(g)), state.get("v", torch.zeros_like(g) + h["eps"])
 
-    def _direction(self, h, g, state, t):
-        m, v = self._moments(h, g, state, t)
+    def _step_scalars(self, h, t):
+        # The bias corrections 1 - β^t and their slopes t β^(t-1) / (1 - β^t), as the reference computes them.
+        scalars = {}
+        for beta in ("beta1", "beta2"):
+            correction = 1.0 - h[beta] ** float(t)
+            scalars[f"{beta}_correction"] = correction
+            scalars[f"{beta}_slope"] = t * h[beta] ** (t - 1) / correction
+        return scalars
+
+    def _direction(self, h, g, state):
+        m, v = self._moments(h, g, state)
         beta1, beta2 = h["beta1"], h["beta2"]
         m = beta1 * m + (1.0 - beta1) * g
         v = beta2 * v + (1.0 - beta2) * g * g
-        m_hat = m / (1.0 - beta1 ** float(t))
-        v_hat = v / (1.0 - beta2 ** float(t))
-        return h["lr"] * (m_hat / (v_hat ** 0.5 + h["eps"])), {"m": m, "v": v}
+        m_hat = m / h["beta1_correction"]
+        v_hat = v / h["beta2_correction"]
+        root = v_hat ** 0.5
+        direction = m_hat / (root + h["eps"])
+        return h["lr"] * direction, {"m": m, "v": v}, {"direction": direction, "v_hat": v_hat, "root": root}
 
-    def _jacobian(self, h, learned, g, state, new_state, step, t):
-        m_old, v_old = self._moments(h, g, state, t)
-        beta1, beta2, lr = h["beta1"], h["beta2"], h["lr"]
-        bias1, bias2 = 1.0 - beta1 ** float(t), 1.0 - beta2 ** float(t)
-        v_hat = new_state["v"] / bias2
-        denominator = v_hat ** 0.5 + h["eps"]
-        jacobian = {}
-        if "lr" in learned:
-            jacobian["lr"] = new_state["m"] / bias1 / denominator
+    def _jacobian(self, h, learned, g, state, new_state, step, intermediates):
+        m_old, v_old = self._moments(h, g, state)
+        lr = h["lr"]
+        direction, v_hat, root = intermediates["direction"], intermediates["v_hat"], intermediates["root"]
+        denominator = root + h["eps"]
+        jacobian = {"lr": direction}
         if "beta1" in learned:
-            # m̂ = m / (1 - β1^t): ∂m̂/∂β1 = (m_old - g) / (1 - β1^t) + m̂ · t β1^(t-1) / (1 - β1^t)
-            dm_hat = (m_old - g) / bias1 + new_state["m"] / bias1 * (t * beta1 ** (t - 1) / bias1)
-            jacobian["beta1"] = lr * dm_hat / denominator
+            # m̂ = m / (1 - β1^t), m = β1 m_old + (1 - β1) g:
+            #   ∂m̂/∂β1 = (m_old - g) / (1 - β1^t) + m̂ · t β1^(t-1) / (1 - β1^t)
+            jacobian["beta1"] = (lr / h["beta1_correction"]) * (m_old - g) / denominator \
+                + (lr * h["beta1_slope"]) * direction
         if "beta2" in learned:
-            dv_hat = (v_old - g * g) / bias2 + v_hat * (t * beta2 ** (t - 1) / bias2)
-            jacobian["beta2"] = -step / denominator * dv_hat / (2.0 * v_hat ** 0.5)
+            # step = α m̂ / (√v̂ + ε):  ∂step/∂β2 = -step / (√v̂ + ε) / (2√v̂) · ∂v̂/∂β2, likewise for v̂
+            dv_hat = (v_old - g * g) / h["beta2_correction"] + v_hat * h["beta2_slope"]
+            jacobian["beta2"] = -step / (denominator * 2.0 * root) * dv_hat
         return jacobian
 
 
@@ -89,12 +94,13 @@ class AdaGrad(Hyperoptimizer):
     HYPERPARAMETERS = {"lr": (0.01, IDENTITY, True)}
     EPS = 1e-10
 
-    def _direction(self, h, g, state, t):
+    def _direction(self, h, g, state):
         accumulator = state.get("sum", torch.zeros_like(g) + 0.1) + torch.square(g)
-        return h["lr"] * g / torch.sqrt(accumulator + self.EPS), {"sum": accumulator}
+        root = torch.sqrt(accumulator + self.EPS)
+        return h["lr"] * g / root, {"sum": accumulator}, {"root": root}
 
-    def _jacobian(self, h, learned, g, state, new_state, step, t):
-        return {"lr": g / torch.sqrt(new_state["sum"] + self.EPS)}
+    def _jacobian(self, h, learned, g, state, new_state, step, intermediates):
+        return {"lr": g / intermediates["root"]}
 
 
 class RMSProp(Hyperoptimizer):
@@ -105,16 +111,17 @@ class RMSProp(Hyperoptimizer):
     HYPERPARAMETERS = {"lr": (0.01, SQUARE, True), "gamma": (0.99, UNIT_INTERVAL, True)}
     EPS = 1e-8
 
-    def _direction(self, h, g, state, t):
+    def _direction(self, h, g, state):
         gamma = h["gamma"]
         square_average = gamma * state.get("square_avg", torch.zeros_like(g)) + (1.0 - gamma) * torch.square(g)
-        return h["lr"] * g / torch.sqrt(square_average + self.EPS), {"square_avg": square_average}
+        root = torch.sqrt(square_average + self.EPS)
+        return h["lr"] * g / root, {"square_avg": square_average}, {"root": root}
 
-    def _jacobian(self, h, learned, g, state, new_state, step, t):
-        root = torch.sqrt(new_state["square_avg"] + self.EPS)
+    def _jacobian(self, h, learned, g, state, new_state, step, intermediates):
+        root = intermediates["root"]
         jacobian = {"lr": g / root}
         if "gamma" in learned:
-            previous = state.get("square_avg", torch.zeros_like(g))
             # ∂/∂γ of α g (s + ε)^(-1/2) with s = γ s_old + (1 - γ) g²
+            previous = state.get("square_avg", torch.zeros_like(g))
             jacobian["gamma"] = -0.5 * step / (new_state["square_avg"] + self.EPS) * (previous - torch.square(g))
         return jacobian

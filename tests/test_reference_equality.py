@@ -1,10 +1,10 @@
 """Step-for-step equality with the paper's reference code on real MNIST batches, in float64."""
-import warnings
 
 import pytest
 import torch
 
 from models import MLP
+from tests.closeness import assert_relative_close
 from tests.reference import run_ours, run_reference
 
 TABLE_1_STACKS = [
@@ -22,9 +22,7 @@ RELATIVE = 1e-9
 
 
 def assert_close(ours, reference, what):
-    torch.testing.assert_close(torch.as_tensor(ours, dtype=torch.float64),
-                               torch.as_tensor(reference, dtype=torch.float64),
-                               rtol=RELATIVE, atol=1e-12, msg=lambda m: f"{what}: {m}")
+    assert_relative_close(ours, reference, RELATIVE, what)
 
 
 @pytest.fixture(autouse=True)
