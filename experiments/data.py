@@ -52,3 +52,13 @@ def load_mnist(root: str | os.PathLike, device: torch.device | str = "cpu", down
     if subset is not None:
         splits[0], splits[1] = splits[0][:subset], splits[1][:subset]
     return TensorDataset(*splits)
+
+
+LOADERS = {"mnist": load_mnist}
+
+
+def load_dataset(name: str, root: str, device: torch.device, download: bool = False,
+                 subset: int | None = None) -> TensorDataset:
+    if name not in LOADERS:
+        raise ValueError(f"unknown dataset {name!r}; known: {sorted(LOADERS)}")
+    return LOADERS[name](root, device=device, download=download, subset=subset)

@@ -1,5 +1,16 @@
-"""The paper's networks."""
+"""The paper's networks, by the name a config gives (model.name)."""
+
+from torch import nn
 
 from .mlp import MLP
 
-__all__ = ["MLP"]
+MODELS = {"mlp": MLP}
+
+
+def build_model(name: str, **options) -> nn.Module:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known: {sorted(MODELS)}")
+    return MODELS[name](**options)
+
+
+__all__ = ["MLP", "MODELS", "build_model"]
