@@ -1,0 +1,214 @@
+"""Regenerate Table 1 (MNIST) from run records, beside the paper's numbers.
+
+    python scripts/table1.py runs/table1                       # records written by the Table 1 multirun
+    python scripts/table1.py --wandb ENTITY/PROJECT            # or the runs mirrored to Weights & Biases
+    python scripts/table1.py runs/table1 --export-records results/table1/runs   # keep the small record files
+
+Writes results/table1.md and results/table1.csv. Every row of the paper appears: runs that are missing, failed or
+diverged are shown as such, never dropped. A row whose difference from the paper exceeds the paper's standard
+deviation plus ours is flagged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import hyperopt  # noqa: E402
+from experiments.records import METRICS, RUN, SUMMARY, read_records  # noqa: E402
+
+# (group, stack, paper test error %, paper std, rerun stack with the values the paper learned, its error, its std)
+TABLE_1 = [
+    ("SGD", "SGD(0.01)", 8.99, 0.05, None, None, None),
+    ("SGD", "SGD/SGD", 4.81, 0.10, "SGD(0.0769)", 5.44, 0.10),
+    ("SGD", "SGD/Adam(0.1)", 4.86, 0.06, "SGD(0.4538)", 2.80, 0.09),
+    ("SGD", "SGD/AdaGrad", 4.85, 0.21, "SGD(0.0836)", 5.17, 0.03),
+    ("SGD", "SGD/RMSProp(0.1)", 4.52, 0.02, "SGD(0.5920)", 2.52, 0.07),
+    ("Adam", "Adam", 4.67, 0.06, None, None, None),
+    ("Adam", "Adam/SGD(1e-5)", 3.03, 0.02, "Adam(0.0040, 0.899, 0.999)", 3.11, 0.06),
+    ("Adam", "Adam^α/SGD(1e-5)", 3.12, 0.04, "Adam^α(0.0021)", 3.47, 0.02),
+    ("Adam", "Adam/Adam", 3.05, 0.09, "Adam(0.0038, 0.870, 0.999)", 3.24, 0.13),
+    ("Adam", "Adam^α/Adam", 3.04, 0.08, "Adam^α(0.0036)", 3.08, 0.12),
+    ("AdaGrad", "AdaGrad", 7.40, 0.08, None, None, None),
+    ("AdaGrad", "AdaGrad/SGD", 6.90, 0.16, "AdaGrad(0.0080)", 7.75, 0.02),
+    ("AdaGrad", "AdaGrad/AdaGrad", 5.03, 0.23, "AdaGrad(0.0151)", 6.67, 0.08),
+    ("RMSProp", "RMSProp", 4.19, 0.47, None, None, None),
+    ("RMSProp", "RMSProp^α/SGD(1e-4)", 3.55, 0.23, "RMSProp(0.0030)", 3.93, 0.70),
+    ("RMSProp", "RMSProp^{α,γ}/SGD(1e-4)", 3.33, 0.07, "RMSProp(0.0032, 0.9899)", 3.25, 0.09),
+    ("RMSProp", "RMSProp^α/RMSProp(1e-4)", 3.42, 0.45, "RMSProp(0.0021)", 3.60, 0.04),
+    ("RMSProp", "RMSProp^{α,γ}/RMSProp(1e-4)", 2.96, 0.11, "RMSProp(0.0020, 0.9962)", 3.65, 0.36),
+]
+RECORD_FILES = (RUN, SUMMARY, METRICS)
+
+
+def paper_rows() -> list[dict]:
+    """The 32 rows in the paper's order: each stack, then its rerun with the learned values fixed."""
+    rows = []
+    for group, stack, error, std, rerun, rerun_error, rerun_std in TABLE_1:
+        rows.append({"group": group, "row": stack, "kind": "hyperoptimized" if "/" in stack else "baseline",
+                     "paper_error": error, "paper_std": std, "rerun_of": None})
+        if rerun is not None:
+            rows.append({"group": group, "row": rerun, "kind": "rerun", "paper_error": rerun_error,
+                         "paper_std": rerun_std, "rerun_of": stack})
+    return rows
+
+
+def learned_notation(runs: list[dict]) -> str | None:
+    """The weights' optimizer with the values its runs learned (mean over seeds), e.g. Adam(0.0041, 0.899, 0.999):
+    the stack's bottom level as written (Adam^α, RMSProp^{α,γ}, ...) and the values of what it learns."""
+    finals = [run["hyperparameters"][0] for run in runs if run.get("hyperparameters")]
+    if not finals or not runs[0].get("optimizer"):
+        return None
+    bottom = runs[0]["optimizer"].split("/")[0].split("(")[0].strip()
+    cls, values, learned = hyperopt.parse(runs[0]["optimizer"])[0]
+    defaults = {name: default for name, (default, _, _) in cls.HYPERPARAMETERS.items()}
+    learn = learned if learned is not None else cls._default_learn({**defaults, **values})
+    mean = {name: statistics.fmean(final[name] for final in finals) for name in learn}
+    return f"{bottom}(" + ", ".join(f"{mean[name]:.4g}" for name in learn) + ")"
+
+
+def runs_from_records(roots: list[str]) -> list[dict]:
+    runs = []
+    for record in read_records(*roots):
+        config = record["run"].get("config", {})
+        summary = record["summary"]
+        runs.append({"row": config.get("row"), "experiment": config.get("experiment"),
+                     "optimizer": config.get("optimizer"), "seed": config.get("seed"),
+                     "epochs": config.get("epochs"), "status": summary.get("status"),
+                     "test_error": summary.get("test_error"), "hyperparameters": summary.get("hyperparameters"),
+                     "wall_seconds": summary.get("wall_seconds"), "directory": record["directory"]})
+    return runs
+
+
+def runs_from_wandb(path: str) -> list[dict]:
+    import wandb
+
+    runs = []
+    for run in wandb.Api().runs(path):
+        summary, config = dict(run.summary), dict(run.config)
+        levels = sorted({int(key.split("/")[1]) for key in summary if key.startswith("hyperparameters/")})
+        hyperparameters = [{key.split("/")[2]: value for key, value in summary.items()
+                            if key.startswith(f"hyperparameters/{level}/")} for level in levels]
+        runs.append({"row": config.get("row"), "experiment": config.get("experiment"),
+                     "optimizer": config.get("optimizer"), "seed": config.get("seed"),
+                     "epochs": config.get("epochs"), "status": summary.get("status", run.state),
+                     "test_error": summary.get("test_error"), "hyperparameters": hyperparameters or None,
+                     "wall_seconds": summary.get("wall_seconds"), "directory": run.url})
+    return runs
+
+
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def build_table(runs: list[dict]) -> pd.DataFrame:
+    table1_runs = [run for run in runs if run.get("experiment") == "table1"]
+    by_row: dict[str, list[dict]] = {}
+    for run in table1_runs:
+        by_row.setdefault(run["row"], []).append(run)
+    lines = []
+    for row in paper_rows():
+        runs_of_row = sorted(by_row.get(row["row"], []), key=lambda run: (run["seed"] is None, run["seed"]))
+        ok = [run for run in runs_of_row if run["status"] == "ok"]
+        errors = [run["test_error"] for run in ok]
+        mean, std = mean_std(errors)
+        statuses = {status: sum(run["status"] == status for run in runs_of_row)
+                    for status in ("ok", "diverged", "failed", "running")}
+        status = ", ".join(f"{count} {status}" for status, count in statuses.items() if count) or "missing"
+        difference = None if mean is None else mean - row["paper_error"]
+        beyond = None if mean is None else abs(difference) > row["paper_std"] + std
+        if row["kind"] == "hyperoptimized":
+            learned = learned_notation(ok)
+        elif row["kind"] == "rerun":
+            learned = learned_notation([run for run in by_row.get(row["rerun_of"], []) if run["status"] == "ok"])
+        else:
+            learned = None
+        lines.append({**row, "our_error": mean, "our_std": std, "seeds": len(errors), "status": status,
+                      "difference": difference, "beyond_both_stds": beyond,
+                      "paper_learned": row["row"] if row["kind"] == "rerun" else None, "our_learned": learned,
+                      "seeds_run": ",".join(str(run["seed"]) for run in runs_of_row),
+                      "wall_seconds": sum(run["wall_seconds"] or 0.0 for run in runs_of_row)})
+    return pd.DataFrame(lines)
+
+
+def _cell(mean, std, digits=2):
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "—"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def to_markdown(table: pd.DataFrame, sources: str) -> str:
+    header = ("| group | optimizer | paper error % | our error % (seeds) | difference | runs | "
+              "learned hyperparameters: paper / ours |\n|---|---|---|---|---|---|---|\n")
+    lines = []
+    for row in table.to_dict("records"):
+        name = f"↳ {row['row']}" if row["kind"] == "rerun" else row["row"]
+        ours = _cell(row["our_error"], row["our_std"])
+        if row["seeds"]:
+            ours += f" ({row['seeds']})"
+        difference = "—" if row["difference"] is None or pd.isna(row["difference"]) else \
+            f"{row['difference']:+.2f}" + (" **beyond 2σ**" if row["beyond_both_stds"] else "")
+        if row["kind"] == "rerun":
+            learned = f"{row['paper_learned']} / {row['our_learned'] or '—'}"
+        elif row["kind"] == "hyperoptimized":
+            learned = f"see rerun / {row['our_learned'] or '—'}"
+        else:
+            learned = ""
+        lines.append(f"| {row['group']} | {name} | {_cell(row['paper_error'], row['paper_std'])} | {ours} | "
+                     f"{difference} | {row['status']} | {learned} |")
+    flagged = int(table["beyond_both_stds"].fillna(False).astype(bool).sum())
+    return (f"# Table 1: MNIST test error, paper against this repository\n\n"
+            f"Generated by `python scripts/table1.py {sources}` from run records. Rows marked ↳ rerun the stack "
+            "above with the hyperparameter values *the paper* printed, fixed; the last column shows those beside "
+            "the values our own hyperoptimized runs learned (mean over seeds). A difference is flagged "
+            "**beyond 2σ** when it exceeds the paper's standard deviation plus ours "
+            f"({flagged} of {len(table)} rows).\n\n" + header + "\n".join(lines) + "\n")
+
+
+def export_records(runs: list[dict], destination: Path) -> None:
+    """Copy the small files of each Table 1 record (not Hydra's logs) to destination/<row>/seed<k>/."""
+    for run in runs:
+        if run.get("experiment") != "table1" or not Path(run["directory"]).is_dir():
+            continue
+        safe_row = "".join(c if c.isalnum() or c in "._-" else "_" for c in run["row"])
+        target = destination / safe_row / f"seed{run['seed']}"
+        target.mkdir(parents=True, exist_ok=True)
+        for name in RECORD_FILES:
+            if (Path(run["directory"]) / name).exists():
+                shutil.copy2(Path(run["directory"]) / name, target / name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("records", nargs="*", help="folders holding run records (searched recursively)")
+    parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs from Weights & Biases instead")
+    parser.add_argument("--out", type=Path, default=ROOT / "results", help="where table1.md and .csv go")
+    parser.add_argument("--export-records", type=Path, metavar="DIR",
+                        help="also copy each run's small record files here (to commit them)")
+    args = parser.parse_args()
+    if not args.records and not args.wandb:
+        parser.error("give a folder of run records or --wandb ENTITY/PROJECT")
+    runs = runs_from_wandb(args.wandb) if args.wandb else runs_from_records(args.records)
+    if args.export_records:
+        export_records(runs, args.export_records)
+    table = build_table(runs)
+    args.out.mkdir(parents=True, exist_ok=True)
+    sources = f"--wandb {args.wandb}" if args.wandb else " ".join(args.records)
+    (args.out / "table1.md").write_text(to_markdown(table, sources))
+    table.to_csv(args.out / "table1.csv", index=False)
+    print(to_markdown(table, sources))
+
+
+if __name__ == "__main__":
+    main()
