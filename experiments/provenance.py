@@ -46,3 +46,4 @@ def machine(device: torch.device | str = "cpu") -> dict:
 
 def provenance(device: torch.device | str = "cpu") -> dict:
     return {"git": git_state(), "versions": versions(), "machine": machine(device), "command": sys.argv}
+

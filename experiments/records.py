@@ -10,7 +10,6 @@ JSON files are replaced atomically (write a temporary file, then rename), so a r
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 import time
@@ -89,7 +88,3 @@ def read_records(*roots: str | os.PathLike) -> list[dict]:
                         break
             records.append(record)
     return records
-
-
-def finite_or_none(value):
-    return value if value is None or math.isfinite(value) else None

@@ -69,6 +69,15 @@ def evaluate(model, x, y, batch_size: int = 10_000) -> tuple[float, float]:
     return loss / len(y), 100.0 * wrong / len(y)
 
 
+def train_step(model, optimizer, x, y) -> torch.Tensor:
+    """One step of a plain PyTorch loop; a hyperoptimizer needs nothing more."""
+    loss = F.nll_loss(model(x), y)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
 def show_progress(setting, multirun: bool) -> bool:
     if setting == "auto":
         return sys.stderr.isatty() and not multirun and not os.environ.get("CI")
@@ -92,11 +101,7 @@ def train(cfg: DictConfig, device: torch.device, record: RunRecord, logger, prog
         try:
             for x, y in tqdm(data.batches(cfg.batch_size, shuffle), total=steps_per_epoch, leave=False,
                              unit="step", disable=not progress):
-                loss = F.nll_loss(model(x), y)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                losses.append(loss.detach())
+                losses.append(train_step(model, optimizer, x, y))
                 step += 1
         except hyperopt.DivergenceError as error:
             outcome = {"status": "diverged", "diverged_at_step": error.step, "error": str(error)}

@@ -11,19 +11,19 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import hyperopt  # noqa: E402
 from experiments.provenance import provenance  # noqa: E402
+from experiments.reports import publish  # noqa: E402
+from experiments.train import train_step  # noqa: E402
 from models import MLP  # noqa: E402
 
 FAMILIES = {
@@ -59,30 +59,14 @@ class Trainer:
 
 
 def torch_trainer(name, model, optimizer, batches):
-    def step(x, y):
-        loss = F.nll_loss(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return Trainer(name, model, batches, step)
+    return Trainer(name, model, batches, lambda x, y: train_step(model, optimizer, x, y))
 
 
 def reference_trainer(name, model, spec, batches):
-    from gradient_descent_the_ultimate_optimizer import gdtuo
-
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from reference import reference_stack
+    from reference import reference_step
 
-    wrapper = gdtuo.ModuleWrapper(model, optimizer=reference_stack(spec))
-    wrapper.initialize()
-
-    def step(x, y):
-        wrapper.begin()
-        loss = F.nll_loss(wrapper.forward(x), y)
-        wrapper.zero_grad()
-        loss.backward(create_graph=True)
-        wrapper.step()
-    return Trainer(name, model, batches, step)
+    return Trainer(name, model, batches, reference_step(spec, model)[1])
 
 
 def main():
@@ -93,6 +77,7 @@ def main():
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-reference", action="store_true", help="leave out the reference code")
+    parser.add_argument("--readme", type=Path, help="also put the Markdown table into this file's block")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -147,11 +132,7 @@ def main():
         **provenance(device),
         "results": results,
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    publish(report, args.out, args.readme)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 import hyperopt  # noqa: E402
 from experiments.records import METRICS, RUN, SUMMARY, read_records  # noqa: E402
+from experiments.reports import replace_between_markers  # noqa: E402
 
 # (group, stack, paper test error %, paper std, rerun stack with the values the paper learned, its error, its std)
 TABLE_1 = [
@@ -85,7 +86,8 @@ def runs_from_records(roots: list[str]) -> list[dict]:
                      "optimizer": config.get("optimizer"), "seed": config.get("seed"),
                      "epochs": config.get("epochs"), "status": summary.get("status"),
                      "test_error": summary.get("test_error"), "hyperparameters": summary.get("hyperparameters"),
-                     "wall_seconds": summary.get("wall_seconds"), "directory": record["directory"]})
+                     "wall_seconds": summary.get("wall_seconds"), "started": summary.get("started"),
+                     "epochs_completed": summary.get("epochs_completed"), "directory": record["directory"]})
     return runs
 
 
@@ -102,7 +104,8 @@ def runs_from_wandb(path: str) -> list[dict]:
                      "optimizer": config.get("optimizer"), "seed": config.get("seed"),
                      "epochs": config.get("epochs"), "status": summary.get("status", run.state),
                      "test_error": summary.get("test_error"), "hyperparameters": hyperparameters or None,
-                     "wall_seconds": summary.get("wall_seconds"), "directory": run.url})
+                     "wall_seconds": summary.get("wall_seconds"), "started": summary.get("started"),
+                     "epochs_completed": summary.get("epochs_completed"), "directory": run.url})
     return runs
 
 
@@ -148,7 +151,18 @@ def _cell(mean, std, digits=2):
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def to_markdown(table: pd.DataFrame, sources: str) -> str:
+def timing(runs: list[dict]) -> str:
+    """How long the runs took: first start to last end, and the sum of their wall times."""
+    done = [run for run in runs if run.get("experiment") == "table1" and run.get("wall_seconds")]
+    if not done:
+        return ""
+    span = max(run["started"] + run["wall_seconds"] for run in done) - min(run["started"] for run in done)
+    epochs = sum(run["epochs_completed"] or 0 for run in done)
+    return (f"{len(done)} runs, {epochs} run-epochs: {span / 60:.1f} minutes from the first start to the last end, "
+            f"{sum(run['wall_seconds'] for run in done) / 60:.1f} minutes of run wall time in all.")
+
+
+def to_markdown(table: pd.DataFrame, sources: str, timing_line: str = "") -> str:
     header = ("| group | optimizer | paper error % | our error % (seeds) | difference | runs | "
               "learned hyperparameters: paper / ours |\n|---|---|---|---|---|---|---|\n")
     lines = []
@@ -173,7 +187,7 @@ def to_markdown(table: pd.DataFrame, sources: str) -> str:
             "above with the hyperparameter values *the paper* printed, fixed; the last column shows those beside "
             "the values our own hyperoptimized runs learned (mean over seeds). A difference is flagged "
             "**beyond 2σ** when it exceeds the paper's standard deviation plus ours "
-            f"({flagged} of {len(table)} rows).\n\n" + header + "\n".join(lines) + "\n")
+            f"({flagged} of {len(table)} rows). {timing_line}\n\n" + header + "\n".join(lines) + "\n")
 
 
 def export_records(runs: list[dict], destination: Path) -> None:
@@ -196,6 +210,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "results", help="where table1.md and .csv go")
     parser.add_argument("--export-records", type=Path, metavar="DIR",
                         help="also copy each run's small record files here (to commit them)")
+    parser.add_argument("--readme", type=Path, help="also put the table between the table1 markers of this file")
     args = parser.parse_args()
     if not args.records and not args.wandb:
         parser.error("give a folder of run records or --wandb ENTITY/PROJECT")
@@ -205,9 +220,12 @@ def main() -> None:
     table = build_table(runs)
     args.out.mkdir(parents=True, exist_ok=True)
     sources = f"--wandb {args.wandb}" if args.wandb else " ".join(args.records)
-    (args.out / "table1.md").write_text(to_markdown(table, sources))
+    markdown = to_markdown(table, sources, timing(runs))
+    (args.out / "table1.md").write_text(markdown)
     table.to_csv(args.out / "table1.csv", index=False)
-    print(to_markdown(table, sources))
+    if args.readme:
+        replace_between_markers(args.readme, "table1", markdown.split("\n", 2)[2])
+    print(markdown)
 
 
 if __name__ == "__main__":

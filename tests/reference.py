@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from gradient_descent_the_ultimate_optimizer import gdtuo
 
 import hyperopt
+from experiments.train import train_step
 
 
 def reference_stack(spec: str):
@@ -49,19 +50,28 @@ def natural_values(optimizer) -> list[dict]:
     return levels
 
 
-def run_reference(spec: str, model: torch.nn.Module, batches):
-    """(losses, weights after each step, hyperparameters after each step) of the reference code."""
-    model = copy.deepcopy(model)
+def reference_step(spec: str, model: torch.nn.Module):
+    """(the reference's wrapper of `model`, a function taking one training step on a batch as its README does)."""
     wrapper = gdtuo.ModuleWrapper(model, optimizer=reference_stack(spec))
     wrapper.initialize()
-    losses, weights, hyperparameters = [], [], []
-    for x, y in batches:
+
+    def step(x, y):
         wrapper.begin()
         loss = F.nll_loss(wrapper.forward(x), y)
         wrapper.zero_grad()
         loss.backward(create_graph=True)
         wrapper.step()
-        losses.append(loss.item())
+        return loss.detach()
+    return wrapper, step
+
+
+def run_reference(spec: str, model: torch.nn.Module, batches):
+    """(losses, weights after each step, hyperparameters after each step) of the reference code."""
+    model = copy.deepcopy(model)
+    wrapper, step = reference_step(spec, model)
+    losses, weights, hyperparameters = [], [], []
+    for x, y in batches:
+        losses.append(step(x, y).item())
         weights.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
         hyperparameters.append(natural_values(wrapper.optimizer))
     return losses, weights, hyperparameters
@@ -72,11 +82,7 @@ def run_ours(spec: str, model: torch.nn.Module, batches, **options):
     optimizer = hyperopt.stack(spec, model.parameters(), **options)
     losses, weights, hyperparameters = [], [], []
     for x, y in batches:
-        loss = F.nll_loss(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+        losses.append(train_step(model, optimizer, x, y).item())
         weights.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
         hyperparameters.append(optimizer.hyperparameters())
     return losses, weights, hyperparameters

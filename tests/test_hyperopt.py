@@ -9,19 +9,13 @@ import torch
 import torch.nn.functional as F
 
 import hyperopt
+from experiments.train import train_step
 from models import MLP
 from tests.closeness import assert_relative_close
 
 
 def train(model, optimizer, batches):
-    losses = []
-    for x, y in batches:
-        loss = F.nll_loss(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return losses
+    return [train_step(model, optimizer, x, y).item() for x, y in batches]
 
 
 @pytest.fixture
