@@ -33,11 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import hyperopt  # noqa: E402
 from experiments.data import load_dataset  # noqa: E402
 from experiments.loggers import make_logger  # noqa: E402
+from experiments.optimizers import build_optimizer, sensitivity_optimizer, set_mode  # noqa: E402
 from experiments.provenance import provenance  # noqa: E402
 from experiments.records import RunRecord  # noqa: E402
 from models import build_model  # noqa: E402
 
 log = logging.getLogger("train")
+OmegaConf.register_new_resolver("sensitivity_optimizer", sensitivity_optimizer, replace=True)
 
 
 class TrainingDiverged(FloatingPointError):
@@ -89,7 +91,7 @@ def train(cfg: DictConfig, device: torch.device, record: RunRecord, logger, prog
     shuffle = torch.Generator().manual_seed(cfg.seed)
     data = load_dataset(cfg.data.name, cfg.data.root, device, cfg.data.download, cfg.data.subset)
     model = build_model(cfg.model.name).to(device)
-    optimizer = hyperopt.stack(cfg.optimizer, model.parameters(), compile=cfg.compile)
+    optimizer = build_optimizer(cfg.optimizer, model.parameters(), compile=cfg.compile)
     log.info("%s on %s: %d training examples, %s", cfg.optimizer, device, len(data.train_y), cfg.experiment)
 
     steps_per_epoch = -(-len(data.train_y) // cfg.batch_size)
@@ -111,7 +113,9 @@ def train(cfg: DictConfig, device: torch.device, record: RunRecord, logger, prog
             first = int((~finite).nonzero()[0])
             outcome = {"status": "diverged", "diverged_at_step": step - len(losses) + first + 1,
                        "error": str(TrainingDiverged(step - len(losses) + first + 1))}
+        set_mode(optimizer, "eval")
         test_loss, test_error = evaluate(model, data.test_x, data.test_y)
+        set_mode(optimizer, "train")
         epoch_seconds.append(time.perf_counter() - start)
         metrics = {"epoch": epoch, "step": step, "train_loss": float(losses.mean()) if len(losses) else None,
                    "test_loss": test_loss, "test_error": test_error,

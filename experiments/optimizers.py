@@ -1,0 +1,94 @@
+"""The `optimizer=` of a run: a hyperoptimizer stack in the paper's notation, or one of the learning-rate-free
+optimizers a researcher would otherwise reach for, from its own PyPI package, written the same way:
+``Prodigy``, ``DAdaptSGD``, ``DAdaptAdam`` (their lr is a multiplier of the step they estimate, 1 by default),
+``ScheduleFreeSGD(0.1)``, ``ScheduleFreeAdamW(0.0025)`` (lr is a step size)."""
+
+from __future__ import annotations
+
+import importlib
+import re
+
+import torch
+
+import hyperopt
+
+BASELINES = {
+    # notation name: (package, class, default lr)
+    "Prodigy": ("prodigyopt", "Prodigy", 1.0),
+    "DAdaptSGD": ("dadaptation", "DAdaptSGD", 1.0),
+    "DAdaptAdam": ("dadaptation", "DAdaptAdam", 1.0),
+    "ScheduleFreeSGD": ("schedulefree", "SGDScheduleFree", 1.0),
+    "ScheduleFreeAdamW": ("schedulefree", "AdamWScheduleFree", 0.0025),
+}
+_BASELINE = re.compile(r"^\s*(?P<name>[A-Za-z]+)\s*(?:\(\s*(?:lr\s*=\s*)?(?P<lr>[^()]*?)\s*\))?\s*$")
+
+
+class Baseline:
+    """A learning-rate-free optimizer with what the harness asks of every optimizer: `hyperparameters()`, a
+    notation, and `train()` / `eval()` (Schedule-Free evaluates at averaged weights)."""
+
+    def __init__(self, name: str, optimizer: torch.optim.Optimizer):
+        self.name, self.optimizer = name, optimizer
+        self.train()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self, closure=None):
+        return self.optimizer.step(closure)
+
+    def train(self) -> None:
+        if hasattr(self.optimizer, "train"):
+            self.optimizer.train()
+
+    def eval(self) -> None:
+        if hasattr(self.optimizer, "eval"):
+            self.optimizer.eval()
+
+    def state_dict(self) -> dict:
+        return self.optimizer.state_dict()
+
+    def hyperparameters(self) -> list[dict[str, float]]:
+        group = self.optimizer.param_groups[0]
+        values = {"lr": float(group["lr"])}
+        if "d" in group:  # Prodigy and D-Adaptation: the step size they estimated, which lr multiplies
+            values["d"] = float(group["d"])
+        return [values]
+
+    def __str__(self) -> str:
+        return f"{self.name}({self.optimizer.param_groups[0]['lr']!r})"
+
+
+def build_optimizer(spec: str, params, compile: bool = False):
+    match = _BASELINE.match(spec)
+    name = next((known for known in BASELINES if match and match["name"].lower() == known.lower()), None)
+    if name is None:
+        return hyperopt.stack(spec, params, compile=compile)
+    package, class_name, default_lr = BASELINES[name]
+    try:
+        module = importlib.import_module(package)
+    except ImportError:
+        raise ImportError(f"{name} comes from the PyPI package {package}: pip install {package}") from None
+    try:
+        lr = float(match["lr"]) if match["lr"] else default_lr
+    except ValueError:
+        raise ValueError(f"bad optimizer {spec!r}: write {name} or {name}(lr), lr a number") from None
+    return Baseline(name, getattr(module, class_name)(params, lr=lr))
+
+
+def set_mode(optimizer, mode: str) -> None:
+    """Put an optimizer that distinguishes training from evaluation (Schedule-Free) into `mode`."""
+    if isinstance(optimizer, Baseline):
+        getattr(optimizer, mode)()
+
+
+def sensitivity_optimizer(method: str, alpha: float, height: int, upper) -> str:
+    """The optimizer of one point of Figure 3 (left): SGD(α) with `height` SGD levels above it, each starting at
+    `upper` (α itself when upper is "same", the paper's 2019 protocol), or a learning-rate-free optimizer whose lr
+    is α."""
+    if method == "SGD":
+        top = alpha if upper == "same" else upper
+        return "/".join([f"SGD({alpha})"] + [f"SGD({top})"] * int(height))
+    if int(height) != 0:
+        raise ValueError(f"sensitivity.height applies to SGD stacks only, not to {method}")
+    return f"{method}({alpha})"
