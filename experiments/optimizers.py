@@ -63,7 +63,11 @@ def build_optimizer(spec: str, params, compile: bool = False):
     match = _BASELINE.match(spec)
     name = next((known for known in BASELINES if match and match["name"].lower() == known.lower()), None)
     if name is None:
-        return hyperopt.stack(spec, params, compile=compile)
+        try:
+            return hyperopt.stack(spec, params, compile=compile)
+        except ValueError as error:
+            raise ValueError(f"{error}\nBesides stacks, optimizer= takes the learning-rate-free optimizers "
+                             f"{', '.join(BASELINES)}, written Name or Name(lr).") from None
     package, class_name, default_lr = BASELINES[name]
     try:
         module = importlib.import_module(package)

@@ -3,7 +3,7 @@
     python experiments/train.py +exp=mnist_sgd                       # one row of Table 1
     python experiments/train.py +exp=mnist_adam_sgd seed=1 epochs=1  # any value can be overridden
     python experiments/train.py optimizer="Adam^α/SGD(1e-5)"         # any stack, in the paper's notation
-    python experiments/train.py -m '+exp=glob(mnist_*)' seed=0,1,2   # a sweep (Hydra multirun)
+    python experiments/train.py -m +exp=mnist_sgd seed=0,1,2         # a sweep (Hydra multirun)
 
 The record (run.json, metrics.jsonl, summary.json; see experiments/records.py) goes into Hydra's run folder,
 hydra.run.dir=PATH to choose it. A run that diverges is recorded as such and a sweep goes on; a run that fails is

@@ -71,7 +71,8 @@ def reference_trainer(name, model, spec, batches):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--max-height", type=int, default=4)
+    parser.add_argument("--heights", default="0,1,2,3,4", help="stack heights to time, comma-separated")
+    parser.add_argument("--families", default=",".join(FAMILIES), help=f"of {', '.join(FAMILIES)}")
     parser.add_argument("--steps", type=int, default=50, help="timed steps per configuration per round")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--batch-size", type=int, default=256)
@@ -89,10 +90,13 @@ def main():
                 torch.randint(0, 10, (args.batch_size,), generator=generator).to(device)) for _ in range(20)]
 
     trainers = []
-    for family, (plain, _, _) in FAMILIES.items():
+    heights = [int(height) for height in args.heights.split(",")]
+    families = args.families.split(",")
+    for family in families:
+        plain = FAMILIES[family][0]
         model = copy.deepcopy(base_model)
         trainers.append(torch_trainer(f"{family}/torch.optim", model, plain(model.parameters()), batches))
-        for height in range(args.max_height + 1):
+        for height in heights:
             spec = spec_of(family, height)
             model = copy.deepcopy(base_model)
             trainers.append(torch_trainer(f"{family}/ours/{height}", model,
@@ -113,9 +117,9 @@ def main():
     median = {name: statistics.median(values) for name, values in times.items()}
 
     results = []
-    for family in FAMILIES:
+    for family in families:
         plain = median[f"{family}/torch.optim"]
-        for height in range(args.max_height + 1):
+        for height in heights:
             row = {"family": family, "height": height, "stack": spec_of(family, height),
                    "torch_optim_ms": plain * 1e3}
             for who in ("ours", "ours_compiled", "reference"):

@@ -5,23 +5,29 @@ import os
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 import hyperopt
+import experiments.train  # noqa: F401  (registers the configs' resolvers)
+from experiments.optimizers import BASELINES, build_optimizer, set_mode
 from experiments.records import read_records
 from scripts.table1 import build_table, paper_rows, runs_from_records
 from tests.conftest import ROOT, data_root
 from tests.wandb_file import read_run
 
-EXPERIMENTS = sorted(path.stem for path in (ROOT / "configs" / "exp").glob("*.yaml"))
-TABLE_1 = [name for name in EXPERIMENTS if name.startswith("mnist_")]
 SMOKE = ["epochs=1", "data.subset=512"]
 
 
 def compose_experiment(name: str, overrides=()):
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         return compose("config", overrides=[f"+exp={name}", *overrides])
+
+
+EXPERIMENTS = sorted(path.stem for path in (ROOT / "configs" / "exp").glob("*.yaml"))
+TABLE_1 = [name for name in EXPERIMENTS if compose_experiment(name).experiment == "table1"]
 
 
 def train(*overrides: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -38,6 +44,15 @@ def test_every_experiment_composes_and_names_a_valid_stack(name):
     config = compose_experiment(name)
     hyperopt.parse(config.optimizer)
     assert config.epochs >= 1 and config.data.root
+
+
+def test_the_sensitivity_experiment_builds_towers_and_baselines():
+    config = compose_experiment("mnist_sensitivity", ["sensitivity.alpha=1e-8", "sensitivity.height=3"])
+    assert config.optimizer == "SGD(1e-08)/SGD(1e-08)/SGD(1e-08)/SGD(1e-08)"
+    config = compose_experiment("mnist_sensitivity", ["sensitivity.height=2", "sensitivity.upper=0.001"])
+    assert config.optimizer == "SGD(0.01)/SGD(0.001)/SGD(0.001)"
+    config = compose_experiment("mnist_sensitivity", ["sensitivity.method=ScheduleFreeSGD", "sensitivity.alpha=0.1"])
+    assert config.optimizer == "ScheduleFreeSGD(0.1)"
 
 
 def test_table_1_configs_are_the_papers_32_rows():
@@ -129,3 +144,51 @@ def test_wandb_offline_mirrors_the_metrics(tmp_path):
     assert mirrored["history"][-1]["hyperparameters/0/lr"] == record["metrics"][-1]["hyperparameters"][0]["lr"]
     assert mirrored["summary"]["status"] == "ok"
     assert mirrored["summary"]["test_error"] == record["summary"]["test_error"]
+
+
+def test_sensitivity_runs_and_figure_3_is_drawn_from_records(tmp_path):
+    train("-m", "+exp=mnist_sensitivity", "sensitivity.alpha=1e-3,1.0", "sensitivity.height=0,2", *SMOKE,
+          f"hydra.sweep.dir={tmp_path}/stacks")
+    baselines = ",".join(BASELINES)
+    train("-m", "+exp=mnist_sensitivity", f"sensitivity.method={baselines}", "sensitivity.alpha=1.0", *SMOKE,
+          f"hydra.sweep.dir={tmp_path}/baselines")
+    records = read_records(tmp_path)
+    assert len(records) == 4 + len(BASELINES)
+    assert all(r["summary"]["status"] == "ok" for r in records), [r["summary"] for r in records]
+    optimizers = {r["run"]["config"]["optimizer"] for r in records}
+    assert "SGD(0.001)/SGD(0.001)/SGD(0.001)" in optimizers and "Prodigy(1.0)" in optimizers
+    prodigy = next(r for r in records if r["run"]["config"]["optimizer"] == "Prodigy(1.0)")
+    assert set(prodigy["summary"]["hyperparameters"][0]) == {"lr", "d"}
+
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_overhead.py"), "--heights", "0,2",
+                    "--families", "SGD", "--steps", "2", "--rounds", "1", "--out", str(tmp_path / "runtime.json")],
+                   check=True, capture_output=True, cwd=ROOT)
+    out = tmp_path / "figure"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "figure3.py"), str(tmp_path / "stacks"),
+                    str(tmp_path / "baselines"), "--runtime", str(tmp_path / "runtime.json"), "--out", str(out)],
+                   check=True, capture_output=True, cwd=ROOT)
+    assert (out / "figure3.png").stat().st_size > 10_000
+    table = pd.read_csv(out / "figure3.csv")
+    assert len(table) == 4 + len(BASELINES) and set(table["seeds"]) == {1}
+    assert "| 2 | 2 |" in (out / "figure3.md").read_text()  # height 2 over two values of α
+    assert len(pd.read_csv(out / "figure3_runtime.csv")) == 2
+
+
+def test_schedule_free_evaluates_at_its_averaged_weights():
+    model = torch.nn.Linear(3, 2)
+    optimizer = build_optimizer("ScheduleFreeSGD(0.5)", model.parameters())
+    for _ in range(3):
+        model(torch.randn(4, 3)).pow(2).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    training_weights = model.weight.detach().clone()
+    set_mode(optimizer, "eval")
+    assert not torch.equal(model.weight, training_weights)
+    set_mode(optimizer, "train")
+    torch.testing.assert_close(model.weight, training_weights)
+
+
+def test_a_bad_optimizer_names_the_stacks_and_the_baselines():
+    with pytest.raises(ValueError, match="unknown optimizer 'Adamw'") as error:
+        build_optimizer("Adamw", torch.nn.Linear(2, 2).parameters())
+    assert "ScheduleFreeAdamW" in str(error.value)

@@ -1,0 +1,178 @@
+"""Figure 3 from run records and benchmark JSON: test error against the initial step size for SGD stacks of
+height 0-3 and learning-rate-free optimizers (left), and per-step time against stack height (right).
+
+    python scripts/figure3.py runs/sensitivity --runtime results/bench_height_cpu.json --readme README.md
+
+Writes results/figure3.png, results/figure3.csv (one line per method, height and α) and results/figure3.md (the
+spread of final test error over α per height, beside the values read off the paper).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from experiments.records import read_records  # noqa: E402
+from experiments.reports import replace_between_markers  # noqa: E402
+
+# Read off the paper's Figure 3 (left), PAPER.md section 5: the range of test error over α ∈ [1e-8, 1].
+PAPER_RANGE = {0: (13.0, 90.0), 3: (12.5, 14.5)}
+SWEPT_BASELINES = ("ScheduleFreeSGD", "ScheduleFreeAdamW")
+
+
+def sensitivity_points(roots: list[str]) -> pd.DataFrame:
+    """One line per run: method, height, α, seed, status, final test error."""
+    lines = []
+    for record in read_records(*roots):
+        config = record["run"].get("config", {})
+        if config.get("experiment") != "sensitivity":
+            continue
+        summary = record["summary"]
+        lines.append({"method": config["sensitivity"]["method"], "height": config["sensitivity"]["height"],
+                      "alpha": float(config["sensitivity"]["alpha"]), "seed": config["seed"],
+                      "epochs": config["epochs"], "status": summary.get("status"),
+                      "test_error": summary.get("test_error")})
+    return pd.DataFrame(lines)
+
+
+def summarise(points: pd.DataFrame) -> pd.DataFrame:
+    """Mean, std, min and max of the final test error over seeds; diverged runs count with the error they had."""
+    finished = points[points["status"].isin(["ok", "diverged"])]
+    grouped = finished.groupby(["method", "height", "alpha"])
+    table = grouped["test_error"].agg(["mean", "std", "min", "max", "count"]).reset_index()
+    table["diverged"] = grouped["status"].apply(lambda s: int((s == "diverged").sum())).values
+    failed = points[~points["status"].isin(["ok", "diverged"])].groupby(["method", "height", "alpha"]).size()
+    table["failed"] = [int(failed.get((m, h, a), 0)) for m, h, a in zip(table.method, table.height, table.alpha)]
+    return table.rename(columns={"count": "seeds", "mean": "test_error", "std": "test_error_std",
+                                 "min": "test_error_min", "max": "test_error_max"})
+
+
+def spread(table: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for height, part in table[table["method"] == "SGD"].groupby("height"):
+        paper = PAPER_RANGE.get(int(height))
+        rows.append({"height": int(height), "alphas": len(part), "best_error": part["test_error"].min(),
+                     "worst_error": part["test_error"].max(),
+                     "spread": part["test_error"].max() - part["test_error"].min(),
+                     "diverged_runs": int(part["diverged"].sum()),
+                     "paper_range": f"{paper[0]:g} to {paper[1]:g}" if paper else "not read off"})
+    return pd.DataFrame(rows)
+
+
+def runtime(path: Path | None) -> pd.DataFrame:
+    """Per-step time of SGD stacks as % over height 0, for ours and the reference, from bench_overhead JSON."""
+    if path is None:
+        return pd.DataFrame()
+    results = [row for row in json.loads(path.read_text())["results"] if row["family"] == "SGD"]
+    base = next(row for row in results if row["height"] == 0)
+    lines = []
+    for row in results:
+        line = {"height": row["height"]}
+        for who in ("ours", "ours_compiled", "reference"):
+            if f"{who}_ms" in row:
+                line[f"{who}_ms"] = row[f"{who}_ms"]
+                line[f"{who}_percent_over_height_0"] = 100.0 * (row[f"{who}_ms"] / base[f"{who}_ms"] - 1.0)
+        lines.append(line)
+    return pd.DataFrame(lines)
+
+
+def draw(table: pd.DataFrame, times: pd.DataFrame, out: Path) -> None:
+    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [3, 2]})
+    colours = plt.cm.viridis([0.0, 0.3, 0.6, 0.85])
+    stacks = table[table["method"] == "SGD"]
+    for height, part in stacks.groupby("height"):
+        part = part.sort_values("alpha")
+        colour = colours[int(height) % len(colours)]
+        left.errorbar(part["alpha"], part["test_error"], yerr=part["test_error_std"].fillna(0), marker="o",
+                      color=colour, capsize=3, label=f"SGD stack, height {int(height)}")
+        marked = part[part["diverged"] > 0]
+        left.scatter(marked["alpha"], marked["test_error"], marker="x", s=90, color="red", zorder=5)
+    for method, part in table[table["method"] != "SGD"].groupby("method"):
+        part = part.sort_values("alpha")
+        if method in SWEPT_BASELINES and len(part) > 1:
+            left.plot(part["alpha"], part["test_error"], linestyle="--", marker=".", label=f"{method} (lr = α)")
+        else:
+            low, high = part["test_error_min"].min(), part["test_error_max"].max()
+            left.axhspan(low, high, alpha=0.25, label=f"{method} (default lr, band over seeds)",
+                         color=plt.cm.tab10(hash(method) % 10))
+    if not table[table["diverged"] > 0].empty:
+        left.scatter([], [], marker="x", color="red", label="a seed diverged")
+    left.set_xscale("log")
+    left.set_yscale("log")
+    left.set_xlabel("initial step size α of every level")
+    left.set_ylabel("final test error, % (mean ± std over seeds)")
+    left.set_title("MNIST MLP: sensitivity to the initial step size")
+    left.grid(True, which="both", alpha=0.3)
+    left.legend(fontsize=7, loc="upper right")
+    for who, style in (("ours", "o-"), ("ours_compiled", "s--"), ("reference", "^:")):
+        column = f"{who}_percent_over_height_0"
+        if column in times:
+            right.plot(times["height"], times[column], style, label=who.replace("_", " "))
+    right.set_xscale("symlog", linthresh=10)
+    right.set_xlabel("stack height (SGD levels above the weights' SGD)")
+    right.set_ylabel("per-step time, % over height 0")
+    right.set_title("MNIST MLP on the CPU: cost of each level")
+    right.grid(True, alpha=0.3)
+    right.legend()
+    figure.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=120)
+    plt.close(figure)
+
+
+def to_markdown(spread_table: pd.DataFrame, times: pd.DataFrame, points: pd.DataFrame, command: str) -> str:
+    epochs = ", ".join(str(e) for e in sorted(points["epochs"].unique())) if len(points) else "—"
+    text = (f"Generated by `{command}` from {len(points)} run records ({epochs} epochs each). Spread of the "
+            "final test error (mean over seeds) across the initial step sizes, per SGD stack height:\n\n")
+    text += "| height | α values | best % | worst % | spread (points) | diverged runs | paper (read off) % |\n"
+    text += "|---|---|---|---|---|---|---|\n"
+    for row in spread_table.to_dict("records"):
+        text += (f"| {row['height']} | {row['alphas']} | {row['best_error']:.2f} | {row['worst_error']:.2f} | "
+                 f"{row['spread']:.2f} | {row['diverged_runs']} | {row['paper_range']} |\n")
+    if not times.empty:
+        text += "\nPer-step time of SGD stacks, % over height 0 (the paper: about +1 to 2 % per level):\n\n"
+        columns = [c for c in times.columns if c.endswith("percent_over_height_0")]
+        text += "| height | " + " | ".join(c.replace("_percent_over_height_0", "") for c in columns) + " |\n"
+        text += "|---|" + "---|" * len(columns) + "\n"
+        for row in times.to_dict("records"):
+            text += f"| {row['height']} | " + " | ".join(f"{row[c]:+.1f} %" for c in columns) + " |\n"
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("records", nargs="+", help="folders holding the sensitivity runs' records")
+    parser.add_argument("--runtime", type=Path, help="bench_overhead.py JSON with SGD stacks of several heights")
+    parser.add_argument("--out", type=Path, default=ROOT / "results")
+    parser.add_argument("--readme", type=Path, help="also put the tables between the figure3 markers of this file")
+    args = parser.parse_args()
+    points = sensitivity_points(args.records)
+    if points.empty:
+        raise SystemExit(f"no sensitivity run records under {', '.join(args.records)}")
+    table, times = summarise(points), runtime(args.runtime)
+    draw(table, times, args.out / "figure3.png")
+    table.to_csv(args.out / "figure3.csv", index=False)
+    if not times.empty:
+        times.to_csv(args.out / "figure3_runtime.csv", index=False)
+    command = "python scripts/figure3.py " + " ".join(args.records) + \
+        (f" --runtime {args.runtime}" if args.runtime else "")
+    markdown = to_markdown(spread(table), times, points, command)
+    (args.out / "figure3.md").write_text(markdown)
+    if args.readme:
+        replace_between_markers(args.readme, "figure3", markdown)
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()
