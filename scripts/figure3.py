@@ -119,7 +119,10 @@ def draw(table: pd.DataFrame, times: pd.DataFrame, out: Path) -> None:
         column = f"{who}_percent_over_height_0"
         if column in times:
             right.plot(times["height"], times[column], style, label=who.replace("_", " "))
-    right.set_xscale("symlog", linthresh=10)
+    if not times.empty:
+        right.set_xscale("symlog", linthresh=10, linscale=2)
+        right.set_xticks(list(times["height"]), [str(h) for h in times["height"]])
+        right.minorticks_off()
     right.set_xlabel("stack height (SGD levels above the weights' SGD)")
     right.set_ylabel("per-step time, % over height 0")
     right.set_title("MNIST MLP on the CPU: cost of each level")
