@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -88,3 +89,16 @@ def read_records(*roots: str | os.PathLike) -> list[dict]:
                         break
             records.append(record)
     return records
+
+
+def copy_record(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Copy a record's own files (not Hydra's logs or W&B's) to `target`, e.g. to commit them with results."""
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    for name in (RUN, SUMMARY, METRICS):
+        if (Path(source) / name).exists():
+            shutil.copy2(Path(source) / name, target / name)
+
+
+def safe_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in str(text))

@@ -10,7 +10,10 @@ def markdown_table(rows: list[dict]) -> str:
     columns = list(dict.fromkeys(key for row in rows for key in row))
 
     def cell(value):
-        return f"{value:.3g}" if isinstance(value, float) else ("" if value is None else str(value))
+        if isinstance(value, float):
+            return f"{value:.3g}"
+        text = "" if value is None else str(value)
+        return text if len(text) <= 60 else text[:57] + "…"
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(row.get(column)) for column in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"

@@ -1,7 +1,8 @@
 """Figure 3 from run records and benchmark JSON: test error against the initial step size for SGD stacks of
 height 0-3 and learning-rate-free optimizers (left), and per-step time against stack height (right).
 
-    python scripts/figure3.py runs/sensitivity --runtime results/bench_height_cpu.json --readme README.md
+    python scripts/figure3.py runs/sensitivity --runtime results/bench_height_cpu.json --readme README.md \
+        --export-records results/figure3/runs
 
 Writes results/figure3.png, results/figure3.csv (one line per method, height and α) and results/figure3.md (the
 spread of final test error over α per height, beside the values read off the paper).
@@ -23,7 +24,7 @@ import pandas as pd  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from experiments.records import read_records  # noqa: E402
+from experiments.records import copy_record, read_records, safe_name  # noqa: E402
 from experiments.reports import replace_between_markers  # noqa: E402
 
 # Read off the paper's Figure 3 (left), PAPER.md section 5: the range of test error over α ∈ [1e-8, 1].
@@ -42,7 +43,7 @@ def sensitivity_points(roots: list[str]) -> pd.DataFrame:
         lines.append({"method": config["sensitivity"]["method"], "height": config["sensitivity"]["height"],
                       "alpha": float(config["sensitivity"]["alpha"]), "seed": config["seed"],
                       "epochs": config["epochs"], "status": summary.get("status"),
-                      "test_error": summary.get("test_error")})
+                      "test_error": summary.get("test_error"), "directory": record["directory"]})
     return pd.DataFrame(lines)
 
 
@@ -159,10 +160,16 @@ def main() -> None:
     parser.add_argument("--runtime", type=Path, help="bench_overhead.py JSON with SGD stacks of several heights")
     parser.add_argument("--out", type=Path, default=ROOT / "results")
     parser.add_argument("--readme", type=Path, help="also put the tables between the figure3 markers of this file")
+    parser.add_argument("--export-records", type=Path, metavar="DIR",
+                        help="also copy each run's small record files here (to commit them)")
     args = parser.parse_args()
     points = sensitivity_points(args.records)
     if points.empty:
         raise SystemExit(f"no sensitivity run records under {', '.join(args.records)}")
+    if args.export_records:
+        for point in points.to_dict("records"):
+            name = safe_name(f"{point['method']}_height{point['height']}_alpha{point['alpha']:g}")
+            copy_record(point["directory"], args.export_records / name / f"seed{point['seed']}")
     table, times = summarise(points), runtime(args.runtime)
     draw(table, times, args.out / "figure3.png")
     table.to_csv(args.out / "figure3.csv", index=False)

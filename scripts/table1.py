@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -24,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import hyperopt  # noqa: E402
-from experiments.records import METRICS, RUN, SUMMARY, read_records  # noqa: E402
+from experiments.records import copy_record, read_records, safe_name  # noqa: E402
 from experiments.reports import replace_between_markers  # noqa: E402
 
 # (group, stack, paper test error %, paper std, rerun stack with the values the paper learned, its error, its std)
@@ -48,7 +47,6 @@ TABLE_1 = [
     ("RMSProp", "RMSProp^α/RMSProp(1e-4)", 3.42, 0.45, "RMSProp(0.0021)", 3.60, 0.04),
     ("RMSProp", "RMSProp^{α,γ}/RMSProp(1e-4)", 2.96, 0.11, "RMSProp(0.0020, 0.9962)", 3.65, 0.36),
 ]
-RECORD_FILES = (RUN, SUMMARY, METRICS)
 
 
 def paper_rows() -> list[dict]:
@@ -193,16 +191,10 @@ def to_markdown(table: pd.DataFrame, sources: str, timing_line: str = "") -> str
 
 
 def export_records(runs: list[dict], destination: Path) -> None:
-    """Copy the small files of each Table 1 record (not Hydra's logs) to destination/<row>/seed<k>/."""
+    """Copy the small files of each Table 1 record to destination/<row>/seed<k>/."""
     for run in runs:
-        if run.get("experiment") != "table1" or not Path(run["directory"]).is_dir():
-            continue
-        safe_row = "".join(c if c.isalnum() or c in "._-" else "_" for c in run["row"])
-        target = destination / safe_row / f"seed{run['seed']}"
-        target.mkdir(parents=True, exist_ok=True)
-        for name in RECORD_FILES:
-            if (Path(run["directory"]) / name).exists():
-                shutil.copy2(Path(run["directory"]) / name, target / name)
+        if run.get("experiment") == "table1" and Path(run["directory"]).is_dir():
+            copy_record(run["directory"], destination / safe_name(run["row"]) / f"seed{run['seed']}")
 
 
 def main() -> None:
