@@ -47,12 +47,18 @@ class Parameterisation:
 # The identity's derivative is None rather than 1, so the Jacobian is not multiplied by 1 element by element.
 IDENTITY = Parameterisation(lambda x: x, lambda r: r, lambda r: None)
 # √α is stored so that α = (√α)² stays non-negative (the reference RMSProp).
-SQUARE = Parameterisation(math.sqrt, torch.square, lambda r: 2.0 * r)
+SQUARE = Parameterisation(math.sqrt, lambda r: r * r, lambda r: 2.0 * r)
+
+
+def _tanh(r):
+    return r.tanh() if isinstance(r, torch.Tensor) else math.tanh(r)
+
+
 # β ∈ (0, 1) is stored as atanh(2β - 1) and read back as (tanh(x) + 1) / 2, written as the reference writes it.
 UNIT_INTERVAL = Parameterisation(
     lambda y: 0.5 * math.log((1.0 + (2.0 * y - 1.0)) / (1.0 - (2.0 * y - 1.0))),
-    lambda r: (r.tanh() + 1.0) / 2.0,
-    lambda r: (1.0 - r.tanh() ** 2) / 2.0)
+    lambda r: (_tanh(r) + 1.0) / 2.0,
+    lambda r: (1.0 - _tanh(r) ** 2) / 2.0)
 
 
 class Hyperoptimizer(torch.optim.Optimizer):
@@ -121,10 +127,10 @@ class Hyperoptimizer(torch.optim.Optimizer):
         if self.hyper is not None and not group["learn"]:
             raise ValueError(f"{self.NAME} learns no hyperparameter (learn=()), so the level above it has "
                              "nothing to optimize: drop the level above or say what to learn")
-        # Learnable values are held in their parameterisation even at the top of a stack, as the reference holds
-        # them (RMSProp's α is (√α)², not α, to the last bit).
+        # Only what a level above learns is held here, in its parameterisation; at the top of a stack every value
+        # stays a plain number in the group, as in torch.optim (so a learning-rate scheduler works there).
         group["hyper_raw"] = torch.tensor(
-            [self.HYPERPARAMETERS[name][1].to_raw(group[name]) for name in group["learn"]],
+            [self.HYPERPARAMETERS[name][1].to_raw(group[name]) for name in self._learned(group)],
             dtype=torch.promote_types(first.dtype, torch.float32), device=first.device)
         if self.hyper is not None:
             hyper_group = {"params": [group["hyper_raw"]]}
@@ -167,8 +173,18 @@ class Hyperoptimizer(torch.optim.Optimizer):
         return group["learn"] if self.hyper is not None else ()
 
     def _values(self, group: dict, raw: torch.Tensor) -> dict:
-        """Current hyperparameters: tensors (from raw) for the learnable ones, floats for the fixed ones."""
-        return self._values_of(raw, {name: group[name] for name in self.HYPERPARAMETERS}, group["learn"])
+        """Current hyperparameters: tensors (from raw) for the learned ones, floats for the fixed ones."""
+        return self._values_of(raw, self._fixed(group), self._learned(group))
+
+    def _fixed(self, group: dict) -> dict:
+        # A learnable value at the top of a stack goes through its parameterisation and back, as the reference,
+        # which stores it that way at every height, uses it (RMSProp's α is (√α)², to the last bit).
+        fixed = {name: group[name] for name in self.HYPERPARAMETERS}
+        if self.hyper is None:
+            for name in group["learn"]:
+                parameterisation = self.HYPERPARAMETERS[name][1]
+                fixed[name] = parameterisation.to_value(parameterisation.to_raw(fixed[name]))
+        return fixed
 
     def _values_of(self, raw: torch.Tensor, fixed: dict, learn: tuple[str, ...]) -> dict:
         values = dict(fixed)
@@ -254,7 +270,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
         state = self._group_state(group)
         previous = {k: v for k, v in state.items() if k not in ("jac", "step")}
         raw = group["hyper_raw"].detach()
-        fixed = {name: group[name] for name in self.HYPERPARAMETERS}
+        fixed = self._fixed(group)
         learned = self._learned(group)
         t = state.get("step", 0) + 1
         if learned and self.hypergradient == "autograd":
@@ -264,7 +280,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
             jacobian, (step, new_state) = jacfwd(step_of, has_aux=True)(raw)
             jac = jacobian.T.contiguous()
         else:
-            h = self._step_values(raw, fixed, group["learn"], t)
+            h = self._step_values(raw, fixed, learned, t)
             chain = [self.HYPERPARAMETERS[name][1].derivative(raw[i]) for i, name in enumerate(learned)]
             update = self._closed_form_update
             if self.compile and self._owner is None and previous:

@@ -247,3 +247,20 @@ def test_compiled_update_computes_the_same_numbers(spec, batches):
         assert_relative_close(a, b, 1e-10, "weights")
     for ours, theirs in zip(compiled_opt.hyperparameters(), plain_opt.hyperparameters()):
         assert ours == pytest.approx(theirs, rel=1e-10)
+
+
+def test_a_scheduler_drives_the_step_size_at_the_top_of_a_stack(batches):
+    torch.manual_seed(0)
+    model = MLP()
+    ours, theirs = copy.deepcopy(model), copy.deepcopy(model)
+    optimizers = [hyperopt.SGD(ours.parameters(), lr=0.1, momentum=0.9),
+                  torch.optim.SGD(theirs.parameters(), lr=0.1, momentum=0.9, foreach=False)]
+    schedulers = [torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.1) for opt in optimizers]
+    for x, y in batches:
+        for m, opt, scheduler in zip((ours, theirs), optimizers, schedulers):
+            train_step(m, opt, x, y)
+            scheduler.step()
+    assert optimizers[0].hyperparameters()[0]["lr"] == pytest.approx(0.1 * 0.1 ** 4)
+    eps = torch.finfo(torch.float32).eps  # to rounding, as in the torch.optim.SGD test above
+    for a, b in zip(ours.parameters(), theirs.parameters()):
+        torch.testing.assert_close(a, b, rtol=50 * eps, atol=50 * eps * float(b.detach().abs().max()))
