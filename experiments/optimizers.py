@@ -96,3 +96,8 @@ def sensitivity_optimizer(method: str, alpha: float, height: int, upper) -> str:
     if int(height) != 0:
         raise ValueError(f"sensitivity.height applies to SGD stacks only, not to {method}")
     return f"{method}({alpha})"
+
+
+def rnn_optimizer(alpha: float, hyper: bool, kappa: float) -> str:
+    """Adam^α(α), its α learned by Adam(κ) when `hyper`, else fixed: the two arms of the RNN experiment."""
+    return f"Adam^α({alpha})/Adam({kappa})" if hyper else f"Adam^α({alpha})"

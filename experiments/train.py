@@ -22,7 +22,6 @@ from pathlib import Path
 
 import hydra
 import torch
-import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -31,15 +30,16 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import hyperopt  # noqa: E402
-from experiments.data import load_dataset  # noqa: E402
 from experiments.loggers import make_logger  # noqa: E402
-from experiments.optimizers import build_optimizer, sensitivity_optimizer, set_mode  # noqa: E402
+from experiments.optimizers import build_optimizer, rnn_optimizer, sensitivity_optimizer, set_mode  # noqa: E402
 from experiments.provenance import provenance  # noqa: E402
 from experiments.records import RunRecord  # noqa: E402
+from experiments.tasks import make_task  # noqa: E402
 from models import build_model  # noqa: E402
 
 log = logging.getLogger("train")
 OmegaConf.register_new_resolver("sensitivity_optimizer", sensitivity_optimizer, replace=True)
+OmegaConf.register_new_resolver("rnn_optimizer", rnn_optimizer, replace=True)
 
 
 class TrainingDiverged(FloatingPointError):
@@ -57,29 +57,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-@torch.no_grad()
-def evaluate(model, x, y, batch_size: int = 10_000) -> tuple[float, float]:
-    """(mean loss, error in %) over a whole split."""
-    model.eval()
-    loss, wrong = 0.0, 0
-    for start in range(0, len(y), batch_size):
-        log_probabilities = model(x[start:start + batch_size])
-        target = y[start:start + batch_size]
-        loss += float(F.nll_loss(log_probabilities, target, reduction="sum"))
-        wrong += int((log_probabilities.argmax(1) != target).sum())
-    model.train()
-    return loss / len(y), 100.0 * wrong / len(y)
-
-
-def train_step(model, optimizer, x, y) -> torch.Tensor:
-    """One step of a plain PyTorch loop; a hyperoptimizer needs nothing more."""
-    loss = F.nll_loss(model(x), y)
-    optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
-    return loss.detach()
-
-
 def show_progress(setting, multirun: bool) -> bool:
     if setting == "auto":
         return sys.stderr.isatty() and not multirun and not os.environ.get("CI")
@@ -89,21 +66,21 @@ def show_progress(setting, multirun: bool) -> bool:
 def train(cfg: DictConfig, device: torch.device, record: RunRecord, logger, progress: bool) -> dict:
     torch.manual_seed(cfg.seed)
     shuffle = torch.Generator().manual_seed(cfg.seed)
-    data = load_dataset(cfg.data.name, cfg.data.root, device, cfg.data.download, cfg.data.subset)
-    model = build_model(cfg.model.name).to(device)
+    task = make_task(cfg, device)
+    model_options = {k: v for k, v in OmegaConf.to_container(cfg.model).items() if k != "name"}
+    model = build_model(cfg.model.name, **task.model_options, **model_options).to(device)
     optimizer = build_optimizer(cfg.optimizer, model.parameters(), compile=cfg.compile)
-    log.info("%s on %s: %d training examples, %s", cfg.optimizer, device, len(data.train_y), cfg.experiment)
+    log.info("%s on %s: %s, %s", cfg.optimizer, device, task.description, cfg.experiment)
 
-    steps_per_epoch = -(-len(data.train_y) // cfg.batch_size)
     step, epoch_seconds, outcome = 0, [], {}
     epochs = tqdm(range(1, cfg.epochs + 1), desc=str(cfg.row), unit="epoch", disable=not progress)
     for epoch in epochs:
         start = time.perf_counter()
         losses = []
         try:
-            for x, y in tqdm(data.batches(cfg.batch_size, shuffle), total=steps_per_epoch, leave=False,
-                             unit="step", disable=not progress):
-                losses.append(train_step(model, optimizer, x, y))
+            for batch in tqdm(task.batches(shuffle), total=task.steps_per_epoch, leave=False, unit="step",
+                              disable=not progress):
+                losses.append(task.step(model, optimizer, batch))
                 step += 1
         except hyperopt.DivergenceError as error:
             outcome = {"status": "diverged", "diverged_at_step": error.step, "error": str(error)}
@@ -113,26 +90,27 @@ def train(cfg: DictConfig, device: torch.device, record: RunRecord, logger, prog
             first = int((~finite).nonzero()[0])
             outcome = {"status": "diverged", "diverged_at_step": step - len(losses) + first + 1,
                        "error": str(TrainingDiverged(step - len(losses) + first + 1))}
+        train_loss = float(losses.mean()) if len(losses) else float("nan")
         set_mode(optimizer, "eval")
-        test_loss, test_error = evaluate(model, data.test_x, data.test_y)
-        set_mode(optimizer, "train")
+        evaluation = task.evaluate(model, train_loss)
         epoch_seconds.append(time.perf_counter() - start)
-        metrics = {"epoch": epoch, "step": step, "train_loss": float(losses.mean()) if len(losses) else None,
-                   "test_loss": test_loss, "test_error": test_error,
+        metrics = {"epoch": epoch, "step": step, "train_loss": train_loss, **evaluation,
                    "hyperparameters": optimizer.hyperparameters(), "epoch_seconds": epoch_seconds[-1]}
         record.log_epoch(metrics)
         logger.log(metrics, step=epoch)
-        epochs.set_postfix(loss=f"{metrics['train_loss']:.4f}", test_error=f"{test_error:.2f}%")
+        epochs.set_postfix(loss=f"{train_loss:.4f}", evaluation=task.describe(metrics))
         if not progress:
-            log.info("epoch %d: train loss %.4f, test error %.2f%%, %.2f s", epoch, metrics["train_loss"],
-                     test_error, epoch_seconds[-1])
+            log.info("epoch %d: train loss %.4f, %s, %.2f s", epoch, train_loss, task.describe(metrics),
+                     epoch_seconds[-1])
         if outcome:
             log.warning("diverged: %s", outcome["error"])
+        finished = task.finish(model, record.directory, cfg.seed) if outcome or epoch == cfg.epochs else {}
+        set_mode(optimizer, "train")
+        if outcome:
             break
     return {"status": outcome.get("status", "ok"), **outcome, "epochs_completed": epoch, "steps": step,
-            "train_loss": metrics["train_loss"], "test_loss": test_loss, "test_error": test_error,
-            "hyperparameters": optimizer.hyperparameters(), "optimizer_final": str(optimizer),
-            "seconds_per_epoch": statistics.median(epoch_seconds)}
+            **{k: v for k, v in metrics.items() if k not in ("epoch", "step", "epoch_seconds")}, **finished,
+            "optimizer_final": str(optimizer), "seconds_per_epoch": statistics.median(epoch_seconds)}
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="config")
@@ -156,8 +134,9 @@ def main(cfg: DictConfig) -> None:
             return
         raise
     logger.finish(summary)
-    log.info("%s: %s, test error %.2f%%, %s (record: %s)", cfg.optimizer, summary["status"],
-             summary["test_error"], summary["optimizer_final"], record.directory)
+    final = ", ".join(f"{key} {summary[key]:.4g}" for key in ("test_error", "test_bpc") if key in summary)
+    log.info("%s: %s, %s, %s (record: %s)", cfg.optimizer, summary["status"], final, summary["optimizer_final"],
+             record.directory)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,10 @@
 
 from torch import nn
 
+from .char_rnn import CharRNN
 from .mlp import MLP
 
-MODELS = {"mlp": MLP}
+MODELS = {"mlp": MLP, "char_rnn": CharRNN}
 
 
 def build_model(name: str, **options) -> nn.Module:
@@ -13,4 +14,4 @@ def build_model(name: str, **options) -> nn.Module:
     return MODELS[name](**options)
 
 
-__all__ = ["MLP", "MODELS", "build_model"]
+__all__ = ["MLP", "CharRNN", "MODELS", "build_model"]

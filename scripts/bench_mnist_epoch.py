@@ -26,7 +26,7 @@ import hyperopt  # noqa: E402
 from experiments.data import default_data_root, load_mnist  # noqa: E402
 from experiments.provenance import provenance  # noqa: E402
 from experiments.reports import publish  # noqa: E402
-from experiments.train import train_step  # noqa: E402
+from experiments.tasks import train_step  # noqa: E402
 from models import MLP  # noqa: E402
 
 CONFIGURATIONS = {

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import hyperopt  # noqa: E402
 from experiments.provenance import provenance  # noqa: E402
 from experiments.reports import publish  # noqa: E402
-from experiments.train import train_step  # noqa: E402
+from experiments.tasks import train_step  # noqa: E402
 from models import MLP  # noqa: E402
 
 FAMILIES = {

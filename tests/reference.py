@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from gradient_descent_the_ultimate_optimizer import gdtuo
 
 import hyperopt
-from experiments.train import train_step
+from experiments.tasks import train_step
 
 
 def reference_stack(spec: str):

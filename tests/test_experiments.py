@@ -1,42 +1,23 @@
 """The Hydra harness as a user runs it: configs, train.py runs and sweeps, run records, W&B, Table 1's script."""
 
 import json
-import os
 import subprocess
 import sys
 
 import pandas as pd
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 import hyperopt
-import experiments.train  # noqa: F401  (registers the configs' resolvers)
 from experiments.optimizers import BASELINES, build_optimizer, set_mode
 from experiments.records import read_records
 from scripts.table1 import build_table, paper_rows, runs_from_records
-from tests.conftest import ROOT, data_root
+from tests.conftest import ROOT
+from tests.harness import SMOKE, compose_experiment, train
 from tests.wandb_file import read_run
-
-SMOKE = ["epochs=1", "data.subset=512"]
-
-
-def compose_experiment(name: str, overrides=()):
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return compose("config", overrides=[f"+exp={name}", *overrides])
-
 
 EXPERIMENTS = sorted(path.stem for path in (ROOT / "configs" / "exp").glob("*.yaml"))
 TABLE_1 = [name for name in EXPERIMENTS if compose_experiment(name).experiment == "table1"]
-
-
-def train(*overrides: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HYPEROPT_DATA_ROOT": str(data_root()), "WANDB_SILENT": "true"}
-    result = subprocess.run([sys.executable, str(ROOT / "experiments" / "train.py"), *overrides], cwd=ROOT,
-                            env=env, capture_output=True, text=True, timeout=600)
-    if check:
-        assert result.returncode == 0, result.stdout + result.stderr
-    return result
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import hyperopt
-from experiments.train import train_step
+from experiments.tasks import train_step
 from models import MLP
 from tests.closeness import assert_relative_close
 

@@ -1,0 +1,142 @@
+"""What a run trains on: image classification (MNIST) or character-level language modelling (a text). A task
+gives the batches of an epoch, takes a step, evaluates, and adds what it alone has to the run's summary."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+
+from experiments.data import load_dataset
+from experiments.text import load_text, windows
+
+
+def train_step(model, optimizer, x, y) -> torch.Tensor:
+    """One step of a plain PyTorch loop; a hyperoptimizer needs nothing more."""
+    loss = F.nll_loss(model(x), y)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+class Classification:
+    headline = "test_error"
+
+    def __init__(self, cfg: DictConfig, device: torch.device):
+        self.data = load_dataset(cfg.data.name, cfg.data.root, device, cfg.data.download, cfg.data.subset)
+        self.batch_size = cfg.batch_size
+        self.model_options: dict = {}
+        self.steps_per_epoch = -(-len(self.data.train_y) // self.batch_size)
+        self.description = f"{len(self.data.train_y)} training examples"
+
+    def batches(self, generator: torch.Generator):
+        return self.data.batches(self.batch_size, generator)
+
+    def step(self, model, optimizer, batch) -> torch.Tensor:
+        return train_step(model, optimizer, *batch)
+
+    @torch.no_grad()
+    def evaluate(self, model, train_loss: float, batch_size: int = 10_000) -> dict:
+        x, y = self.data.test_x, self.data.test_y
+        model.eval()
+        loss, wrong = 0.0, 0
+        for start in range(0, len(y), batch_size):
+            log_probabilities = model(x[start:start + batch_size])
+            target = y[start:start + batch_size]
+            loss += float(F.nll_loss(log_probabilities, target, reduction="sum"))
+            wrong += int((log_probabilities.argmax(1) != target).sum())
+        model.train()
+        return {"test_loss": loss / len(y), "test_error": 100.0 * wrong / len(y)}
+
+    def finish(self, model, directory: Path, seed: int) -> dict:
+        return {}
+
+    @staticmethod
+    def describe(metrics: dict) -> str:
+        return f"test error {metrics['test_error']:.2f}%"
+
+
+class LanguageModelling:
+    """Truncated backpropagation through consecutive windows; the LSTM state is carried from one window to the
+    next and detached, and starts afresh each epoch. Losses are reported in bits per character."""
+
+    headline = "test_bpc"
+
+    def __init__(self, cfg: DictConfig, device: torch.device):
+        self.data = load_text(cfg.data.root, device, cfg.data.file, cfg.data.subset)
+        self.batch_size, self.length = cfg.batch_size, cfg.data.sequence_length
+        self.sample_length, self.temperature = cfg.data.sample_length, cfg.data.temperature
+        self.model_options = {"vocabulary_size": len(self.data.vocabulary)}
+        self.steps_per_epoch = sum(1 for _ in windows(self.data.train, self.batch_size, self.length))
+        self.description = (f"{len(self.data.train)} training characters, vocabulary of "
+                            f"{len(self.data.vocabulary)}")
+        self.state = None
+
+    def batches(self, generator: torch.Generator):
+        self.state = None
+        return windows(self.data.train, self.batch_size, self.length)
+
+    def step(self, model, optimizer, batch) -> torch.Tensor:
+        x, y = batch
+        log_probabilities, state = model(x, self.state)
+        self.state = tuple(s.detach() for s in state)
+        loss = F.nll_loss(log_probabilities.flatten(0, 1), y.flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    @torch.no_grad()
+    def bits_per_character(self, model, data: torch.Tensor) -> float:
+        model.eval()
+        state, total, count = None, 0.0, 0
+        for x, y in windows(data, self.batch_size, self.length):
+            log_probabilities, state = model(x, state)
+            total += float(F.nll_loss(log_probabilities.flatten(0, 1), y.flatten(), reduction="sum"))
+            count += y.numel()
+        model.train()
+        return total / count / math.log(2)
+
+    def evaluate(self, model, train_loss: float) -> dict:
+        return {"train_bpc": train_loss / math.log(2), "valid_bpc": self.bits_per_character(model, self.data.valid)}
+
+    @torch.no_grad()
+    def sample(self, model, seed: int, prime: str = "\n") -> str:
+        """`sample_length` characters drawn at `temperature`, seeded, after `prime`."""
+        generator = torch.Generator().manual_seed(seed)
+        model.eval()
+        x = self.data.encode(prime).unsqueeze(0)
+        log_probabilities, state = model(x)
+        drawn = []
+        for _ in range(self.sample_length):
+            probabilities = torch.softmax(log_probabilities[0, -1].float().cpu() / self.temperature, dim=-1)
+            index = int(torch.multinomial(probabilities, 1, generator=generator))
+            drawn.append(index)
+            log_probabilities, state = model(torch.tensor([[index]], device=x.device), state)
+        model.train()
+        return self.data.decode(drawn)
+
+    def finish(self, model, directory: Path, seed: int) -> dict:
+        sample = self.sample(model, seed)
+        (directory / "sample.txt").write_text(sample, encoding="utf-8")
+        (directory / "vocabulary.json").write_text(json.dumps(self.data.vocabulary, ensure_ascii=False),
+                                                    encoding="utf-8")
+        return {"test_bpc": self.bits_per_character(model, self.data.test), "sample": sample}
+
+    @staticmethod
+    def describe(metrics: dict) -> str:
+        return f"validation {metrics['valid_bpc']:.3f} bits per character"
+
+
+TASKS = {"mnist": Classification, "text": LanguageModelling}
+
+
+def make_task(cfg: DictConfig, device: torch.device):
+    if cfg.data.name not in TASKS:
+        raise ValueError(f"unknown dataset {cfg.data.name!r}; known: {sorted(TASKS)}")
+    return TASKS[cfg.data.name](cfg, device)
