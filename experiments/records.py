@@ -91,11 +91,12 @@ def read_records(*roots: str | os.PathLike) -> list[dict]:
     return records
 
 
-def copy_record(source: str | os.PathLike, target: str | os.PathLike) -> None:
-    """Copy a record's own files (not Hydra's logs or W&B's) to `target`, e.g. to commit them with results."""
+def copy_record(source: str | os.PathLike, target: str | os.PathLike, extra: tuple[str, ...] = ()) -> None:
+    """Copy a record's own files (not Hydra's logs or W&B's), and any `extra` ones, to `target`, e.g. to commit
+    them with results."""
     target = Path(target)
     target.mkdir(parents=True, exist_ok=True)
-    for name in (RUN, SUMMARY, METRICS):
+    for name in (RUN, SUMMARY, METRICS, *extra):
         if (Path(source) / name).exists():
             shutil.copy2(Path(source) / name, target / name)
 

@@ -17,24 +17,53 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import hyperopt  # noqa: E402
 from experiments.provenance import provenance  # noqa: E402
 from experiments.reports import publish  # noqa: E402
-from experiments.tasks import train_step  # noqa: E402
-from models import MLP  # noqa: E402
+from models import MLP, CharRNN  # noqa: E402
 
-FAMILIES = {
-    # family: (plain torch.optim factory, bottom of the stack, each further level)
-    "SGD": (lambda params: torch.optim.SGD(params, lr=0.01), "SGD(0.01)", "SGD(0.01)"),
-    "Adam": (lambda params: torch.optim.Adam(params, lr=1e-3), "Adam", "SGD(1e-5)"),
+def classification_loss(output, y):
+    return F.nll_loss(output, y)
+
+
+def language_model_loss(output, y):
+    log_probabilities, _ = output
+    return F.nll_loss(log_probabilities.flatten(0, 1), y.flatten())
+
+
+def image_batch(generator, batch_size):
+    return torch.rand(batch_size, 1, 28, 28, generator=generator), torch.randint(0, 10, (batch_size,),
+                                                                                generator=generator)
+
+
+def text_batch(generator, batch_size, vocabulary=83, length=100):
+    tokens = torch.randint(0, vocabulary, (batch_size, length + 1), generator=generator)
+    return tokens[:, :-1], tokens[:, 1:]
+
+
+MODELS = {
+    # model: (factory, batch maker, loss of (output, targets), default batch size, the families it is timed with)
+    "mlp": (MLP, image_batch, classification_loss, 256, {
+        # family: (plain torch.optim factory, bottom of the stack, each further level)
+        "SGD": (lambda params: torch.optim.SGD(params, lr=0.01), "SGD(0.01)", "SGD(0.01)"),
+        "Adam": (lambda params: torch.optim.Adam(params, lr=1e-3), "Adam", "SGD(1e-5)"),
+    }),
+    "char_rnn": (lambda: CharRNN(83), text_batch, language_model_loss, 128, {
+        "Adam^α": (lambda params: torch.optim.Adam(params, lr=2e-3), "Adam^α(2e-3)", "Adam(0.01)"),
+    }),
 }
 
 
-def spec_of(family: str, height: int) -> str:
-    _, bottom, above = FAMILIES[family]
+DESCRIPTIONS = {"mlp": "MNIST MLP 784-128-10, batch 256",
+                "char_rnn": "character-level LSTM (2 × 128, embedding 64, 83 symbols), batch 128 × 100"}
+
+
+def spec_of(families: dict, family: str, height: int) -> str:
+    _, bottom, above = families[family]
     return "/".join([bottom] + [above] * height)
 
 
@@ -58,24 +87,31 @@ class Trainer:
         return (time.perf_counter() - start) / steps
 
 
-def torch_trainer(name, model, optimizer, batches):
-    return Trainer(name, model, batches, lambda x, y: train_step(model, optimizer, x, y))
+def torch_trainer(name, model, optimizer, batches, loss):
+    def step(x, y):
+        value = loss(model(x), y)
+        optimizer.zero_grad()
+        value.backward()
+        optimizer.step()
+    return Trainer(name, model, batches, step)
 
 
-def reference_trainer(name, model, spec, batches):
+def reference_trainer(name, model, spec, batches, loss):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from reference import reference_step
 
-    return Trainer(name, model, batches, reference_step(spec, model)[1])
+    return Trainer(name, model, batches, reference_step(spec, model, loss)[1])
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="mlp", choices=sorted(MODELS),
+                        help="the MNIST MLP or the character-level LSTM of the RNN experiment")
     parser.add_argument("--heights", default="0,1,2,3,4", help="stack heights to time, comma-separated")
-    parser.add_argument("--families", default=",".join(FAMILIES), help=f"of {', '.join(FAMILIES)}")
+    parser.add_argument("--families", help="comma-separated; by default every family timed with the model")
     parser.add_argument("--steps", type=int, default=50, help="timed steps per configuration per round")
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, help="by default 256 for the MLP, 128 for the LSTM")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-reference", action="store_true", help="leave out the reference code")
     parser.add_argument("--readme", type=Path, help="also put the Markdown table into this file's block")
@@ -83,30 +119,28 @@ def main():
     args = parser.parse_args()
     device = torch.device(args.device)
 
+    factory, make_batch, loss, default_batch_size, all_families = MODELS[args.model]
+    batch_size = args.batch_size or default_batch_size
+    families = {name: all_families[name] for name in (args.families.split(",") if args.families else all_families)}
     torch.manual_seed(0)
-    base_model = MLP().to(device)
+    base_model = factory().to(device)
     generator = torch.Generator().manual_seed(0)
-    batches = [(torch.rand(args.batch_size, 1, 28, 28, generator=generator).to(device),
-                torch.randint(0, 10, (args.batch_size,), generator=generator).to(device)) for _ in range(20)]
+    batches = [tuple(t.to(device) for t in make_batch(generator, batch_size)) for _ in range(20)]
 
     trainers = []
     heights = [int(height) for height in args.heights.split(",")]
-    families = args.families.split(",")
-    for family in families:
-        plain = FAMILIES[family][0]
+    for family, (plain, _, _) in families.items():
         model = copy.deepcopy(base_model)
-        trainers.append(torch_trainer(f"{family}/torch.optim", model, plain(model.parameters()), batches))
+        trainers.append(torch_trainer(f"{family}/torch.optim", model, plain(model.parameters()), batches, loss))
         for height in heights:
-            spec = spec_of(family, height)
-            model = copy.deepcopy(base_model)
-            trainers.append(torch_trainer(f"{family}/ours/{height}", model,
-                                          hyperopt.stack(spec, model.parameters()), batches))
-            model = copy.deepcopy(base_model)
-            trainers.append(torch_trainer(f"{family}/ours_compiled/{height}", model,
-                                          hyperopt.stack(spec, model.parameters(), compile=True), batches))
+            spec = spec_of(families, family, height)
+            for who, options in (("ours", {}), ("ours_compiled", {"compile": True})):
+                model = copy.deepcopy(base_model)
+                trainers.append(torch_trainer(f"{family}/{who}/{height}", model,
+                                              hyperopt.stack(spec, model.parameters(), **options), batches, loss))
             if not args.no_reference:
                 trainers.append(reference_trainer(f"{family}/reference/{height}", copy.deepcopy(base_model),
-                                                  spec, batches))
+                                                  spec, batches, loss))
 
     for trainer in trainers:  # warm-up
         trainer.run(5, device)
@@ -120,7 +154,7 @@ def main():
     for family in families:
         plain = median[f"{family}/torch.optim"]
         for height in heights:
-            row = {"family": family, "height": height, "stack": spec_of(family, height),
+            row = {"family": family, "height": height, "stack": spec_of(families, family, height),
                    "torch_optim_ms": plain * 1e3}
             for who in ("ours", "ours_compiled", "reference"):
                 name = f"{family}/{who}/{height}"
@@ -129,8 +163,8 @@ def main():
                     row[f"{who}_vs_torch_optim"] = median[name] / plain
             results.append(row)
     report = {
-        "benchmark": "per-step time of hyperoptimizer stacks, MNIST MLP 784-128-10, random inputs",
-        "model": "MLP", "batch_size": args.batch_size,
+        "benchmark": f"per-step time of hyperoptimizer stacks, {DESCRIPTIONS[args.model]}, random inputs",
+        "model": args.model, "batch_size": batch_size,
         "method": f"median over {args.rounds} interleaved rounds of the mean of {args.steps} steps; "
                   "ours_compiled is compile=True (the weights' update fused by torch.compile)",
         **provenance(device),

@@ -50,14 +50,14 @@ def natural_values(optimizer) -> list[dict]:
     return levels
 
 
-def reference_step(spec: str, model: torch.nn.Module):
+def reference_step(spec: str, model: torch.nn.Module, loss_of=F.nll_loss):
     """(the reference's wrapper of `model`, a function taking one training step on a batch as its README does)."""
     wrapper = gdtuo.ModuleWrapper(model, optimizer=reference_stack(spec))
     wrapper.initialize()
 
     def step(x, y):
         wrapper.begin()
-        loss = F.nll_loss(wrapper.forward(x), y)
+        loss = loss_of(wrapper.forward(x), y)
         wrapper.zero_grad()
         loss.backward(create_graph=True)
         wrapper.step()

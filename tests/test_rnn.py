@@ -2,14 +2,17 @@
 backpropagation through time, and the rnn_tolstoy experiment end to end."""
 
 import json
+import subprocess
+import sys
 
+import pandas as pd
 import torch
 
 from experiments.records import read_records
 from experiments.tasks import LanguageModelling
 from experiments.text import UNKNOWN, load_text, windows
 from models import CharRNN
-from tests.conftest import data_root
+from tests.conftest import ROOT, data_root
 from tests.harness import compose_experiment, train
 
 
@@ -81,3 +84,12 @@ def test_rnn_tolstoy_runs_and_writes_a_record_with_a_text_sample(tmp_path):
         sample = (tmp_path / record["directory"].split("/")[-1] / "sample.txt").read_text(encoding="utf-8")
         assert len(sample) == 300 and sample == summary["sample"]
         assert json.loads((tmp_path / record["directory"].split("/")[-1] / "vocabulary.json").read_text())[0] == UNKNOWN
+    out = tmp_path / "figure"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "figure_rnn.py"), str(tmp_path), "--out", str(out),
+                    "--export-records", str(out / "runs")], check=True, capture_output=True, cwd=ROOT)
+    assert (out / "figure_rnn.png").stat().st_size > 10_000
+    table = pd.read_csv(out / "rnn.csv")
+    assert sorted(table["arm"]) == ["fixed", "hyperoptimized"] and set(table["seeds"]) == {1}
+    fixed = table.set_index("arm").loc["fixed"]
+    assert fixed["final_alpha"] == 0.002  # a fixed α stays where it started
+    assert len(list((out / "runs").rglob("sample.txt"))) == 2

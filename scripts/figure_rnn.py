@@ -1,0 +1,131 @@
+"""The RNN experiment from run records: validation bits per character against epochs for each initial α (the fixed
+Adam^α dashed, the hyperoptimized Adam^α/Adam solid), and the learned α against steps.
+
+    python scripts/figure_rnn.py runs/rnn --readme README.md --export-records results/rnn/runs
+
+Writes results/figure_rnn.png, results/rnn.csv (final numbers per α and arm, mean ± std over seeds) and
+results/rnn.md (the same as a table, with one generated text sample).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from experiments.records import copy_record, read_records, safe_name  # noqa: E402
+from experiments.reports import markdown_table, replace_between_markers  # noqa: E402
+
+
+def rnn_records(roots: list[str]) -> list[dict]:
+    return [record for record in read_records(*roots) if record["run"].get("config", {}).get("experiment") == "rnn"]
+
+
+def curves(records: list[dict]) -> pd.DataFrame:
+    """One line per run and epoch: α, arm, seed, epoch, step, validation bpc, learned α."""
+    lines = []
+    for record in records:
+        config = record["run"]["config"]
+        arm = "hyperoptimized" if config["rnn"]["hyper"] else "fixed"
+        lines.append({"alpha": float(config["rnn"]["alpha"]), "arm": arm, "seed": config["seed"], "epoch": 0,
+                      "step": 0, "valid_bpc": None, "learned_alpha": float(config["rnn"]["alpha"])})
+        for metrics in record["metrics"]:
+            lines.append({"alpha": float(config["rnn"]["alpha"]), "arm": arm, "seed": config["seed"],
+                          "epoch": metrics["epoch"], "step": metrics["step"], "valid_bpc": metrics["valid_bpc"],
+                          "learned_alpha": metrics["hyperparameters"][0]["lr"]})
+    return pd.DataFrame(lines)
+
+
+def finals(records: list[dict]) -> pd.DataFrame:
+    lines = []
+    for record in records:
+        config, summary = record["run"]["config"], record["summary"]
+        lines.append({"alpha": float(config["rnn"]["alpha"]),
+                      "arm": "hyperoptimized" if config["rnn"]["hyper"] else "fixed",
+                      "status": summary.get("status"), "epochs": summary.get("epochs_completed"),
+                      "valid_bpc": summary.get("valid_bpc"), "test_bpc": summary.get("test_bpc"),
+                      "learned_alpha": (summary.get("hyperparameters") or [{}])[0].get("lr")})
+    frame = pd.DataFrame(lines)
+    ok = frame[frame["status"] == "ok"]
+    table = ok.groupby(["alpha", "arm"]).agg(
+        seeds=("test_bpc", "count"), epochs=("epochs", "max"), valid_bpc=("valid_bpc", "mean"),
+        valid_bpc_std=("valid_bpc", "std"), test_bpc=("test_bpc", "mean"), test_bpc_std=("test_bpc", "std"),
+        final_alpha=("learned_alpha", "mean")).reset_index()
+    not_ok = frame[frame["status"] != "ok"].groupby(["alpha", "arm"]).size()
+    table["not_ok_runs"] = [int(not_ok.get((a, arm), 0)) for a, arm in zip(table["alpha"], table["arm"])]
+    return table
+
+
+def draw(data: pd.DataFrame, out: Path) -> None:
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    alphas = sorted(data["alpha"].unique())
+    colours = dict(zip(alphas, plt.cm.plasma([0.1, 0.45, 0.75, 0.9][:len(alphas)])))
+    for (alpha, arm), part in data.groupby(["alpha", "arm"]):
+        mean = part.dropna(subset=["valid_bpc"]).groupby("epoch")["valid_bpc"].mean()
+        style = "-" if arm == "hyperoptimized" else "--"
+        left.plot(mean.index, mean.values, style, marker="o", color=colours[alpha],
+                  label=f"α₀ = {alpha:g}, {'Adam^α/Adam' if arm == 'hyperoptimized' else 'Adam^α fixed'}")
+        if arm == "hyperoptimized":
+            learned = part.groupby("step")["learned_alpha"].mean()
+            right.plot(learned.index, learned.values, "-", marker=".", color=colours[alpha],
+                       label=f"α₀ = {alpha:g}")
+    left.set_xlabel("epoch")
+    left.set_ylabel("validation bits per character (mean over seeds)")
+    left.set_title("char-LSTM on War and Peace")
+    left.grid(True, alpha=0.3)
+    left.legend(fontsize=7)
+    right.set_yscale("log")
+    right.set_xlabel("step")
+    right.set_ylabel("learned α (mean over seeds)")
+    right.set_title("Adam^α/Adam: the step size it learns")
+    right.grid(True, which="both", alpha=0.3)
+    right.legend(fontsize=8)
+    figure.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=120)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("records", nargs="+", help="folders holding the RNN runs' records")
+    parser.add_argument("--out", type=Path, default=ROOT / "results")
+    parser.add_argument("--readme", type=Path, help="also put the table between the rnn markers of this file")
+    parser.add_argument("--export-records", type=Path, metavar="DIR",
+                        help="also copy each run's small record files (and its text sample) here")
+    args = parser.parse_args()
+    records = rnn_records(args.records)
+    if not records:
+        raise SystemExit(f"no RNN run records under {', '.join(args.records)}")
+    if args.export_records:
+        for record in records:
+            config = record["run"]["config"]
+            name = safe_name(f"{'hyper' if config['rnn']['hyper'] else 'fixed'}_alpha{config['rnn']['alpha']:g}")
+            copy_record(record["directory"], args.export_records / name / f"seed{config['seed']}",
+                        ("sample.txt", "vocabulary.json"))
+    draw(curves(records), args.out / "figure_rnn.png")
+    table = finals(records)
+    table.to_csv(args.out / "rnn.csv", index=False)
+    sample = next((r["summary"]["sample"] for r in records if r["summary"].get("sample")), "")
+    markdown = (f"Generated by `python scripts/figure_rnn.py {' '.join(args.records)}` from {len(records)} run "
+                "records: final validation and test bits per character (mean and std over seeds) and the α the "
+                "hyperoptimized runs ended with.\n\n" + markdown_table(table.to_dict("records")) +
+                "\nA text sample (300 characters at temperature 0.8) from one of these runs:\n\n```\n"
+                + sample + "\n```\n")
+    (args.out / "rnn.md").write_text(markdown, encoding="utf-8")
+    if args.readme:
+        replace_between_markers(args.readme, "rnn", markdown)
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()
