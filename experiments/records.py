@@ -103,3 +103,12 @@ def copy_record(source: str | os.PathLike, target: str | os.PathLike, extra: tup
 
 def safe_name(text: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in str(text))
+
+
+def describe_commits(records: list[dict]) -> str:
+    """Which commits the runs ran at, e.g. "commit 7f4e850e95 (1 of 96 runs with uncommitted changes)"."""
+    states = [record["run"].get("git", {}) for record in records]
+    commits = sorted({str(state.get("commit"))[:10] for state in states})
+    dirty = sum(bool(state.get("dirty")) for state in states)
+    text = ("commit " if len(commits) == 1 else "commits ") + ", ".join(commits)
+    return text + (f" ({dirty} of {len(states)} runs with uncommitted changes)" if dirty else "")

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import hyperopt  # noqa: E402
-from experiments.records import copy_record, read_records, safe_name  # noqa: E402
+from experiments.records import copy_record, describe_commits, read_records, safe_name  # noqa: E402
 from experiments.reports import replace_between_markers  # noqa: E402
 
 # (group, stack, paper test error %, paper std, rerun stack with the values the paper learned, its error, its std)
@@ -85,7 +85,8 @@ def runs_from_records(roots: list[str]) -> list[dict]:
                      "epochs": config.get("epochs"), "status": summary.get("status"),
                      "test_error": summary.get("test_error"), "hyperparameters": summary.get("hyperparameters"),
                      "wall_seconds": summary.get("wall_seconds"), "started": summary.get("started"),
-                     "epochs_completed": summary.get("epochs_completed"), "directory": record["directory"]})
+                     "epochs_completed": summary.get("epochs_completed"), "directory": record["directory"],
+                     "git": record["run"].get("git", {})})
     return runs
 
 
@@ -156,7 +157,8 @@ def timing(runs: list[dict]) -> str:
         return ""
     span = max(run["started"] + run["wall_seconds"] for run in done) - min(run["started"] for run in done)
     epochs = sum(run["epochs_completed"] or 0 for run in done)
-    return (f"{len(done)} runs, {epochs} run-epochs: {span / 60:.1f} minutes from the first start to the last end, "
+    return (f"{len(done)} runs at {describe_commits([{'run': {'git': run.get('git', {})}} for run in done])}, "
+            f"{epochs} run-epochs: {span / 60:.1f} minutes from the first start to the last end, "
             f"{sum(run['wall_seconds'] for run in done) / 60:.1f} minutes of run wall time in all.")
 
 
