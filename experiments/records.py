@@ -70,15 +70,18 @@ class RunRecord:
         return self.summary
 
 
-def read_records(*roots: str | os.PathLike) -> list[dict]:
-    """Every run record under the given folders: run.json, summary.json and the metrics, one dict per run."""
+def read_records(*roots: str | os.PathLike, experiment: str | None = None) -> list[dict]:
+    """Every run record under the given folders (of one experiment, if named): run.json, summary.json and the
+    metrics, one dict per run."""
     records = []
     for root in roots:
         for summary_path in sorted(Path(root).rglob(SUMMARY)):
             directory = summary_path.parent
-            record = {"directory": str(directory), "summary": json.loads(summary_path.read_text())}
             run_path = directory / RUN
-            record["run"] = json.loads(run_path.read_text()) if run_path.exists() else {}
+            run = json.loads(run_path.read_text()) if run_path.exists() else {}
+            if experiment is not None and run.get("config", {}).get("experiment") != experiment:
+                continue
+            record = {"directory": str(directory), "summary": json.loads(summary_path.read_text()), "run": run}
             metrics_path = directory / METRICS
             record["metrics"] = []
             if metrics_path.exists():

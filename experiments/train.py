@@ -93,6 +93,7 @@ def train(cfg: DictConfig, device: torch.device, record: RunRecord, logger, prog
         train_loss = float(losses.mean()) if len(losses) else float("nan")
         set_mode(optimizer, "eval")
         evaluation = task.evaluate(model, train_loss)
+        set_mode(optimizer, "train")
         epoch_seconds.append(time.perf_counter() - start)
         metrics = {"epoch": epoch, "step": step, "train_loss": train_loss, **evaluation,
                    "hyperparameters": optimizer.hyperparameters(), "epoch_seconds": epoch_seconds[-1]}
@@ -104,10 +105,9 @@ def train(cfg: DictConfig, device: torch.device, record: RunRecord, logger, prog
                      epoch_seconds[-1])
         if outcome:
             log.warning("diverged: %s", outcome["error"])
-        finished = task.finish(model, record.directory, cfg.seed) if outcome or epoch == cfg.epochs else {}
-        set_mode(optimizer, "train")
-        if outcome:
             break
+    set_mode(optimizer, "eval")
+    finished = task.finish(model, record.directory, cfg.seed)
     return {"status": outcome.get("status", "ok"), **outcome, "epochs_completed": epoch, "steps": step,
             **{k: v for k, v in metrics.items() if k not in ("epoch", "step", "epoch_seconds")}, **finished,
             "optimizer_final": str(optimizer), "seconds_per_epoch": statistics.median(epoch_seconds)}

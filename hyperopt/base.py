@@ -319,15 +319,13 @@ class Hyperoptimizer(torch.optim.Optimizer):
         """Current hyperparameters of every level for one param group, the weights' optimizer first, in natural
         units (α, not the √α RMSProp stores; β in (0, 1), not its atanh)."""
         result = []
-        level, index = self, group
-        while level is not None:
+        for level in self.levels():  # a level above has one group per group of the level below
             if level._attached:
-                g = level.param_groups[index]
+                g = level.param_groups[group]
                 values = level._values(g, g["hyper_raw"].detach())
                 result.append({k: float(v) for k, v in values.items()})
             else:
                 result.append({k: v for k, v in level._config.items() if k in level.HYPERPARAMETERS})
-            level, index = level.hyper, index
         return result
 
     def __str__(self) -> str:

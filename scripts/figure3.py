@@ -32,10 +32,6 @@ PAPER_RANGE = {0: (13.0, 90.0), 3: (12.5, 14.5)}
 SWEPT_BASELINES = ("ScheduleFreeSGD", "ScheduleFreeAdamW")
 
 
-def sensitivity_records(roots: list[str]) -> list[dict]:
-    return [r for r in read_records(*roots) if r["run"].get("config", {}).get("experiment") == "sensitivity"]
-
-
 def sensitivity_points(records: list[dict]) -> pd.DataFrame:
     """One line per run: method, height, α, seed, status, final test error."""
     lines = []
@@ -167,7 +163,7 @@ def main() -> None:
     parser.add_argument("--export-records", type=Path, metavar="DIR",
                         help="also copy each run's small record files here (to commit them)")
     args = parser.parse_args()
-    records = sensitivity_records(args.records)
+    records = read_records(*args.records, experiment="sensitivity")
     points = sensitivity_points(records)
     if points.empty:
         raise SystemExit(f"no sensitivity run records under {', '.join(args.records)}")

@@ -26,10 +26,6 @@ from experiments.records import copy_record, describe_commits, read_records, saf
 from experiments.reports import markdown_table, replace_between_markers  # noqa: E402
 
 
-def rnn_records(roots: list[str]) -> list[dict]:
-    return [record for record in read_records(*roots) if record["run"].get("config", {}).get("experiment") == "rnn"]
-
-
 def curves(records: list[dict]) -> pd.DataFrame:
     """One line per run and epoch: α, arm, seed, epoch, step, validation bpc, learned α."""
     lines = []
@@ -103,7 +99,7 @@ def main() -> None:
     parser.add_argument("--export-records", type=Path, metavar="DIR",
                         help="also copy each run's small record files (and its text sample) here")
     args = parser.parse_args()
-    records = rnn_records(args.records)
+    records = read_records(*args.records, experiment="rnn")
     if not records:
         raise SystemExit(f"no RNN run records under {', '.join(args.records)}")
     if args.export_records:
