@@ -31,6 +31,10 @@ class TensorDataset:
             index = order[start:start + batch_size]
             yield self.train_x[index], self.train_y[index]
 
+    def test_batches(self, batch_size: int):
+        for start in range(0, len(self.test_y), batch_size):
+            yield self.test_x[start:start + batch_size], self.test_y[start:start + batch_size]
+
 
 def load_mnist(root: str | os.PathLike, device: torch.device | str = "cpu", download: bool = False,
                subset: int | None = None, dtype: torch.dtype = torch.float32) -> TensorDataset:
@@ -54,11 +58,11 @@ def load_mnist(root: str | os.PathLike, device: torch.device | str = "cpu", down
     return TensorDataset(*splits)
 
 
-LOADERS = {"mnist": load_mnist}
-
-
 def load_dataset(name: str, root: str, device: torch.device, download: bool = False,
-                 subset: int | None = None) -> TensorDataset:
-    if name not in LOADERS:
-        raise ValueError(f"unknown dataset {name!r}; known: {sorted(LOADERS)}")
-    return LOADERS[name](root, device=device, download=download, subset=subset)
+                 subset: int | None = None, **options) -> TensorDataset:
+    from experiments.cifar import load_cifar10
+
+    loaders = {"mnist": load_mnist, "cifar10": load_cifar10}
+    if name not in loaders:
+        raise ValueError(f"unknown dataset {name!r}; known: {sorted(loaders)}")
+    return loaders[name](root, device=device, download=download, subset=subset, **options)

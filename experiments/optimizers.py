@@ -101,3 +101,30 @@ def sensitivity_optimizer(method: str, alpha: float, height: int, upper) -> str:
 def rnn_optimizer(alpha: float, hyper: bool, kappa: float) -> str:
     """Adam^α(α), its α learned by Adam(κ) when `hyper`, else fixed: the two arms of the RNN experiment."""
     return f"Adam^α({alpha})/Adam({kappa})" if hyper else f"Adam^α({alpha})"
+
+
+def cifar_optimizer(alpha: float, momentum: float, weight_decay: float, hyper: bool, kappa_alpha, kappa_momentum) -> str:
+    """One cell of Figure 2: SGD(α, μ) with weight decay, its α and μ learned by an SGD with a step size for each
+    (``auto``: κ_α = α²·1e-3, κ_μ = 1e-6/(1-μ)) when `hyper`, else fixed."""
+    weights = f"SGD({alpha}, {momentum}, {weight_decay})"
+    if not hyper:
+        return weights
+    kappa_alpha = alpha ** 2 * 1e-3 if kappa_alpha == "auto" else float(kappa_alpha)
+    kappa_momentum = 1e-6 / (1.0 - momentum) if kappa_momentum == "auto" else float(kappa_momentum)
+    return f"{weights}/SGD({{α: {kappa_alpha:.6g}, μ: {kappa_momentum:.6g}}})"
+
+
+def build_schedule(schedule, optimizer, epochs: int):
+    """A step schedule of a fixed step size, stepped once an epoch: lr × gamma at each milestone, a fraction of
+    the run's epochs. None when the run has none."""
+    if schedule is None:
+        return None
+    if isinstance(optimizer, hyperopt.Hyperoptimizer) and optimizer.hyper is not None and any(
+            "lr" in group["learn"] for group in optimizer.param_groups):
+        raise ValueError(f"schedule= sets a fixed step size, but {optimizer} learns it: drop the schedule or the "
+                         "levels above")
+    if not all(0.0 < fraction < 1.0 for fraction in schedule.milestones):
+        raise ValueError(f"schedule.milestones are fractions of the run's epochs, in (0, 1): {schedule.milestones}")
+    milestones = sorted({max(1, round(fraction * epochs)) for fraction in schedule.milestones})
+    scheduled = optimizer.optimizer if isinstance(optimizer, Baseline) else optimizer
+    return torch.optim.lr_scheduler.MultiStepLR(scheduled, milestones, gamma=schedule.gamma)

@@ -3,6 +3,7 @@ gives the batches of an epoch, takes a step, evaluates, and adds what it alone h
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -15,9 +16,23 @@ from experiments.data import load_dataset
 from experiments.text import load_text, windows
 
 
-def train_step(model, optimizer, x, y) -> torch.Tensor:
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def forward_precision(precision: str, device: torch.device):
+    """The context of a forward pass: bf16 autocast, or nothing. Weights, gradients, hyperparameters and
+    hypergradients stay in float32 either way: the optimizer steps outside it."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}; choose one of {sorted(PRECISIONS)}")
+    if PRECISIONS[precision] is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=PRECISIONS[precision])
+
+
+def train_step(model, optimizer, x, y, precision: str = "fp32") -> torch.Tensor:
     """One step of a plain PyTorch loop; a hyperoptimizer needs nothing more."""
-    loss = F.nll_loss(model(x), y)
+    with forward_precision(precision, x.device):
+        loss = F.nll_loss(model(x), y)
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
@@ -25,11 +40,17 @@ def train_step(model, optimizer, x, y) -> torch.Tensor:
 
 
 class Classification:
+    """Images (MNIST, CIFAR-10) to classes; the test set is evaluated after each epoch."""
+
     headline = "test_error"
 
     def __init__(self, cfg: DictConfig, device: torch.device):
-        self.data = load_dataset(cfg.data.name, cfg.data.root, device, cfg.data.download, cfg.data.subset)
-        self.batch_size = cfg.batch_size
+        options = {key: cfg.data[key] for key in ("augment", "test_subset") if key in cfg.data}
+        self.data = load_dataset(cfg.data.name, cfg.data.root, device, cfg.data.download, cfg.data.subset,
+                                 **options)
+        self.batch_size, self.eval_batch_size = cfg.batch_size, cfg.data.eval_batch_size
+        self.precision = cfg.precision
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.model_options: dict = {}
         self.steps_per_epoch = -(-len(self.data.train_y) // self.batch_size)
         self.description = f"{len(self.data.train_y)} training examples"
@@ -38,20 +59,21 @@ class Classification:
         return self.data.batches(self.batch_size, generator)
 
     def step(self, model, optimizer, batch) -> torch.Tensor:
-        return train_step(model, optimizer, *batch)
+        x, y = batch
+        return train_step(model, optimizer, x.contiguous(memory_format=self.memory_format), y, self.precision)
 
     @torch.no_grad()
-    def evaluate(self, model, train_loss: float, batch_size: int = 10_000) -> dict:
-        x, y = self.data.test_x, self.data.test_y
+    def evaluate(self, model, train_loss: float) -> dict:
         model.eval()
-        loss, wrong = 0.0, 0
-        for start in range(0, len(y), batch_size):
-            log_probabilities = model(x[start:start + batch_size])
-            target = y[start:start + batch_size]
-            loss += float(F.nll_loss(log_probabilities, target, reduction="sum"))
-            wrong += int((log_probabilities.argmax(1) != target).sum())
+        loss, wrong, count = 0.0, 0, 0
+        for x, y in self.data.test_batches(self.eval_batch_size):
+            with forward_precision(self.precision, x.device):
+                log_probabilities = model(x.contiguous(memory_format=self.memory_format))
+            loss += float(F.nll_loss(log_probabilities.float(), y, reduction="sum"))
+            wrong += int((log_probabilities.argmax(1) != y).sum())
+            count += len(y)
         model.train()
-        return {"test_loss": loss / len(y), "test_error": 100.0 * wrong / len(y)}
+        return {"test_loss": loss / count, "test_error": 100.0 * wrong / count}
 
     def finish(self, model, directory: Path, seed: int) -> dict:
         return {}
@@ -71,6 +93,7 @@ class LanguageModelling:
         self.data = load_text(cfg.data.root, device, cfg.data.file, cfg.data.subset)
         self.batch_size, self.length = cfg.batch_size, cfg.data.sequence_length
         self.sample_length, self.temperature = cfg.data.sample_length, cfg.data.temperature
+        self.precision = cfg.precision
         self.model_options = {"vocabulary_size": len(self.data.vocabulary)}
         self.steps_per_epoch = sum(1 for _ in windows(self.data.train, self.batch_size, self.length))
         self.description = (f"{len(self.data.train)} training characters, vocabulary of "
@@ -83,9 +106,10 @@ class LanguageModelling:
 
     def step(self, model, optimizer, batch) -> torch.Tensor:
         x, y = batch
-        log_probabilities, state = model(x, self.state)
+        with forward_precision(self.precision, x.device):
+            log_probabilities, state = model(x, self.state)
         self.state = tuple(s.detach() for s in state)
-        loss = F.nll_loss(log_probabilities.flatten(0, 1), y.flatten())
+        loss = F.nll_loss(log_probabilities.float().flatten(0, 1), y.flatten())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -133,7 +157,7 @@ class LanguageModelling:
         return f"validation {metrics['valid_bpc']:.3f} bits per character"
 
 
-TASKS = {"mnist": Classification, "text": LanguageModelling}
+TASKS = {"mnist": Classification, "cifar10": Classification, "text": LanguageModelling}
 
 
 def make_task(cfg: DictConfig, device: torch.device):

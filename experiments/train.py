@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import hyperopt  # noqa: E402
 from experiments.loggers import make_logger  # noqa: E402
-from experiments.optimizers import build_optimizer, rnn_optimizer, sensitivity_optimizer, set_mode  # noqa: E402
+from experiments.optimizers import (build_optimizer, build_schedule, cifar_optimizer, rnn_optimizer,  # noqa: E402
+                                   sensitivity_optimizer, set_mode)
 from experiments.provenance import provenance  # noqa: E402
 from experiments.records import RunRecord  # noqa: E402
 from experiments.tasks import make_task  # noqa: E402
@@ -40,6 +41,7 @@ from models import build_model  # noqa: E402
 log = logging.getLogger("train")
 OmegaConf.register_new_resolver("sensitivity_optimizer", sensitivity_optimizer, replace=True)
 OmegaConf.register_new_resolver("rnn_optimizer", rnn_optimizer, replace=True)
+OmegaConf.register_new_resolver("cifar_optimizer", cifar_optimizer, replace=True)
 
 
 class TrainingDiverged(FloatingPointError):
@@ -69,7 +71,10 @@ def train(cfg: DictConfig, device: torch.device, record: RunRecord, logger, prog
     task = make_task(cfg, device)
     model_options = {k: v for k, v in OmegaConf.to_container(cfg.model).items() if k != "name"}
     model = build_model(cfg.model.name, **task.model_options, **model_options).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg.optimizer, model.parameters(), compile=cfg.compile)
+    schedule = build_schedule(cfg.schedule, optimizer, cfg.epochs)
     log.info("%s on %s: %s, %s", cfg.optimizer, device, task.description, cfg.experiment)
 
     step, epoch_seconds, outcome = 0, [], {}
@@ -106,6 +111,8 @@ def train(cfg: DictConfig, device: torch.device, record: RunRecord, logger, prog
         if outcome:
             log.warning("diverged: %s", outcome["error"])
             break
+        if schedule is not None:
+            schedule.step()
     set_mode(optimizer, "eval")
     finished = task.finish(model, record.directory, cfg.seed)
     return {"status": outcome.get("status", "ok"), **outcome, "epochs_completed": epoch, "steps": step,

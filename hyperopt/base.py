@@ -86,8 +86,13 @@ class Hyperoptimizer(torch.optim.Optimizer):
             raise TypeError(f"{self.NAME} has no hyperparameter {sorted(unknown)}; "
                             f"it has {list(self.HYPERPARAMETERS)}")
         defaults = {name: float(default) for name, (default, _, _) in self.HYPERPARAMETERS.items()}
-        defaults.update({k: float(v) for k, v in values.items() if v is not None})
+        defaults.update({k: v if isinstance(v, dict) else float(v) for k, v in values.items() if v is not None})
         self._validate_values(defaults)
+        per_hyperparameter = sorted(k for k, v in defaults.items() if isinstance(v, dict))
+        if per_hyperparameter and (params is not None or hyper is not None):
+            raise ValueError(
+                f"{self.NAME}: a value per hyperparameter of the level below ({', '.join(per_hyperparameter)}="
+                "{...}) is for a level above another optimizer, at the top of the stack where values are fixed")
         learn = self._default_learn(defaults) if learn is None else tuple(learn)
         self._validate_learn(learn)
         defaults["learn"] = learn
@@ -124,6 +129,8 @@ class Hyperoptimizer(torch.optim.Optimizer):
         if any(p.device != first.device or p.dtype != first.dtype for p in group["params"]):
             raise ValueError("all parameters of a param group must share one device and dtype (the update works "
                              "on them as one flat vector); put the others in a param group of their own")
+        if self._owner is not None and group.get("weight_decay"):
+            raise ValueError(f"{self.NAME}: weight decay is for the weights' optimizer, not a level above it")
         if self.hyper is not None and not group["learn"]:
             raise ValueError(f"{self.NAME} learns no hyperparameter (learn=()), so the level above it has "
                              "nothing to optimize: drop the level above or say what to learn")
@@ -133,7 +140,8 @@ class Hyperoptimizer(torch.optim.Optimizer):
             [self.HYPERPARAMETERS[name][1].to_raw(group[name]) for name in self._learned(group)],
             dtype=torch.promote_types(first.dtype, torch.float32), device=first.device)
         if self.hyper is not None:
-            hyper_group = {"params": [group["hyper_raw"]]}
+            hyper_group = {"params": [group["hyper_raw"]],
+                           **self.hyper._per_hyperparameter_values(self._learned(group), group["hyper_raw"])}
             if self.hyper._attached:
                 self.hyper.add_param_group(hyper_group)
             else:
@@ -143,13 +151,28 @@ class Hyperoptimizer(torch.optim.Optimizer):
     def _validate_values(self, values: dict) -> None:
         for name in self.HYPERPARAMETERS:
             value = values[name]
-            if not math.isfinite(value):
-                raise ValueError(f"{self.NAME}: {name} must be a finite number, not {value}")
-            parameterisation = self.HYPERPARAMETERS[name][1]
-            if parameterisation is UNIT_INTERVAL and not 0.0 < value < 1.0:
-                raise ValueError(f"{self.NAME}: {name} must lie strictly between 0 and 1, not {value}")
-            if parameterisation is not UNIT_INTERVAL and value < 0.0:
-                raise ValueError(f"{self.NAME}: {name} must not be negative, not {value}")
+            numbers = (list(value.values()) if isinstance(value, dict)
+                       else value.tolist() if isinstance(value, torch.Tensor) else [value])
+            for number in numbers:
+                if not isinstance(number, (int, float)) or not math.isfinite(number):
+                    raise ValueError(f"{self.NAME}: {name} must be a finite number, not {value}")
+                parameterisation = self.HYPERPARAMETERS[name][1]
+                if parameterisation is UNIT_INTERVAL and not 0.0 < number < 1.0:
+                    raise ValueError(f"{self.NAME}: {name} must lie strictly between 0 and 1, not {value}")
+                if parameterisation is not UNIT_INTERVAL and number < 0.0:
+                    raise ValueError(f"{self.NAME}: {name} must not be negative, not {value}")
+
+    def _per_hyperparameter_values(self, below: tuple[str, ...], raw: torch.Tensor) -> dict:
+        """This level's values given per hyperparameter of the level below (``lr={"lr": κ_α, "momentum": κ_μ}``:
+        a step size for each hyperparameter it learns), as tensors over that level's raw vector, in its order."""
+        resolved = {}
+        for name, value in self._config.items():
+            if isinstance(value, dict):
+                if set(value) != set(below):
+                    raise ValueError(f"{self.NAME}: {name} is given for {sorted(value)}, but the level below "
+                                     f"learns {list(below)}: give one value for each")
+                resolved[name] = raw.new_tensor([float(value[hyperparameter]) for hyperparameter in below])
+        return resolved
 
     def _validate_learn(self, learn) -> None:
         for name in learn:
@@ -182,6 +205,8 @@ class Hyperoptimizer(torch.optim.Optimizer):
         fixed = {name: group[name] for name in self.HYPERPARAMETERS}
         if self.hyper is None:
             for name in group["learn"]:
+                if isinstance(fixed[name], torch.Tensor):  # one value per hyperparameter below: set, not stored
+                    continue
                 parameterisation = self.HYPERPARAMETERS[name][1]
                 fixed[name] = parameterisation.to_value(parameterisation.to_raw(fixed[name]))
         return fixed
@@ -210,9 +235,14 @@ class Hyperoptimizer(torch.optim.Optimizer):
 
     @staticmethod
     def _flat_grad(group: dict) -> torch.Tensor:
+        """The group's gradient as one vector, with weight decay added as torch.optim.SGD adds it: the update and
+        the hypergradient are then those of the loss plus (weight_decay / 2)·|w|²."""
         # torch.cat copies, so the gradient kept in a Jacobian cannot be changed by a later in-place zero_grad.
-        return torch.cat([p.grad.reshape(-1) if p.grad is not None else torch.zeros_like(p).reshape(-1)
-                          for p in group["params"]])
+        gradient = torch.cat([p.grad.reshape(-1) if p.grad is not None else torch.zeros_like(p).reshape(-1)
+                              for p in group["params"]])
+        if group.get("weight_decay"):
+            gradient.add_(torch.cat([p.reshape(-1) for p in group["params"]]), alpha=group["weight_decay"])
+        return gradient
 
     # ----------------------------------------------------------------- one step of the whole stack
     @torch.no_grad()
@@ -318,12 +348,14 @@ class Hyperoptimizer(torch.optim.Optimizer):
     def hyperparameters(self, group: int = 0) -> list[dict[str, float]]:
         """Current hyperparameters of every level for one param group, the weights' optimizer first, in natural
         units (α, not the √α RMSProp stores; β in (0, 1), not its atanh)."""
-        result = []
+        result, below = [], ()
         for level in self.levels():  # a level above has one group per group of the level below
             if level._attached:
                 g = level.param_groups[group]
                 values = level._values(g, g["hyper_raw"].detach())
-                result.append({k: float(v) for k, v in values.items()})
+                result.append({k: dict(zip(below, v.tolist())) if isinstance(v, torch.Tensor) and v.dim() else
+                               float(v) for k, v in values.items()})
+                below = level._learned(g)
             else:
                 result.append({k: v for k, v in level._config.items() if k in level.HYPERPARAMETERS})
         return result

@@ -12,9 +12,10 @@ from .base import Hyperoptimizer
 from .optimizers import SGD, AdaGrad, Adam, RMSProp
 
 OPTIMIZERS = {cls.NAME.lower(): cls for cls in (SGD, Adam, AdaGrad, RMSProp)}
-SYMBOLS = {"lr": "α", "momentum": "μ", "beta1": "β1", "beta2": "β2", "gamma": "γ", "eps": "ε"}
+SYMBOLS = {"lr": "α", "momentum": "μ", "beta1": "β1", "beta2": "β2", "gamma": "γ", "eps": "ε",
+           "weight_decay": "λ"}
 ALIASES = {**{name: name for name in SYMBOLS}, **{symbol: name for name, symbol in SYMBOLS.items()},
-           "alpha": "lr", "mu": "momentum", "β₁": "beta1", "β₂": "beta2"}
+           "alpha": "lr", "mu": "momentum", "β₁": "beta1", "β₂": "beta2", "wd": "weight_decay"}
 
 GRAMMAR = """\
   stack      := level ( "/" level )*            leftmost level updates the weights
@@ -22,9 +23,14 @@ GRAMMAR = """\
   NAME       := SGD | Adam | AdaGrad | RMSProp  (any case)
   learned    := symbol | "{" symbol ( "," symbol )* "}"
   symbol     := α | alpha | lr | μ | mu | momentum | β1 | beta1 | β2 | beta2 | γ | gamma
-  value      := number | symbol "=" number      positional order: SGD(lr, momentum), Adam(lr, beta1, beta2, eps),
-                                                AdaGrad(lr), RMSProp(lr, gamma)
-  examples:  SGD   SGD(0.01)/SGD   Adam^α/SGD(1e-5)   RMSProp^{α,γ}/RMSProp(1e-4)   SGD(lr=0.1, momentum=0.9)/SGD"""
+  value      := number | per-level | symbol "=" ( number | per-level )
+                                                positional order: SGD(lr, momentum, weight_decay),
+                                                Adam(lr, beta1, beta2, eps), AdaGrad(lr), RMSProp(lr, gamma)
+  per-level  := "{" symbol ":" number ( "," symbol ":" number )* "}"
+                                                at the top of a stack: a value for each hyperparameter the
+                                                level learns, e.g. its step size for α and for μ
+  examples:  SGD   SGD(0.01)/SGD   Adam^α/SGD(1e-5)   RMSProp^{α,γ}/RMSProp(1e-4)   SGD(lr=0.1, momentum=0.9)/SGD
+             SGD(0.1, 0.9, wd=1e-4)/SGD({α: 1e-5, μ: 1e-6})"""
 
 _LEVEL = re.compile(r"^\s*(?P<name>[A-Za-z]+)\s*(?:\^\s*(?P<learned>\{[^}]*\}|[^\s(/{]+))?\s*"
                     r"(?:\((?P<args>[^()]*)\))?\s*$")
@@ -48,6 +54,35 @@ def _number(spec: str, part: str, text: str) -> float:
         raise _error(spec, part, f"{text.strip()!r} is not a number") from None
 
 
+def _value(spec: str, part: str, text: str) -> float | dict[str, float]:
+    """A number, or ``{α: 1e-5, μ: 1e-6}``: a value for each hyperparameter of the level below."""
+    text = text.strip()
+    if not text.startswith("{"):
+        return _number(spec, part, text)
+    if not text.endswith("}"):
+        raise _error(spec, part, f"{text!r} has no closing brace")
+    values = {}
+    for entry in text[1:-1].split(","):
+        if ":" not in entry:
+            raise _error(spec, part, f"{entry.strip()!r} is not `symbol: number`")
+        symbol, number = entry.split(":", 1)
+        values[_hyperparameter(spec, part, symbol)] = _number(spec, part, number)
+    return values
+
+
+def _arguments(text: str) -> list[str]:
+    """Split on the commas outside braces."""
+    arguments, depth, current = [], 0, ""
+    for character in text:
+        depth += {"{": 1, "}": -1}.get(character, 0)
+        if character == "," and depth == 0:
+            arguments.append(current)
+            current = ""
+        else:
+            current += character
+    return arguments + [current]
+
+
 def parse(spec: str) -> list[tuple[type[Hyperoptimizer], dict, tuple[str, ...] | None]]:
     """The levels of a stack, bottom first, as (optimizer class, hyperparameter values, learned names or None)."""
     if not isinstance(spec, str) or not spec.strip():
@@ -66,7 +101,7 @@ def parse(spec: str) -> list[tuple[type[Hyperoptimizer], dict, tuple[str, ...] |
             learned = tuple(_hyperparameter(spec, part, s) for s in symbols)
         values: dict[str, float] = {}
         order = list(cls.HYPERPARAMETERS)
-        args = [a for a in (match["args"] or "").split(",")] if (match["args"] or "").strip() else []
+        args = _arguments(match["args"]) if (match["args"] or "").strip() else []
         for position, arg in enumerate(args):
             if "=" in arg:
                 key, text = arg.split("=", 1)
@@ -81,7 +116,7 @@ def parse(spec: str) -> list[tuple[type[Hyperoptimizer], dict, tuple[str, ...] |
                 raise _error(spec, part, f"{cls.NAME} has no hyperparameter {name!r} (it has {', '.join(order)})")
             if name in values:
                 raise _error(spec, part, f"{name} is given twice")
-            values[name] = _number(spec, part, text)
+            values[name] = _value(spec, part, text)
         levels.append((cls, values, learned))
     return levels
 
@@ -100,8 +135,11 @@ def stack(spec: str, params: Iterable | None = None, **options) -> Hyperoptimize
     return hyper
 
 
-def _format_number(value: float, single_precision: bool) -> str:
+def _format_number(value: float | dict[str, float], single_precision: bool) -> str:
     # The shortest text that reads back to the same number in the precision the value is held in.
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{SYMBOLS[name]}: {_format_number(number, single_precision)}"
+                               for name, number in value.items()) + "}"
     return str(numpy.float32(value)) if single_precision else repr(float(value))
 
 

@@ -13,11 +13,13 @@ from .base import IDENTITY, SQUARE, UNIT_INTERVAL, Hyperoptimizer
 
 
 class SGD(Hyperoptimizer):
-    """SGD(lr, momentum). As in the reference, momentum is used (and learned) only when it starts non-zero; pass
-    ``learn=("lr", "momentum")`` to learn it from 0 as well. The buffer starts at the first gradient."""
+    """SGD(lr, momentum, weight_decay). As in the reference, momentum is used (and learned) only when it starts
+    non-zero; pass ``learn=("lr", "momentum")`` to learn it from 0 as well. The buffer starts at the first
+    gradient. Weight decay (not in the reference) adds weight_decay·w to the gradient, as torch.optim.SGD does."""
 
     NAME = "SGD"
-    HYPERPARAMETERS = {"lr": (0.01, IDENTITY, True), "momentum": (0.0, IDENTITY, True)}
+    HYPERPARAMETERS = {"lr": (0.01, IDENTITY, True), "momentum": (0.0, IDENTITY, True),
+                       "weight_decay": (0.0, IDENTITY, False)}
 
     @classmethod
     def _default_learn(cls, values):

@@ -4,8 +4,9 @@ from torch import nn
 
 from .char_rnn import CharRNN
 from .mlp import MLP
+from .resnet import ResNet, resnet20
 
-MODELS = {"mlp": MLP, "char_rnn": CharRNN}
+MODELS = {"mlp": MLP, "char_rnn": CharRNN, "resnet20": resnet20}
 
 
 def build_model(name: str, **options) -> nn.Module:
@@ -14,4 +15,4 @@ def build_model(name: str, **options) -> nn.Module:
     return MODELS[name](**options)
 
 
-__all__ = ["MLP", "CharRNN", "MODELS", "build_model"]
+__all__ = ["MLP", "CharRNN", "ResNet", "resnet20", "MODELS", "build_model"]

@@ -112,7 +112,7 @@ def test_notation_means_what_the_paper_means():
     assert [type(level) for level in opt.levels()] == [hyperopt.Adam, hyperopt.SGD]
     assert opt.param_groups[0]["learn"] == ("lr",)
     assert opt.hyperparameters() == [pytest.approx({"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}),
-                                     pytest.approx({"lr": 1e-5, "momentum": 0.0})]
+                                     pytest.approx({"lr": 1e-5, "momentum": 0.0, "weight_decay": 0.0})]
     opt = hyperopt.stack("Adam(0.0040, 0.899, 0.999)/SGD(1e-5)", MLP().parameters())
     assert opt.hyperparameters()[0] == pytest.approx({"lr": 0.004, "beta1": 0.899, "beta2": 0.999, "eps": 1e-8})
     assert str(opt) == "Adam(0.004, 0.899)/SGD(1e-05)"
@@ -127,7 +127,7 @@ def test_notation_means_what_the_paper_means():
     ("SGD/", "cannot read this level"),
     ("SGD(0.1", "cannot read this level"),
     ("SGD(abc)", "'abc' is not a number"),
-    ("SGD(0.1, 0.9, 3)", "SGD takes at most 2 values"),
+    ("SGD(0.1, 0.9, 0, 3)", "SGD takes at most 3 values"),
     ("SGD(lr=0.1, 0.9)", "positional value follows a keyword"),
     ("SGD(lr=0.1, lr=0.2)", "lr is given twice"),
     ("Adam^δ/SGD", "unknown hyperparameter 'δ'"),
