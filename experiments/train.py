@@ -115,7 +115,8 @@ def train(cfg: DictConfig, device: torch.device, record: RunRecord, logger, prog
             schedule.step()
     set_mode(optimizer, "eval")
     finished = task.finish(model, record.directory, cfg.seed)
-    return {"status": outcome.get("status", "ok"), **outcome, "epochs_completed": epoch, "steps": step,
+    return {"status": outcome.get("status", "ok"), **outcome, "data": task.description,
+            "epochs_completed": epoch, "steps": step,
             **{k: v for k, v in metrics.items() if k not in ("epoch", "step", "epoch_seconds")}, **finished,
             "optimizer_final": str(optimizer), "seconds_per_epoch": statistics.median(epoch_seconds)}
 

@@ -1,11 +1,16 @@
 """Step-for-step equality with the paper's reference code on real MNIST batches, in float64."""
 
+import copy
+
 import pytest
 import torch
+import torch.nn.functional as F
 
+import hyperopt
+from experiments.tasks import train_step
 from models import MLP
 from tests.closeness import assert_relative_close
-from tests.reference import run_ours, run_reference
+from tests.reference import natural_values, reference_step, run_ours, run_reference
 
 TABLE_1_STACKS = [
     "SGD(0.01)", "SGD/SGD", "SGD/Adam(0.1)", "SGD/AdaGrad", "SGD/RMSProp(0.1)",
@@ -50,3 +55,24 @@ def test_matches_reference_step_for_step(spec, hypergradient, mnist_batches):
     # the hyperparameters must actually have moved, or the comparison proves little
     if "/" in spec:
         assert ours[2][-1][0] != ours[2][0][0]
+
+
+def test_weight_decay_hypergradients_are_those_of_the_l2_regularised_loss(mnist_batches):
+    """SGD(α, μ, λ)/SGD(κ) equals the reference code minimising loss + (λ/2)|w|², step for step."""
+    decay, spec = 0.01, "SGD(0.1, 0.9)/SGD(1e-3)"
+    torch.manual_seed(0)
+    model = MLP().double()
+    theirs = copy.deepcopy(model)
+    ours = hyperopt.stack("SGD(0.1, 0.9, 0.01)/SGD(1e-3)", model.parameters())
+
+    def regularised(output, y):
+        return F.nll_loss(output, y) + decay / 2 * sum(p.pow(2).sum() for p in theirs.parameters())
+    wrapper, reference = reference_step(spec, theirs, regularised)
+    for step, (x, y) in enumerate(mnist_batches[:20]):
+        train_step(model, ours, x, y)
+        reference(x, y)
+        for name, value in natural_values(wrapper.optimizer)[0].items():
+            assert_close(ours.hyperparameters()[0][name], value, f"{name} at step {step}")
+        assert_close(torch.cat([p.reshape(-1) for p in model.parameters()]),
+                     torch.cat([p.detach().reshape(-1) for p in theirs.parameters()]), f"weights at step {step}")
+    assert ours.hyperparameters()[0]["lr"] != 0.1 and ours.hyperparameters()[0]["momentum"] != 0.9

@@ -1,0 +1,146 @@
+"""Figure 2 from run records: ResNet-20 on CIFAR-10, one panel per initial (α, μ), train loss and test error
+against epochs on a log scale for the fixed SGD(α, μ), the hyperoptimized SGD(α, μ)/SGD and He et al.'s schedule;
+and a table of final test errors beside the values read off the paper's figure.
+
+    python scripts/figure2.py runs/figure2 --readme README.md --export-records results/figure2/runs
+
+Writes results/figure2.png, results/figure2.csv and results/figure2.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from experiments.records import copy_record, describe_commits, read_records, safe_name  # noqa: E402
+from experiments.reports import markdown_table, replace_between_markers  # noqa: E402
+
+ALPHAS, MOMENTA = (0.01, 0.1, 1.0), (0.09, 0.9, 0.99)
+FIXED, HYPER, HE = "SGD(α, μ) fixed", "SGD(α, μ)/SGD", "He et al. 2015"
+STYLE = {FIXED: "tab:blue", HYPER: "tab:orange", HE: "0.45"}
+# Final test error (%) read off the paper's Figure 2 (PAPER.md section 4, ±1-2 points); "diverged" where it did.
+PAPER = {(HYPER, 0.1, 0.9): 9.5, (HYPER, 1.0, 0.9): 9.5, (FIXED, 0.1, 0.9): 13.0, (FIXED, 1.0, 0.9): 30.0,
+         (FIXED, 1.0, 0.99): "diverged", (HYPER, 1.0, 0.99): 19.5, (HE, 0.1, 0.9): 13.0}
+
+
+def method_of(config: dict) -> str:
+    if config.get("schedule"):
+        return HE
+    return HYPER if config["cifar"]["hyper"] else FIXED
+
+
+def runs(records: list[dict]) -> list[dict]:
+    out = []
+    for record in records:
+        config, summary = record["run"]["config"], record["summary"]
+        out.append({"method": method_of(config), "alpha": float(config["cifar"]["alpha"]),
+                    "momentum": float(config["cifar"]["momentum"]), "seed": config["seed"],
+                    "status": summary.get("status"), "metrics": record["metrics"], "summary": summary,
+                    "directory": record["directory"]})
+    return out
+
+
+def finals(all_runs: list[dict]) -> pd.DataFrame:
+    lines = []
+    for run in all_runs:
+        summary = run["summary"]
+        learned = (summary.get("hyperparameters") or [{}])[0]
+        lines.append({"method": run["method"], "alpha": run["alpha"], "momentum": run["momentum"],
+                      "status": run["status"], "epochs": summary.get("epochs_completed"),
+                      "test_error": summary.get("test_error") if run["status"] == "ok" else None,
+                      "train_loss": summary.get("train_loss") if run["status"] == "ok" else None,
+                      "final_alpha": learned.get("lr"), "final_momentum": learned.get("momentum")})
+    frame = pd.DataFrame(lines)
+    table = frame.groupby(["method", "alpha", "momentum"], sort=False).agg(
+        runs=("status", "size"), ok=("status", lambda s: int((s == "ok").sum())), epochs=("epochs", "max"),
+        test_error=("test_error", "mean"), test_error_std=("test_error", "std"), train_loss=("train_loss", "mean"),
+        final_alpha=("final_alpha", "mean"), final_momentum=("final_momentum", "mean")).reset_index()
+    table["paper_test_error"] = [PAPER.get((m, a, u), "—") for m, a, u in
+                                 zip(table["method"], table["alpha"], table["momentum"])]
+    return table.sort_values(["momentum", "alpha", "method"]).reset_index(drop=True)
+
+
+def mean_curve(group: list[dict], key: str) -> pd.Series:
+    frame = pd.DataFrame([{"epoch": m["epoch"], key: m[key]} for run in group for m in run["metrics"]])
+    return frame.groupby("epoch")[key].mean() if len(frame) else pd.Series(dtype=float)
+
+
+def draw(all_runs: list[dict], out: Path) -> None:
+    figure, axes = plt.subplots(3, 3, figsize=(14, 11), sharex=True, sharey=True)
+    he = [run for run in all_runs if run["method"] == HE]
+    for row, momentum in enumerate(MOMENTA):
+        for column, alpha in enumerate(ALPHAS):
+            axis = axes[row][column]
+            cell = [run for run in all_runs if run["method"] != HE
+                    and (run["alpha"], run["momentum"]) == (alpha, momentum)]
+            for method in (FIXED, HYPER, HE):
+                group = he if method == HE else [run for run in cell if run["method"] == method]
+                if not group:
+                    continue
+                loss, error = mean_curve(group, "train_loss"), mean_curve(group, "test_error") / 100.0
+                axis.plot(loss.index, loss.values, ":", color=STYLE[method], lw=1.2)
+                axis.plot(error.index, error.values, "-", color=STYLE[method], lw=1.8)
+                for run in group:
+                    if run["status"] == "diverged" and run["metrics"]:
+                        last = run["metrics"][-1]
+                        axis.plot(last["epoch"], 1.0, "x", color="red", ms=9, mew=2)
+            if not cell:
+                axis.text(0.5, 0.5, "not run", transform=axis.transAxes, ha="center", va="center", color="0.5")
+            axis.set_yscale("log")
+            axis.set_title(f"α₀ = {alpha:g}, μ₀ = {momentum:g}", fontsize=10)
+            axis.grid(True, which="both", alpha=0.25)
+            if row == 2:
+                axis.set_xlabel("epoch")
+            if column == 0:
+                axis.set_ylabel("train loss (dotted), test error (solid)")
+    handles = [plt.Line2D([], [], color=STYLE[m], lw=2, label=m) for m in (FIXED, HYPER, HE)]
+    handles.append(plt.Line2D([], [], color="red", marker="x", ls="", label="diverged"))
+    figure.legend(handles=handles, loc="upper center", ncol=4, frameon=False)
+    figure.suptitle("ResNet-20 on CIFAR-10 (test error as a fraction)", y=0.955)
+    figure.tight_layout(rect=(0, 0, 1, 0.94))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=110)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("records", nargs="+", help="folders holding the Figure 2 runs' records")
+    parser.add_argument("--out", type=Path, default=ROOT / "results")
+    parser.add_argument("--readme", type=Path, help="also put the table between the figure2 markers of this file")
+    parser.add_argument("--export-records", type=Path, metavar="DIR", help="also copy each run's record here")
+    args = parser.parse_args()
+    records = read_records(*args.records, experiment="figure2")
+    if not records:
+        raise SystemExit(f"no Figure 2 run records under {', '.join(args.records)}")
+    all_runs = runs(records)
+    if args.export_records:
+        for run in all_runs:
+            name = safe_name(f"{run['method']}_alpha{run['alpha']:g}_mu{run['momentum']:g}")
+            copy_record(run["directory"], args.export_records / name / f"seed{run['seed']}")
+    draw(all_runs, args.out / "figure2.png")
+    table = finals(all_runs)
+    table.to_csv(args.out / "figure2.csv", index=False)
+    data = sorted({str(run["summary"].get("data")) for run in all_runs})
+    markdown = (f"Generated by `python scripts/figure2.py {' '.join(args.records)}` from {len(records)} run records "
+                f"({describe_commits(records)}; trained on {' / '.join(data)}): final test error (%, mean over "
+                "runs) per cell and method, the paper's value read off its figure (±1-2 points), and the α and μ "
+                "the runs ended with.\n\n" + markdown_table(table.to_dict("records")))
+    (args.out / "figure2.md").write_text(markdown, encoding="utf-8")
+    if args.readme:
+        replace_between_markers(args.readme, "figure2", markdown)
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()
