@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -45,3 +46,41 @@ def replace_between_markers(path: Path, name: str, text: str) -> None:
         raise SystemExit(f"{path} has no {begin} ... {end} block to fill")
     head, rest = content.split(begin, 1)
     path.write_text(head + begin + "\n" + text.strip() + "\n" + end + rest.split(end, 1)[1])
+
+
+def figure_inputs(description: str, experiment: str, markers: str, out: Path, extra=None):
+    """(arguments, run records) of a figure script: record folders, --out, --readme, --export-records, and
+    whatever `extra(parser)` adds; it stops with a message when the folders hold no run of `experiment`."""
+    from experiments.records import read_records
+
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("records", nargs="+", help=f"folders holding the {experiment} runs' records (searched "
+                                                   "recursively)")
+    parser.add_argument("--out", type=Path, default=out, help="where the figure and its tables go")
+    parser.add_argument("--readme", type=Path, help=f"also put the table between the {markers} markers of this file")
+    parser.add_argument("--export-records", type=Path, metavar="DIR",
+                        help="also copy each run's small record files here (to commit them)")
+    if extra is not None:
+        extra(parser)
+    args = parser.parse_args()
+    records = read_records(*args.records, experiment=experiment)
+    if not records:
+        raise SystemExit(f"no {experiment} run records under {', '.join(args.records)}")
+    return args, records
+
+
+def write_table(markdown: str, path: Path, readme: Path | None, markers: str) -> None:
+    """A generated table: into its Markdown file, into the README block named `markers` (with `readme`), and out."""
+    path.write_text(markdown, encoding="utf-8")
+    if readme is not None:
+        replace_between_markers(readme, markers, markdown)
+    print(markdown)
+
+
+def save_figure(figure, out: Path) -> None:
+    """Write a matplotlib figure (its folder made if need be) and free it."""
+    import matplotlib.pyplot as plt
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=120)
+    plt.close(figure)

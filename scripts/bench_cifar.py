@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -33,7 +32,7 @@ import hyperopt  # noqa: E402
 from experiments.cifar import MEAN, STD, AugmentedImages  # noqa: E402
 from experiments.provenance import provenance  # noqa: E402
 from experiments.reports import publish  # noqa: E402
-from experiments.tasks import forward_precision, train_step  # noqa: E402
+from experiments.tasks import train_step  # noqa: E402
 from models import resnet20  # noqa: E402
 
 IMAGES, BATCH = 50_000, 128

@@ -9,7 +9,6 @@ Writes results/figure2.png, results/figure2.csv and results/figure2.md.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -22,8 +21,8 @@ import pandas as pd  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from experiments.records import copy_record, describe_commits, read_records, safe_name  # noqa: E402
-from experiments.reports import markdown_table, replace_between_markers  # noqa: E402
+from experiments.records import copy_record, describe_commits, safe_name  # noqa: E402
+from experiments.reports import figure_inputs, markdown_table, save_figure, write_table  # noqa: E402
 
 ALPHAS, MOMENTA = (0.01, 0.1, 1.0), (0.09, 0.9, 0.99)
 FIXED, HYPER, HE = "SGD(α, μ) fixed", "SGD(α, μ)/SGD", "He et al. 2015"
@@ -108,21 +107,11 @@ def draw(all_runs: list[dict], out: Path) -> None:
     figure.legend(handles=handles, loc="upper center", ncol=4, frameon=False)
     figure.suptitle("ResNet-20 on CIFAR-10 (test error as a fraction)", y=0.955)
     figure.tight_layout(rect=(0, 0, 1, 0.94))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=110)
-    plt.close(figure)
+    save_figure(figure, out)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("records", nargs="+", help="folders holding the Figure 2 runs' records")
-    parser.add_argument("--out", type=Path, default=ROOT / "results")
-    parser.add_argument("--readme", type=Path, help="also put the table between the figure2 markers of this file")
-    parser.add_argument("--export-records", type=Path, metavar="DIR", help="also copy each run's record here")
-    args = parser.parse_args()
-    records = read_records(*args.records, experiment="figure2")
-    if not records:
-        raise SystemExit(f"no Figure 2 run records under {', '.join(args.records)}")
+    args, records = figure_inputs(__doc__, "figure2", "figure2", ROOT / "results")
     all_runs = runs(records)
     if args.export_records:
         for run in all_runs:
@@ -136,10 +125,7 @@ def main() -> None:
                 f"({describe_commits(records)}; trained on {' / '.join(data)}): final test error (%, mean over "
                 "runs) per cell and method, the paper's value read off its figure (±1-2 points), and the α and μ "
                 "the runs ended with.\n\n" + markdown_table(table.to_dict("records")))
-    (args.out / "figure2.md").write_text(markdown, encoding="utf-8")
-    if args.readme:
-        replace_between_markers(args.readme, "figure2", markdown)
-    print(markdown)
+    write_table(markdown, args.out / "figure2.md", args.readme, "figure2")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ spread of final test error over α per height, beside the values read off the pa
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -24,8 +23,8 @@ import pandas as pd  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from experiments.records import copy_record, describe_commits, read_records, safe_name  # noqa: E402
-from experiments.reports import replace_between_markers  # noqa: E402
+from experiments.records import copy_record, describe_commits, safe_name  # noqa: E402
+from experiments.reports import figure_inputs, save_figure, write_table  # noqa: E402
 
 # Read off the paper's Figure 3 (left), PAPER.md section 5: the range of test error over α ∈ [1e-8, 1].
 PAPER_RANGE = {0: (13.0, 90.0), 3: (12.5, 14.5)}
@@ -128,9 +127,7 @@ def draw(table: pd.DataFrame, times: pd.DataFrame, out: Path) -> None:
     right.grid(True, alpha=0.3)
     right.legend()
     figure.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=120)
-    plt.close(figure)
+    save_figure(figure, out)
 
 
 def to_markdown(spread_table: pd.DataFrame, times: pd.DataFrame, points: pd.DataFrame, command: str,
@@ -155,15 +152,8 @@ def to_markdown(spread_table: pd.DataFrame, times: pd.DataFrame, points: pd.Data
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("records", nargs="+", help="folders holding the sensitivity runs' records")
-    parser.add_argument("--runtime", type=Path, help="bench_overhead.py JSON with SGD stacks of several heights")
-    parser.add_argument("--out", type=Path, default=ROOT / "results")
-    parser.add_argument("--readme", type=Path, help="also put the tables between the figure3 markers of this file")
-    parser.add_argument("--export-records", type=Path, metavar="DIR",
-                        help="also copy each run's small record files here (to commit them)")
-    args = parser.parse_args()
-    records = read_records(*args.records, experiment="sensitivity")
+    args, records = figure_inputs(__doc__, "sensitivity", "figure3", ROOT / "results", lambda parser: parser.add_argument(
+        "--runtime", type=Path, help="bench_overhead.py JSON with SGD stacks of several heights"))
     points = sensitivity_points(records)
     if points.empty:
         raise SystemExit(f"no sensitivity run records under {', '.join(args.records)}")
@@ -179,10 +169,7 @@ def main() -> None:
     command = "python scripts/figure3.py " + " ".join(args.records) + \
         (f" --runtime {args.runtime}" if args.runtime else "")
     markdown = to_markdown(spread(table), times, points, command, describe_commits(records))
-    (args.out / "figure3.md").write_text(markdown)
-    if args.readme:
-        replace_between_markers(args.readme, "figure3", markdown)
-    print(markdown)
+    write_table(markdown, args.out / "figure3.md", args.readme, "figure3")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ results/rnn.md (the same as a table, with one generated text sample).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -22,8 +21,8 @@ import pandas as pd  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from experiments.records import copy_record, describe_commits, read_records, safe_name  # noqa: E402
-from experiments.reports import markdown_table, replace_between_markers  # noqa: E402
+from experiments.records import copy_record, describe_commits, safe_name  # noqa: E402
+from experiments.reports import figure_inputs, markdown_table, save_figure, write_table  # noqa: E402
 
 
 def curves(records: list[dict]) -> pd.DataFrame:
@@ -86,22 +85,11 @@ def draw(data: pd.DataFrame, out: Path) -> None:
     right.grid(True, which="both", alpha=0.3)
     right.legend(fontsize=8)
     figure.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=120)
-    plt.close(figure)
+    save_figure(figure, out)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("records", nargs="+", help="folders holding the RNN runs' records")
-    parser.add_argument("--out", type=Path, default=ROOT / "results")
-    parser.add_argument("--readme", type=Path, help="also put the table between the rnn markers of this file")
-    parser.add_argument("--export-records", type=Path, metavar="DIR",
-                        help="also copy each run's small record files (and its text sample) here")
-    args = parser.parse_args()
-    records = read_records(*args.records, experiment="rnn")
-    if not records:
-        raise SystemExit(f"no RNN run records under {', '.join(args.records)}")
+    args, records = figure_inputs(__doc__, "rnn", "rnn", ROOT / "results")
     if args.export_records:
         for record in records:
             config = record["run"]["config"]
@@ -117,10 +105,7 @@ def main() -> None:
                 "hyperoptimized runs ended with.\n\n" + markdown_table(table.to_dict("records")) +
                 "\nA text sample (300 characters at temperature 0.8) from one of these runs:\n\n```\n"
                 + sample + "\n```\n")
-    (args.out / "rnn.md").write_text(markdown, encoding="utf-8")
-    if args.readme:
-        replace_between_markers(args.readme, "rnn", markdown)
-    print(markdown)
+    write_table(markdown, args.out / "rnn.md", args.readme, "rnn")
 
 
 if __name__ == "__main__":
