@@ -94,14 +94,19 @@ def read_records(*roots: str | os.PathLike, experiment: str | None = None) -> li
     return records
 
 
-def copy_record(source: str | os.PathLike, target: str | os.PathLike, extra: tuple[str, ...] = ()) -> None:
+def copy_record(source: str | os.PathLike, target: str | os.PathLike, extra: tuple[str, ...] = ()) -> Path:
     """Copy a record's own files (not Hydra's logs or W&B's), and any `extra` ones, to `target`, e.g. to commit
-    them with results."""
-    target = Path(target)
+    them with results. A record already there is kept: the copy goes to `target-2` (`-3`, ...) instead."""
+    target = base = Path(target)
+    copies = 1
+    while (target / RUN).exists() and (target / RUN).read_bytes() != (Path(source) / RUN).read_bytes():
+        copies += 1
+        target = base.with_name(f"{base.name}-{copies}")
     target.mkdir(parents=True, exist_ok=True)
     for name in (RUN, SUMMARY, METRICS, *extra):
         if (Path(source) / name).exists():
             shutil.copy2(Path(source) / name, target / name)
+    return target
 
 
 def safe_name(text: str) -> str:

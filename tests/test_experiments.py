@@ -10,7 +10,7 @@ import torch
 
 import hyperopt
 from experiments.optimizers import BASELINES, build_optimizer, set_mode
-from experiments.records import read_records
+from experiments.records import copy_record, read_records
 from scripts.table1 import build_table, paper_rows, runs_from_records
 from tests.conftest import ROOT
 from tests.harness import SMOKE, compose_experiment, train
@@ -111,6 +111,19 @@ def test_a_record_is_never_overwritten(tmp_path):
     result = train("+exp=mnist_sgd", *SMOKE, f"hydra.run.dir={tmp_path}", check=False)
     assert result.returncode != 0 and "already holds a run's record" in result.stderr
     assert (tmp_path / "summary.json").read_text() == before
+
+
+def test_exporting_records_keeps_each_one(tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    for folder, seed in ((first, 0), (second, 1)):
+        folder.mkdir()
+        (folder / "run.json").write_text(json.dumps({"seed": seed}))
+        (folder / "summary.json").write_text("{}")
+    target = tmp_path / "export" / "seed0"
+    assert copy_record(first, target) == target
+    assert copy_record(first, target) == target  # the same record again: refreshed in place
+    assert copy_record(second, target) == tmp_path / "export" / "seed0-2"
+    assert json.loads((target / "run.json").read_text()) == {"seed": 0}
 
 
 def test_wandb_offline_mirrors_the_metrics(tmp_path):
