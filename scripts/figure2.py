@@ -27,6 +27,7 @@ from experiments.reports import figure_inputs, markdown_table, save_figure, writ
 ALPHAS, MOMENTA = (0.01, 0.1, 1.0), (0.09, 0.9, 0.99)
 FIXED, HYPER, HE = "SGD(α, μ) fixed", "SGD(α, μ)/SGD", "He et al. 2015"
 STYLE = {FIXED: "tab:blue", HYPER: "tab:orange", HE: "0.45"}
+FOLDER = {FIXED: "fixed", HYPER: "hyper", HE: "he2015"}
 # Final test error (%) read off the paper's Figure 2 (PAPER.md section 4, ±1-2 points); "diverged" where it did.
 PAPER = {(HYPER, 0.1, 0.9): 9.5, (HYPER, 1.0, 0.9): 9.5, (FIXED, 0.1, 0.9): 13.0, (FIXED, 1.0, 0.9): 30.0,
          (FIXED, 1.0, 0.99): "diverged", (HYPER, 1.0, 0.99): 19.5, (HE, 0.1, 0.9): 13.0}
@@ -94,7 +95,8 @@ def draw(all_runs: list[dict], out: Path) -> None:
                         last = run["metrics"][-1]
                         axis.plot(last["epoch"], 1.0, "x", color="red", ms=9, mew=2)
             if not cell:
-                axis.text(0.5, 0.5, "not run", transform=axis.transAxes, ha="center", va="center", color="0.5")
+                axis.text(0.97, 0.95, "this cell not run", transform=axis.transAxes, ha="right", va="top",
+                          color="0.4", fontsize=9)
             axis.set_yscale("log")
             axis.set_title(f"α₀ = {alpha:g}, μ₀ = {momentum:g}", fontsize=10)
             axis.grid(True, which="both", alpha=0.25)
@@ -115,7 +117,7 @@ def main() -> None:
     all_runs = runs(records)
     if args.export_records:
         for run in all_runs:
-            name = safe_name(f"{run['method']}_alpha{run['alpha']:g}_mu{run['momentum']:g}")
+            name = safe_name(f"{FOLDER[run['method']]}_alpha{run['alpha']:g}_mu{run['momentum']:g}")
             copy_record(run["directory"], args.export_records / name / f"seed{run['seed']}")
     draw(all_runs, args.out / "figure2.png")
     table = finals(all_runs)
