@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import itertools
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy
@@ -34,26 +32,10 @@ from experiments.provenance import provenance  # noqa: E402
 from experiments.reports import publish  # noqa: E402
 from experiments.tasks import train_step  # noqa: E402
 from models import resnet20  # noqa: E402
+from scripts.bench_overhead import Loop  # noqa: E402
 
 IMAGES, BATCH = 50_000, 128
 STACK = "SGD(0.1, 0.9, 1e-4)/SGD({α: 1e-5, μ: 1e-5})"  # the (0.1, 0.9) cell of Figure 2, κ as its config's auto
-
-
-class Loop:
-    """One way to train: batches from its pipeline, and a step."""
-
-    def __init__(self, name: str, batches, step):
-        self.name, self.batches, self.step = name, batches, step
-
-    def run(self, steps: int, device: torch.device) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for x, y in itertools.islice(self.batches, steps):
-            self.step(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return (time.perf_counter() - start) / steps
 
 
 def endless(epoch_batches):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import statistics
 import sys
 import time
@@ -67,21 +68,19 @@ def spec_of(families: dict, family: str, height: int) -> str:
     return "/".join([bottom] + [above] * height)
 
 
-class Trainer:
-    """One configuration: a model, an optimizer and how one step is taken."""
+class Loop:
+    """One way to train, timed: batches from an endless iterator, and a step taking (x, y)."""
 
-    def __init__(self, name, model, batches, step):
-        self.name, self.model, self.batches, self.step_fn = name, model, batches, step
-        self.position = 0
+    def __init__(self, name: str, batches, step):
+        self.name, self.batches, self.step = name, batches, step
 
     def run(self, steps: int, device: torch.device) -> float:
+        """Mean seconds per step over `steps` consecutive steps, the device's queue drained before and after."""
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        for _ in range(steps):
-            x, y = self.batches[self.position % len(self.batches)]
-            self.position += 1
-            self.step_fn(x, y)
+        for x, y in itertools.islice(self.batches, steps):
+            self.step(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
         if device.type == "cuda":
             torch.cuda.synchronize()
         return (time.perf_counter() - start) / steps
@@ -93,14 +92,14 @@ def torch_trainer(name, model, optimizer, batches, loss):
         optimizer.zero_grad()
         value.backward()
         optimizer.step()
-    return Trainer(name, model, batches, step)
+    return Loop(name, itertools.cycle(batches), step)
 
 
 def reference_trainer(name, model, spec, batches, loss):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from reference import reference_step
 
-    return Trainer(name, model, batches, reference_step(spec, model, loss)[1])
+    return Loop(name, itertools.cycle(batches), reference_step(spec, model, loss)[1])
 
 
 def main():
