@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy
 import torch
 
-from experiments.data import DATA_ROOT_VARIABLE, TensorDataset
+from experiments.data import DataNotFound, TensorDataset
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +59,13 @@ def find_release(root: Path, download: bool) -> Path:
             return root / release
     if download:
         from torchvision.datasets import CIFAR10
-        CIFAR10(str(root), train=True, download=True)
+        try:
+            CIFAR10(str(root), train=True, download=True)
+        except (RuntimeError, OSError) as error:
+            raise DataNotFound("CIFAR-10", root.resolve(), f"{BINARY}/ or {PICKLE}/", download, error) from None
         return root / PICKLE
-    raise FileNotFoundError(
-        f"CIFAR-10 not found under {root.resolve()}: it needs {BINARY}/ (the official binary release) or {PICKLE}/ "
-        f"(the python release torchvision downloads), each with a test batch and at least one training batch. "
-        f"Point data.root (or the {DATA_ROOT_VARIABLE} environment variable) at the folder that holds one, or pass "
-        "data.download=true to fetch the python release.")
+    raise DataNotFound("CIFAR-10", root.resolve(), f"{BINARY}/ (the official binary release) or {PICKLE}/ (the "
+                       "python release), each with a test batch and at least one training batch", download)
 
 
 class AugmentedImages(TensorDataset):

@@ -12,7 +12,22 @@ DATA_ROOT_VARIABLE = "HYPEROPT_DATA_ROOT"
 
 
 def default_data_root() -> str:
+    """Where the data is unless a config says otherwise: $HYPEROPT_DATA_ROOT, else data/ in the current folder."""
     return os.environ.get(DATA_ROOT_VARIABLE, "data")
+
+
+class DataNotFound(FileNotFoundError):
+    """A dataset that is neither under the data root nor could be downloaded; the message is one line."""
+
+    def __init__(self, name: str, where: Path, holds: str, download: bool, error: Exception | None = None):
+        if download:
+            reason = str(error).strip().splitlines()[-1] if error is not None and str(error).strip() else "no reason"
+            how = f"downloading it failed ({reason})"
+        else:
+            how = "data.download=false"
+        super().__init__(
+            f"{name} is not under {where} and {how}. Point data.root=PATH (or the {DATA_ROOT_VARIABLE} environment "
+            f"variable) at a folder that holds {holds}" + ("." if download else ", or pass data.download=true."))
 
 
 @dataclass
@@ -38,7 +53,8 @@ class TensorDataset:
 
 def load_mnist(root: str | os.PathLike, device: torch.device | str = "cpu", download: bool = False,
                subset: int | None = None, dtype: torch.dtype = torch.float32) -> TensorDataset:
-    """MNIST from ``root/MNIST/raw`` (torchvision's layout), scaled to [0, 1] as ToTensor does."""
+    """MNIST from ``root/MNIST/raw`` (torchvision's layout), scaled to [0, 1] as ToTensor does; downloaded there
+    first when it is missing and `download`."""
     from torchvision.datasets import MNIST
 
     root = Path(root).expanduser()
@@ -46,11 +62,8 @@ def load_mnist(root: str | os.PathLike, device: torch.device | str = "cpu", down
     for train in (True, False):
         try:
             dataset = MNIST(str(root), train=train, download=download)
-        except RuntimeError as error:
-            raise FileNotFoundError(
-                f"MNIST not found under {root.resolve() / 'MNIST' / 'raw'} ({error}). Point data.root (or the "
-                f"{DATA_ROOT_VARIABLE} environment variable) at the folder that holds MNIST/raw, or pass "
-                "data.download=true to fetch it.") from None
+        except (RuntimeError, OSError) as error:
+            raise DataNotFound("MNIST", root.resolve() / "MNIST" / "raw", "MNIST/raw", download, error) from None
         x = dataset.data.to(device=device, dtype=dtype).div_(255.0).unsqueeze(1)
         splits += [x, dataset.targets.to(device)]
     if subset is not None:

@@ -1,12 +1,14 @@
-"""The `optimizer=` of a run: a hyperoptimizer stack in the paper's notation, or one of the learning-rate-free
+"""The `optimizer=` of a run: a hyperoptimizer stack in the paper's notation; one of the learning-rate-free
 optimizers a researcher would otherwise reach for, from its own PyPI package, written the same way:
 ``Prodigy``, ``DAdaptSGD``, ``DAdaptAdam`` (their lr is a multiplier of the step they estimate, 1 by default),
-``ScheduleFreeSGD(0.1)``, ``ScheduleFreeAdamW(0.0025)`` (lr is a step size)."""
+``ScheduleFreeSGD(0.1)``, ``ScheduleFreeAdamW(0.0025)`` (lr is a step size); or a builder of the grid
+experiments (Figures 2 and 3, the RNN), given as ``{_target_: experiments.optimizers.NAME, ...values}``."""
 
 from __future__ import annotations
 
 import importlib
 import re
+from collections.abc import Mapping
 
 import torch
 
@@ -59,7 +61,14 @@ class Baseline:
         return f"{self.name}({self.optimizer.param_groups[0]['lr']!r})"
 
 
-def build_optimizer(spec: str, params, compile: bool = False):
+def build_optimizer(spec, params, compile: bool = False):
+    """The optimizer `spec` names: a stack in the paper's notation ("Adam/SGD(1e-5)"), a learning-rate-free
+    optimizer ("Prodigy", "ScheduleFreeSGD(0.1)"), or a builder: a mapping whose `_target_` is the dotted name of
+    a function taking the parameters and the mapping's other values (figure2_sgd, rnn_adam, sensitivity_tower
+    below), so that a grid's numbers reach the optimizer as numbers."""
+    if isinstance(spec, Mapping):
+        values = dict(spec)
+        return _function(values.pop("_target_", None))(params, compile=compile, **values)
     match = _BASELINE.match(spec)
     name = next((known for known in BASELINES if match and match["name"].lower() == known.lower()), None)
     if name is None:
@@ -68,16 +77,32 @@ def build_optimizer(spec: str, params, compile: bool = False):
         except ValueError as error:
             raise ValueError(f"{error}\nBesides stacks, optimizer= takes the learning-rate-free optimizers "
                              f"{', '.join(BASELINES)}, written Name or Name(lr).") from None
+    try:
+        lr = float(match["lr"]) if match["lr"] else None
+    except ValueError:
+        raise ValueError(f"bad optimizer {spec!r}: write {name} or {name}(lr), lr a number") from None
+    return baseline(name, params, lr)
+
+
+def baseline(name: str, params, lr: float | None = None) -> Baseline:
+    """A learning-rate-free optimizer from its own package; lr None is the package's default."""
+    if name not in BASELINES:
+        raise ValueError(f"unknown learning-rate-free optimizer {name!r}; known: {', '.join(BASELINES)}")
     package, class_name, default_lr = BASELINES[name]
     try:
         module = importlib.import_module(package)
     except ImportError:
         raise ImportError(f"{name} comes from the PyPI package {package}: pip install {package}") from None
+    return Baseline(name, getattr(module, class_name)(params, lr=default_lr if lr is None else lr))
+
+
+def _function(target):
+    module, _, name = str(target).rpartition(".")
     try:
-        lr = float(match["lr"]) if match["lr"] else default_lr
-    except ValueError:
-        raise ValueError(f"bad optimizer {spec!r}: write {name} or {name}(lr), lr a number") from None
-    return Baseline(name, getattr(module, class_name)(params, lr=lr))
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        raise ValueError(f"optimizer._target_={target!r} is not a function that can be imported; write the "
+                         "dotted name of a builder, e.g. experiments.optimizers.figure2_sgd") from None
 
 
 def set_mode(optimizer, mode: str) -> None:
@@ -86,32 +111,38 @@ def set_mode(optimizer, mode: str) -> None:
         getattr(optimizer, mode)()
 
 
-def sensitivity_optimizer(method: str, alpha: float, height: int, upper) -> str:
-    """The optimizer of one point of Figure 3 (left): SGD(α) with `height` SGD levels above it, each starting at
-    `upper` (α itself when upper is "same", the paper's 2019 protocol), or a learning-rate-free optimizer whose lr
-    is α."""
-    if method == "SGD":
-        top = alpha if upper == "same" else upper
-        return "/".join([f"SGD({alpha})"] + [f"SGD({top})"] * int(height))
-    if int(height) != 0:
-        raise ValueError(f"sensitivity.height applies to SGD stacks only, not to {method}")
-    return f"{method}({alpha})"
+def figure2_sgd(params, alpha: float, momentum: float, weight_decay: float, hyper: bool,
+                kappa_alpha: float | str = "auto", kappa_momentum: float | str = "auto", compile: bool = False):
+    """One cell of Figure 2: SGD(α, μ) with weight decay; when `hyper`, α and μ are learned by an SGD with a step
+    size for each (``auto``: κ_α = α²·1e-3 and κ_μ = 1e-6/(1-μ), the one published choice)."""
+    above = None
+    if hyper:
+        kappa_alpha = alpha ** 2 * 1e-3 if kappa_alpha == "auto" else float(kappa_alpha)
+        kappa_momentum = 1e-6 / (1.0 - momentum) if kappa_momentum == "auto" else float(kappa_momentum)
+        above = hyperopt.SGD(lr={"lr": kappa_alpha, "momentum": kappa_momentum}, compile=compile)
+    return hyperopt.SGD(params, lr=alpha, momentum=momentum, weight_decay=weight_decay, hyper=above,
+                        compile=compile)
 
 
-def rnn_optimizer(alpha: float, hyper: bool, kappa: float) -> str:
-    """Adam^α(α), its α learned by Adam(κ) when `hyper`, else fixed: the two arms of the RNN experiment."""
-    return f"Adam^α({alpha})/Adam({kappa})" if hyper else f"Adam^α({alpha})"
+def rnn_adam(params, alpha: float, hyper: bool, kappa: float, compile: bool = False):
+    """The two arms of the RNN experiment: Adam^α(α), its α learned by Adam(κ) when `hyper`, else fixed."""
+    above = hyperopt.Adam(lr=kappa, compile=compile) if hyper else None
+    return hyperopt.Adam(params, lr=alpha, learn=("lr",), hyper=above, compile=compile)
 
 
-def cifar_optimizer(alpha: float, momentum: float, weight_decay: float, hyper: bool, kappa_alpha, kappa_momentum) -> str:
-    """One cell of Figure 2: SGD(α, μ) with weight decay, its α and μ learned by an SGD with a step size for each
-    (``auto``: κ_α = α²·1e-3, κ_μ = 1e-6/(1-μ)) when `hyper`, else fixed."""
-    weights = f"SGD({alpha}, {momentum}, {weight_decay})"
-    if not hyper:
-        return weights
-    kappa_alpha = alpha ** 2 * 1e-3 if kappa_alpha == "auto" else float(kappa_alpha)
-    kappa_momentum = 1e-6 / (1.0 - momentum) if kappa_momentum == "auto" else float(kappa_momentum)
-    return f"{weights}/SGD({{α: {kappa_alpha:.6g}, μ: {kappa_momentum:.6g}}})"
+def sensitivity_tower(params, method: str, alpha: float, height: int, upper: float | str = "same",
+                      compile: bool = False):
+    """One point of Figure 3 (left): SGD(α) with `height` SGD levels above it, each starting at `upper` (α itself
+    when "same", the protocol of the paper's 2019 version); or a learning-rate-free optimizer whose lr is α."""
+    if method != "SGD":
+        if height != 0:
+            raise ValueError(f"sensitivity.height applies to SGD stacks only, not to {method}")
+        return baseline(method, params, alpha)
+    top = alpha if upper == "same" else float(upper)
+    above = None
+    for _ in range(height):
+        above = hyperopt.SGD(lr=top, hyper=above, compile=compile)
+    return hyperopt.SGD(params, lr=alpha, hyper=above, compile=compile)
 
 
 def build_schedule(schedule, optimizer, epochs: int):

@@ -55,8 +55,14 @@ class RunRecord:
                 "(hydra.run.dir=...) rather than overwrite another's")
         self.started = time.time()
         self.summary = {"status": "running", "started": self.started}
-        write_json_atomically(self.directory / RUN, {"config": config, **provenance})
+        self.run = {"config": config, **provenance}
+        write_json_atomically(self.directory / RUN, self.run)
         write_json_atomically(self.directory / SUMMARY, self.summary)
+
+    def amend(self, **fields) -> None:
+        """Add what is known only once the run has started (the device it got) to run.json."""
+        self.run.update(fields)
+        write_json_atomically(self.directory / RUN, self.run)
 
     def log_epoch(self, metrics: dict) -> None:
         with open(self.directory / METRICS, "a") as file:

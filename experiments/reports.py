@@ -1,10 +1,14 @@
-"""Writing results: a benchmark's JSON with a Markdown table beside it, and generated blocks in the README."""
+"""Writing results: a benchmark's JSON with a Markdown table beside it, tables and figures from run records (marked
+when their runs depart from the paper's protocol), and generated blocks in the README."""
 
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
+
+from experiments.paper import PROTOCOLS
+from experiments.records import read_records
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -51,8 +55,6 @@ def replace_between_markers(path: Path, name: str, text: str) -> None:
 def figure_inputs(description: str, experiment: str, markers: str, out: Path, extra=None):
     """(arguments, run records) of a figure script: record folders, --out, --readme, --export-records, and
     whatever `extra(parser)` adds; it stops with a message when the folders hold no run of `experiment`."""
-    from experiments.records import read_records
-
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("records", nargs="+", help=f"folders holding the {experiment} runs' records (searched "
                                                    "recursively)")
@@ -63,10 +65,53 @@ def figure_inputs(description: str, experiment: str, markers: str, out: Path, ex
     if extra is not None:
         extra(parser)
     args = parser.parse_args()
-    records = read_records(*args.records, experiment=experiment)
+    return args, records_of(experiment, args.records)
+
+
+def records_of(experiment: str, folders: list[str]) -> list[dict]:
+    """The run records of `experiment` under the folders; a script stops with one line when there are none."""
+    missing = [folder for folder in folders if not Path(folder).is_dir()]
+    if missing:
+        raise SystemExit(f"no such folder: {', '.join(missing)}")
+    records = read_records(*folders, experiment=experiment)
     if not records:
-        raise SystemExit(f"no {experiment} run records under {', '.join(args.records)}")
-    return args, records
+        raise SystemExit(f"no {experiment} run records under {', '.join(folders)} (a record is a folder holding "
+                         "run.json and summary.json, written by experiments/train.py)")
+    return records
+
+
+def protocol_run(record: dict, key, paper_epochs: int | None) -> dict:
+    """What of a run the paper's protocol speaks of (see experiments.paper.Protocol.deviations)."""
+    config, summary = record["run"].get("config", {}), record["summary"]
+    examples = summary.get("train_examples")
+    if examples is None and summary.get("data"):  # records written before train_examples was
+        examples = int(str(summary["data"]).split()[0])
+    data = config.get("data", {})
+    return {"key": key, "epochs": config.get("epochs"), "paper_epochs": paper_epochs, "train_examples": examples,
+            "subset": data.get("subset"), "test_subset": data.get("test_subset")}
+
+
+def deviation_note(experiment: str, runs: list[dict]) -> str:
+    """A bold line saying how the runs depart from the paper's protocol, or "" when they follow it."""
+    found = PROTOCOLS[experiment].deviations(runs)
+    return "**Not the paper's protocol:** " + "; ".join(found) + "." if found else ""
+
+
+def pyplot():
+    """matplotlib's pyplot, drawing to files only."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def mark_deviations(figure, note: str) -> None:
+    """Write a deviation note across the top of a figure, so that the picture cannot pass for the paper's."""
+    if note:
+        figure.text(0.5, 0.998, note.replace("**", ""), ha="center", va="top", color="firebrick", fontsize=9,
+                    wrap=True)
 
 
 def write_table(markdown: str, path: Path, readme: Path | None, markers: str) -> None:
@@ -79,8 +124,6 @@ def write_table(markdown: str, path: Path, readme: Path | None, markers: str) ->
 
 def save_figure(figure, out: Path) -> None:
     """Write a matplotlib figure (its folder made if need be) and free it."""
-    import matplotlib.pyplot as plt
-
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=120)
-    plt.close(figure)
+    pyplot().close(figure)

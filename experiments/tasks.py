@@ -53,7 +53,8 @@ class Classification:
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.model_options: dict = {}
         self.steps_per_epoch = -(-len(self.data.train_y) // self.batch_size)
-        self.description = f"{len(self.data.train_y)} training examples"
+        self.train_examples = len(self.data.train_y)
+        self.description = f"{self.train_examples} training examples"
 
     def batches(self, generator: torch.Generator):
         return self.data.batches(self.batch_size, generator)
@@ -96,6 +97,7 @@ class LanguageModelling:
         self.precision = cfg.precision
         self.model_options = {"vocabulary_size": len(self.data.vocabulary)}
         self.steps_per_epoch = sum(1 for _ in windows(self.data.train, self.batch_size, self.length))
+        self.train_examples = len(self.data.train)  # characters
         self.description = (f"{len(self.data.train)} training characters, vocabulary of "
                             f"{len(self.data.vocabulary)}")
         self.state = None

@@ -1,13 +1,14 @@
 """Train one run and write its record.
 
-    python experiments/train.py +exp=mnist_sgd                       # one row of Table 1
-    python experiments/train.py +exp=mnist_adam_sgd seed=1 epochs=1  # any value can be overridden
-    python experiments/train.py optimizer="Adam^α/SGD(1e-5)"         # any stack, in the paper's notation
-    python experiments/train.py -m +exp=mnist_sgd seed=0,1,2         # a sweep (Hydra multirun)
+    python experiments/train.py +exp=mnist_sgd                         # one row of Table 1
+    python experiments/train.py +exp=mnist_adam_sgd seed=1 epochs=1    # any value can be overridden
+    python experiments/train.py 'optimizer="Adam^α/SGD(1e-5)"'         # any stack (quoted for the shell and Hydra)
+    python experiments/train.py -m +exp=mnist_sgd seed=0,1,2           # a sweep (Hydra multirun)
 
 The record (run.json, metrics.jsonl, summary.json; see experiments/records.py) goes into Hydra's run folder,
-hydra.run.dir=PATH to choose it. A run that diverges is recorded as such and a sweep goes on; a run that fails is
-recorded with its error, and a sweep goes on too.
+hydra.run.dir=PATH to choose it. Every value is checked before the run starts (experiments/config.py). A run that
+diverges is recorded as such; a run that fails, before its first step or during training, is recorded with its
+error; a sweep goes on either way, and ends with a tally and a non-zero exit if any run failed.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import statistics
 import sys
 import time
 import traceback
-from pathlib import Path
 
 import hydra
 import torch
@@ -26,22 +26,19 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import hyperopt  # noqa: E402
-from experiments.loggers import make_logger  # noqa: E402
-from experiments.optimizers import (build_optimizer, build_schedule, cifar_optimizer, rnn_optimizer,  # noqa: E402
-                                   sensitivity_optimizer, set_mode)
-from experiments.provenance import provenance  # noqa: E402
-from experiments.records import RunRecord  # noqa: E402
-from experiments.tasks import make_task  # noqa: E402
-from models import build_model  # noqa: E402
+import hyperopt
+from experiments.config import register_table_1, validate
+from experiments.loggers import make_logger
+from experiments.optimizers import build_optimizer, build_schedule, set_mode
+from experiments.provenance import machine, provenance
+from experiments.records import RunRecord
+from experiments.tasks import make_task
+from models import build_model
 
 log = logging.getLogger("train")
-OmegaConf.register_new_resolver("sensitivity_optimizer", sensitivity_optimizer, replace=True)
-OmegaConf.register_new_resolver("rnn_optimizer", rnn_optimizer, replace=True)
-OmegaConf.register_new_resolver("cifar_optimizer", cifar_optimizer, replace=True)
+register_table_1()
 
 
 class TrainingDiverged(FloatingPointError):
@@ -50,12 +47,19 @@ class TrainingDiverged(FloatingPointError):
         super().__init__(f"the training loss became NaN or infinite at step {step}")
 
 
+class BeforeTraining(RuntimeError):
+    """A run that failed before its first step: bad input (a config value, a device, the data, the optimizer),
+    reported in one line rather than a traceback."""
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={name} but this machine has no CUDA device; use device=cpu or device=auto")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={name} but this machine has no MPS device; use device=cpu or device=auto")
     return device
 
 
@@ -65,17 +69,33 @@ def show_progress(setting, multirun: bool) -> bool:
     return bool(setting)
 
 
-def train(cfg: DictConfig, device: torch.device, record: RunRecord, logger, progress: bool) -> dict:
-    torch.manual_seed(cfg.seed)
+def prepare(cfg: DictConfig, config: dict, record: RunRecord, directory: str):
+    """Everything a run needs before its first step: the device, the data, the model, the optimizer, the
+    schedule and the logger. Any failure here is the run's input, raised as BeforeTraining."""
+    try:
+        validate(config)
+        device = resolve_device(cfg.device)
+        record.amend(machine=machine(device))
+        torch.manual_seed(cfg.seed)
+        task = make_task(cfg, device)
+        model_options = {k: v for k, v in config["model"].items() if k != "name"}
+        model = build_model(cfg.model.name, **task.model_options, **model_options).to(device)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = build_optimizer(config["optimizer"], model.parameters(), compile=cfg.compile)
+        schedule = build_schedule(cfg.schedule, optimizer, cfg.epochs)
+        logger = make_logger(cfg.logger, config["wandb"], config, directory, name=f"{cfg.row} seed={cfg.seed}",
+                             group=f"{cfg.experiment}/{cfg.row}")
+    except Exception as error:
+        plain = isinstance(error, (ValueError, FileNotFoundError, ImportError))  # messages written for users
+        raise BeforeTraining(str(error) if plain else f"{type(error).__name__}: {error}") from error
+    return device, task, model, optimizer, schedule, logger
+
+
+def train(cfg: DictConfig, task, model, optimizer, schedule, record: RunRecord, logger, progress: bool) -> dict:
     shuffle = torch.Generator().manual_seed(cfg.seed)
-    task = make_task(cfg, device)
-    model_options = {k: v for k, v in OmegaConf.to_container(cfg.model).items() if k != "name"}
-    model = build_model(cfg.model.name, **task.model_options, **model_options).to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(cfg.optimizer, model.parameters(), compile=cfg.compile)
-    schedule = build_schedule(cfg.schedule, optimizer, cfg.epochs)
-    log.info("%s on %s: %s, %s", cfg.optimizer, device, task.description, cfg.experiment)
+    initial = str(optimizer)
+    log.info("%s on %s: %s, %s", initial, next(model.parameters()).device, task.description, cfg.experiment)
 
     step, epoch_seconds, outcome = 0, [], {}
     epochs = tqdm(range(1, cfg.epochs + 1), desc=str(cfg.row), unit="epoch", disable=not progress)
@@ -105,9 +125,8 @@ def train(cfg: DictConfig, device: torch.device, record: RunRecord, logger, prog
         record.log_epoch(metrics)
         logger.log(metrics, step=epoch)
         epochs.set_postfix(loss=f"{train_loss:.4f}", evaluation=task.describe(metrics))
-        if not progress:
-            log.info("epoch %d: train loss %.4f, %s, %.2f s", epoch, train_loss, task.describe(metrics),
-                     epoch_seconds[-1])
+        log.info("epoch %d: train loss %.4f, %s, %.2f s", epoch, train_loss, task.describe(metrics),
+                 epoch_seconds[-1])
         if outcome:
             log.warning("diverged: %s", outcome["error"])
             break
@@ -116,9 +135,10 @@ def train(cfg: DictConfig, device: torch.device, record: RunRecord, logger, prog
     set_mode(optimizer, "eval")
     finished = task.finish(model, record.directory, cfg.seed)
     return {"status": outcome.get("status", "ok"), **outcome, "data": task.description,
-            "epochs_completed": epoch, "steps": step,
+            "train_examples": task.train_examples, "epochs_completed": epoch, "steps": step,
             **{k: v for k, v in metrics.items() if k not in ("epoch", "step", "epoch_seconds")}, **finished,
-            "optimizer_final": str(optimizer), "seconds_per_epoch": statistics.median(epoch_seconds)}
+            "optimizer_initial": initial, "optimizer_final": str(optimizer),
+            "seconds_per_epoch": statistics.median(epoch_seconds)}
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="config")
@@ -126,25 +146,33 @@ def main(cfg: DictConfig) -> None:
     runtime = HydraConfig.get()
     multirun = runtime.mode == RunMode.MULTIRUN
     config = OmegaConf.to_container(cfg, resolve=True)
-    device = resolve_device(cfg.device)
-    record = RunRecord(runtime.runtime.output_dir, config, provenance(device))
-    logger = make_logger(cfg.logger, config["wandb"], config, runtime.runtime.output_dir,
-                         name=f"{cfg.optimizer} seed={cfg.seed}", group=f"{cfg.experiment}/{cfg.row}")
+    directory = runtime.runtime.output_dir
+    record = RunRecord(directory, config, provenance())
+    logger = None
+    progress = show_progress(cfg.progress, multirun)
     try:
-        outcome = train(cfg, device, record, logger, show_progress(cfg.progress, multirun))
+        device, task, model, optimizer, schedule, logger = prepare(cfg, config, record, directory)
+        with logging_redirect_tqdm(loggers=[logging.getLogger()] if progress else []):
+            outcome = train(cfg, task, model, optimizer, schedule, record, logger, progress)
         summary = record.finish(outcome.pop("status"), **outcome)
     except BaseException as error:
-        summary = record.finish("failed", error=f"{type(error).__name__}: {error}",
-                                traceback=traceback.format_exc())
-        logger.finish(summary)
+        summary = record.finish("failed", error=str(error) if isinstance(error, BeforeTraining)
+                                else f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
+        if logger is not None:
+            logger.finish(summary)
+        if isinstance(error, BeforeTraining):
+            log.error("run failed before training: %s (record: %s)", summary["error"], directory)
+            if multirun:
+                return
+            sys.exit(1)
         if multirun and isinstance(error, Exception):
-            log.error("run failed, the sweep goes on: %s (record: %s)", summary["error"], record.directory)
+            log.error("run failed, the sweep goes on: %s (record: %s)", summary["error"], directory)
             return
         raise
     logger.finish(summary)
     final = ", ".join(f"{key} {summary[key]:.4g}" for key in ("test_error", "test_bpc") if key in summary)
-    log.info("%s: %s, %s, %s (record: %s)", cfg.optimizer, summary["status"], final, summary["optimizer_final"],
-             record.directory)
+    log.info("%s: %s, %s, %s (record: %s)", cfg.row, summary["status"], final, summary["optimizer_final"],
+             directory)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,8 @@ class DivergenceError(FloatingPointError):
 
 
 class Parameterisation:
-    """How a hyperparameter is stored while it is learned; the reference code's choices (PAPER.md section 2)."""
+    """How a hyperparameter is stored while it is learned; the reference code's choices (README, "What the reference
+    code does")."""
 
     def __init__(self, to_raw: Callable[[float], float], to_value: Callable, derivative: Callable):
         self.to_raw, self.to_value, self.derivative = to_raw, to_value, derivative

@@ -4,8 +4,7 @@ learned by SGD with step size 1e-5. The leftmost optimizer updates the weights; 
 from __future__ import annotations
 
 import re
-
-import numpy
+import struct
 from typing import Iterable
 
 from .base import Hyperoptimizer
@@ -140,7 +139,23 @@ def _format_number(value: float | dict[str, float], single_precision: bool) -> s
     if isinstance(value, dict):
         return "{" + ", ".join(f"{SYMBOLS[name]}: {_format_number(number, single_precision)}"
                                for name, number in value.items()) + "}"
-    return str(numpy.float32(value)) if single_precision else repr(float(value))
+    return _shortest_float32(value) if single_precision else repr(float(value))
+
+
+def _to_float32(value: float) -> float:
+    return struct.unpack("f", struct.pack("f", value))[0]
+
+
+def _shortest_float32(value: float) -> str:
+    """The shortest decimal that reads back to the same float32, written as Python writes floats (1.0, 1e-05)."""
+    target = _to_float32(float(value))
+    if target != target or target in (float("inf"), float("-inf")):
+        return repr(target)
+    for digits in range(1, 10):
+        shortest = float(f"{target:.{digits}g}")
+        if _to_float32(shortest) == target:
+            return repr(shortest)
+    return repr(target)
 
 
 def format_level(level: Hyperoptimizer, values: dict[str, float], learned: tuple[str, ...],

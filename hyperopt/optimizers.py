@@ -1,4 +1,4 @@
-"""SGD, Adam, AdaGrad and RMSProp as the reference code defines them (PAPER.md section 2).
+"""SGD, Adam, AdaGrad and RMSProp as the reference code defines them (README, "What the reference code does").
 
 Each writes its update once, on flat tensors, in the reference's order of operations (so float64 runs agree to
 rounding), and its Jacobian with respect to each learnable hyperparameter in closed form; the tests check every

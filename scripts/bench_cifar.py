@@ -16,23 +16,18 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
-import sys
 from pathlib import Path
 
 import numpy
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import hyperopt  # noqa: E402
-from experiments.cifar import MEAN, STD, AugmentedImages  # noqa: E402
-from experiments.provenance import provenance  # noqa: E402
-from experiments.reports import publish  # noqa: E402
-from experiments.tasks import train_step  # noqa: E402
-from models import resnet20  # noqa: E402
-from scripts.bench_overhead import Loop  # noqa: E402
+import hyperopt
+from experiments.benchmark import Loop, interleaved
+from experiments.cifar import MEAN, STD, AugmentedImages
+from experiments.provenance import provenance
+from experiments.reports import publish
+from experiments.tasks import train_step
+from models import resnet20
 
 IMAGES, BATCH = 50_000, 128
 STACK = "SGD(0.1, 0.9, 1e-4)/SGD({α: 1e-5, μ: 1e-5})"  # the (0.1, 0.9) cell of Figure 2, κ as its config's auto
@@ -109,8 +104,7 @@ def main():
         ours("ours SGD(α, μ)/SGD, compiled", lambda p: hyperopt.stack(STACK, p, compile=True)),
     ]
     if not args.no_reference:
-        sys.path.insert(0, str(ROOT / "tests"))
-        from reference import reference_step
+        from experiments.reference import reference_step
 
         _, step = reference_step("SGD(0.1, 0.9)/SGD(1e-5)", model_copy(False))
         loops.append(Loop("reference SGD(0.1, 0.9)/SGD(1e-5), our pipeline", our_batches(data, torch.contiguous_format),
@@ -122,17 +116,11 @@ def main():
                                          device.type == "cuda"),
                       lambda x, y: train_step(conventional_model, conventional, x, y)))
 
-    for loop in loops:
-        loop.run(args.warmup, device)
-    times = {loop.name: [] for loop in loops}
-    for _ in range(args.rounds):
-        for loop in loops:
-            times[loop.name].append(loop.run(args.steps, device))
+    median = interleaved(loops, args.steps, args.rounds, args.warmup, device)
     steps_per_epoch = -(-IMAGES // BATCH)
-    plain = statistics.median(times[loops[0].name])
-    results = [{"loop": name, "ms_per_step": statistics.median(values) * 1e3,
-                "seconds_per_epoch": statistics.median(values) * steps_per_epoch,
-                "vs_our_plain": statistics.median(values) / plain} for name, values in times.items()]
+    plain = median[loops[0].name]
+    results = [{"loop": name, "ms_per_step": seconds * 1e3, "seconds_per_epoch": seconds * steps_per_epoch,
+                "vs_our_plain": seconds / plain} for name, seconds in median.items()]
     report = {
         "benchmark": "seconds per training epoch of ResNet-20, 50,000 random CIFAR-shaped images, batch 128",
         "method": f"median over {args.rounds} interleaved rounds of the mean of {args.steps} steps (data pipeline "

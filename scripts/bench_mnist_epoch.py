@@ -12,22 +12,17 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-
-import hyperopt  # noqa: E402
-from experiments.data import default_data_root, load_mnist  # noqa: E402
-from experiments.provenance import provenance  # noqa: E402
-from experiments.reports import publish  # noqa: E402
-from experiments.tasks import train_step  # noqa: E402
-from models import MLP  # noqa: E402
+import hyperopt
+from experiments.data import default_data_root, load_mnist
+from experiments.provenance import provenance
+from experiments.reports import publish
+from experiments.tasks import train_step
+from models import MLP
 
 CONFIGURATIONS = {
     # name: (our stack, the plain torch.optim optimizer it is measured against)
@@ -60,7 +55,7 @@ def main():
         optimizer = hyperopt.stack(spec, model.parameters())
         steps[f"{name} ours"] = lambda x, y, m=model, o=optimizer: train_step(m, o, x, y)
         if not args.no_reference:
-            from reference import reference_step
+            from experiments.reference import reference_step
 
             steps[f"{name} reference"] = reference_step(spec, copy.deepcopy(base))[1]
 

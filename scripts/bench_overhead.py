@@ -12,20 +12,17 @@ from __future__ import annotations
 import argparse
 import copy
 import itertools
-import statistics
-import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import hyperopt
+from experiments.benchmark import Loop, interleaved
+from experiments.provenance import provenance
+from experiments.reports import publish
+from models import MLP, CharRNN
 
-import hyperopt  # noqa: E402
-from experiments.provenance import provenance  # noqa: E402
-from experiments.reports import publish  # noqa: E402
-from models import MLP, CharRNN  # noqa: E402
 
 def classification_loss(output, y):
     return F.nll_loss(output, y)
@@ -68,24 +65,6 @@ def spec_of(families: dict, family: str, height: int) -> str:
     return "/".join([bottom] + [above] * height)
 
 
-class Loop:
-    """One way to train, timed: batches from an endless iterator, and a step taking (x, y)."""
-
-    def __init__(self, name: str, batches, step):
-        self.name, self.batches, self.step = name, batches, step
-
-    def run(self, steps: int, device: torch.device) -> float:
-        """Mean seconds per step over `steps` consecutive steps, the device's queue drained before and after."""
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for x, y in itertools.islice(self.batches, steps):
-            self.step(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return (time.perf_counter() - start) / steps
-
-
 def torch_trainer(name, model, optimizer, batches, loss):
     def step(x, y):
         value = loss(model(x), y)
@@ -96,8 +75,7 @@ def torch_trainer(name, model, optimizer, batches, loss):
 
 
 def reference_trainer(name, model, spec, batches, loss):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from reference import reference_step
+    from experiments.reference import reference_step
 
     return Loop(name, itertools.cycle(batches), reference_step(spec, model, loss)[1])
 
@@ -141,13 +119,7 @@ def main():
                 trainers.append(reference_trainer(f"{family}/reference/{height}", copy.deepcopy(base_model),
                                                   spec, batches, loss))
 
-    for trainer in trainers:  # warm-up
-        trainer.run(5, device)
-    times = {trainer.name: [] for trainer in trainers}
-    for _ in range(args.rounds):
-        for trainer in trainers:
-            times[trainer.name].append(trainer.run(args.steps, device))
-    median = {name: statistics.median(values) for name, values in times.items()}
+    median = interleaved(trainers, args.steps, args.rounds, warmup=5, device=device)
 
     results = []
     for family in families:

@@ -14,51 +14,17 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import sys
 from pathlib import Path
 
 import pandas as pd
 
+import hyperopt
+from experiments.paper import TABLE_1
+from experiments.records import copy_record, describe_commits, safe_name
+from experiments.reports import deviation_note, protocol_run, records_of, replace_between_markers
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import hyperopt  # noqa: E402
-from experiments.records import copy_record, describe_commits, read_records, safe_name  # noqa: E402
-from experiments.reports import replace_between_markers  # noqa: E402
-
-# (group, stack, paper test error %, paper std, rerun stack with the values the paper learned, its error, its std)
-TABLE_1 = [
-    ("SGD", "SGD(0.01)", 8.99, 0.05, None, None, None),
-    ("SGD", "SGD/SGD", 4.81, 0.10, "SGD(0.0769)", 5.44, 0.10),
-    ("SGD", "SGD/Adam(0.1)", 4.86, 0.06, "SGD(0.4538)", 2.80, 0.09),
-    ("SGD", "SGD/AdaGrad", 4.85, 0.21, "SGD(0.0836)", 5.17, 0.03),
-    ("SGD", "SGD/RMSProp(0.1)", 4.52, 0.02, "SGD(0.5920)", 2.52, 0.07),
-    ("Adam", "Adam", 4.67, 0.06, None, None, None),
-    ("Adam", "Adam/SGD(1e-5)", 3.03, 0.02, "Adam(0.0040, 0.899, 0.999)", 3.11, 0.06),
-    ("Adam", "Adam^α/SGD(1e-5)", 3.12, 0.04, "Adam^α(0.0021)", 3.47, 0.02),
-    ("Adam", "Adam/Adam", 3.05, 0.09, "Adam(0.0038, 0.870, 0.999)", 3.24, 0.13),
-    ("Adam", "Adam^α/Adam", 3.04, 0.08, "Adam^α(0.0036)", 3.08, 0.12),
-    ("AdaGrad", "AdaGrad", 7.40, 0.08, None, None, None),
-    ("AdaGrad", "AdaGrad/SGD", 6.90, 0.16, "AdaGrad(0.0080)", 7.75, 0.02),
-    ("AdaGrad", "AdaGrad/AdaGrad", 5.03, 0.23, "AdaGrad(0.0151)", 6.67, 0.08),
-    ("RMSProp", "RMSProp", 4.19, 0.47, None, None, None),
-    ("RMSProp", "RMSProp^α/SGD(1e-4)", 3.55, 0.23, "RMSProp(0.0030)", 3.93, 0.70),
-    ("RMSProp", "RMSProp^{α,γ}/SGD(1e-4)", 3.33, 0.07, "RMSProp(0.0032, 0.9899)", 3.25, 0.09),
-    ("RMSProp", "RMSProp^α/RMSProp(1e-4)", 3.42, 0.45, "RMSProp(0.0021)", 3.60, 0.04),
-    ("RMSProp", "RMSProp^{α,γ}/RMSProp(1e-4)", 2.96, 0.11, "RMSProp(0.0020, 0.9962)", 3.65, 0.36),
-]
-
-
-def paper_rows() -> list[dict]:
-    """The 32 rows in the paper's order: each stack, then its rerun with the learned values fixed."""
-    rows = []
-    for group, stack, error, std, rerun, rerun_error, rerun_std in TABLE_1:
-        rows.append({"group": group, "row": stack, "kind": "hyperoptimized" if "/" in stack else "baseline",
-                     "paper_error": error, "paper_std": std, "rerun_of": None})
-        if rerun is not None:
-            rows.append({"group": group, "row": rerun, "kind": "rerun", "paper_error": rerun_error,
-                         "paper_std": rerun_std, "rerun_of": stack})
-    return rows
+EPOCHS = {row.stack: row.epochs for row in TABLE_1}
 
 
 def learned_notation(runs: list[dict]) -> str | None:
@@ -77,10 +43,11 @@ def learned_notation(runs: list[dict]) -> str | None:
 
 def runs_from_records(roots: list[str]) -> list[dict]:
     runs = []
-    for record in read_records(*roots):
+    for record in records_of("table1", roots):
         config = record["run"].get("config", {})
         summary = record["summary"]
-        runs.append({"row": config.get("row"), "experiment": config.get("experiment"),
+        runs.append({**protocol_run(record, config.get("row"), EPOCHS.get(config.get("row"))),
+                     "row": config.get("row"), "experiment": config.get("experiment"),
                      "optimizer": config.get("optimizer"), "seed": config.get("seed"),
                      "epochs": config.get("epochs"), "status": summary.get("status"),
                      "test_error": summary.get("test_error"), "hyperparameters": summary.get("hyperparameters"),
@@ -100,7 +67,9 @@ def runs_from_wandb(path: str) -> list[dict]:
         hyperparameters = [{key.split("/")[2]: value for key, value in summary.items()
                             if key.startswith(f"hyperparameters/{level}/")} for level in levels]
         runs.append({"row": config.get("row"), "experiment": config.get("experiment"),
-                     "optimizer": config.get("optimizer"), "seed": config.get("seed"),
+                     "optimizer": config.get("optimizer"), "seed": config.get("seed"), "key": config.get("row"),
+                     "paper_epochs": EPOCHS.get(config.get("row")), "train_examples": summary.get("train_examples"),
+                     "subset": (config.get("data") or {}).get("subset"),
                      "epochs": config.get("epochs"), "status": summary.get("status", run.state),
                      "test_error": summary.get("test_error"), "hyperparameters": hyperparameters or None,
                      "wall_seconds": summary.get("wall_seconds"), "started": summary.get("started"),
@@ -120,25 +89,27 @@ def build_table(runs: list[dict]) -> pd.DataFrame:
     for run in table1_runs:
         by_row.setdefault(run["row"], []).append(run)
     lines = []
-    for row in paper_rows():
-        runs_of_row = sorted(by_row.get(row["row"], []), key=lambda run: (run["seed"] is None, run["seed"]))
+    for row in TABLE_1:
+        paper = {"group": row.group, "row": row.stack, "kind": row.kind, "paper_error": row.error,
+                 "paper_std": row.std, "rerun_of": row.rerun_of}
+        runs_of_row = sorted(by_row.get(row.stack, []), key=lambda run: (run["seed"] is None, run["seed"]))
         ok = [run for run in runs_of_row if run["status"] == "ok"]
         errors = [run["test_error"] for run in ok]
         mean, std = mean_std(errors)
         statuses = {status: sum(run["status"] == status for run in runs_of_row)
                     for status in ("ok", "diverged", "failed", "running")}
         status = ", ".join(f"{count} {status}" for status, count in statuses.items() if count) or "missing"
-        difference = None if mean is None else mean - row["paper_error"]
-        beyond = None if mean is None else abs(difference) > row["paper_std"] + std
-        if row["kind"] == "hyperoptimized":
+        difference = None if mean is None else mean - row.error
+        beyond = None if mean is None else abs(difference) > row.std + std
+        if row.kind == "hyperoptimized":
             learned = learned_notation(ok)
-        elif row["kind"] == "rerun":
-            learned = learned_notation([run for run in by_row.get(row["rerun_of"], []) if run["status"] == "ok"])
+        elif row.kind == "rerun":
+            learned = learned_notation([run for run in by_row.get(row.rerun_of, []) if run["status"] == "ok"])
         else:
             learned = None
-        lines.append({**row, "our_error": mean, "our_std": std, "seeds": len(errors), "status": status,
+        lines.append({**paper, "our_error": mean, "our_std": std, "seeds": len(errors), "status": status,
                       "difference": difference, "beyond_both_stds": beyond,
-                      "paper_learned": row["row"] if row["kind"] == "rerun" else None, "our_learned": learned,
+                      "paper_learned": row.stack if row.kind == "rerun" else None, "our_learned": learned,
                       "seeds_run": ",".join(str(run["seed"]) for run in runs_of_row),
                       "wall_seconds": sum(run["wall_seconds"] or 0.0 for run in runs_of_row)})
     return pd.DataFrame(lines)
@@ -162,7 +133,7 @@ def timing(runs: list[dict]) -> str:
             f"{sum(run['wall_seconds'] for run in done) / 60:.1f} minutes of run wall time in all.")
 
 
-def to_markdown(table: pd.DataFrame, sources: str, timing_line: str = "") -> str:
+def to_markdown(table: pd.DataFrame, sources: str, timing_line: str = "", note: str = "") -> str:
     header = ("| group | optimizer | paper error % | our error % (seeds) | difference | runs | "
               "learned hyperparameters: paper / ours |\n|---|---|---|---|---|---|---|\n")
     lines = []
@@ -183,7 +154,7 @@ def to_markdown(table: pd.DataFrame, sources: str, timing_line: str = "") -> str
                      f"{difference} | {row['status']} | {learned} |")
     flagged = int(table["beyond_both_stds"].fillna(False).astype(bool).sum())
     mean_difference = table["difference"].abs().mean()
-    return (f"# Table 1: MNIST test error, paper against this repository\n\n"
+    return (f"# Table 1: MNIST test error, paper against this repository\n\n" + (note + "\n\n" if note else "") +
             f"Generated by `python scripts/table1.py {sources}` from run records. Rows marked ↳ rerun the stack "
             "above with the hyperparameter values *the paper* printed, fixed; the last column shows those beside "
             "the values our own hyperoptimized runs learned (mean over seeds). A difference is flagged "
@@ -211,12 +182,15 @@ def main() -> None:
     if not args.records and not args.wandb:
         parser.error("give a folder of run records or --wandb ENTITY/PROJECT")
     runs = runs_from_wandb(args.wandb) if args.wandb else runs_from_records(args.records)
+    if not runs:
+        raise SystemExit(f"no table1 runs in {args.wandb}")
     if args.export_records:
         export_records(runs, args.export_records)
     table = build_table(runs)
     args.out.mkdir(parents=True, exist_ok=True)
     sources = f"--wandb {args.wandb}" if args.wandb else " ".join(args.records)
-    markdown = to_markdown(table, sources, timing(runs))
+    note = deviation_note("table1", [run for run in runs if run.get("experiment") == "table1"])
+    markdown = to_markdown(table, sources, timing(runs), note)
     (args.out / "table1.md").write_text(markdown)
     table.to_csv(args.out / "table1.csv", index=False)
     if args.readme:

@@ -1,55 +1,129 @@
-"""The Hydra harness as a user runs it: configs, train.py runs and sweeps, run records, W&B, Table 1's script."""
+"""The Hydra harness as a user runs it: configs and their checks, train.py runs and sweeps, run records, W&B, Table
+1's script."""
 
 import json
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
 import torch
 
-import hyperopt
+from experiments.config import ConfigError, validate
 from experiments.optimizers import BASELINES, build_optimizer, set_mode
+from experiments.paper import TABLE_1
 from experiments.records import copy_record, read_records
-from scripts.table1 import build_table, paper_rows, runs_from_records
 from tests.conftest import ROOT
-from tests.harness import SMOKE, compose_experiment, train
+from tests.harness import SMOKE, compose_experiment, script, train
+from tests.pictures import share_in_colour
 from tests.wandb_file import read_run
 
-EXPERIMENTS = sorted(path.stem for path in (ROOT / "configs" / "exp").glob("*.yaml"))
-TABLE_1 = [name for name in EXPERIMENTS if compose_experiment(name).experiment == "table1"]
+TABLE_1_EXPERIMENTS = [row.config_name for row in TABLE_1]
+EXPERIMENTS = sorted(path.stem for path in (ROOT / "configs" / "exp").glob("*.yaml")) + TABLE_1_EXPERIMENTS
+PARAMETERS = [torch.nn.Parameter(torch.zeros(3))]
+
+
+def resolved(name: str, overrides=()) -> dict:
+    from omegaconf import OmegaConf
+    return OmegaConf.to_container(compose_experiment(name, overrides), resolve=True)
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_every_experiment_composes_and_names_a_valid_stack(name):
-    config = compose_experiment(name)
-    hyperopt.parse(config.optimizer)
-    assert config.epochs >= 1 and config.data.root
+def test_every_experiment_composes_passes_its_checks_and_builds_its_optimizer(name):
+    config = resolved(name)
+    validate(config)
+    assert str(build_optimizer(config["optimizer"], PARAMETERS))
 
 
-def test_the_sensitivity_experiment_builds_towers_and_baselines():
-    config = compose_experiment("mnist_sensitivity", ["sensitivity.alpha=1e-8", "sensitivity.height=3"])
-    assert config.optimizer == "SGD(1e-08)/SGD(1e-08)/SGD(1e-08)/SGD(1e-08)"
-    config = compose_experiment("mnist_sensitivity", ["sensitivity.height=2", "sensitivity.upper=0.001"])
-    assert config.optimizer == "SGD(0.01)/SGD(0.001)/SGD(0.001)"
-    config = compose_experiment("mnist_sensitivity", ["sensitivity.method=ScheduleFreeSGD", "sensitivity.alpha=0.1"])
-    assert config.optimizer == "ScheduleFreeSGD(0.1)"
+@pytest.mark.parametrize("overrides, built", [
+    (["sensitivity.alpha=1e-8", "sensitivity.height=3"], "SGD(1e-08)/SGD(1e-08)/SGD(1e-08)/SGD(1e-08)"),
+    (["sensitivity.height=2", "sensitivity.upper=0.001"], "SGD(0.01)/SGD(0.001)/SGD(0.001)"),
+    (["sensitivity.method=ScheduleFreeSGD", "sensitivity.alpha=0.1"], "ScheduleFreeSGD(0.1)"),
+])
+def test_the_sensitivity_experiment_builds_towers_and_baselines(overrides, built):
+    config = resolved("mnist_sensitivity", overrides)
+    assert str(build_optimizer(config["optimizer"], PARAMETERS)) == built
 
 
-def test_table_1_configs_are_the_papers_32_rows():
-    configs = [compose_experiment(name) for name in TABLE_1]
-    assert sorted((c.row, c.rerun_of) for c in configs) == \
-           sorted((row["row"], row["rerun_of"]) for row in paper_rows())
-    assert len(configs) == 32
-    for config in configs:
-        group = config.row.split("(")[0].split("/")[0].split("^")[0]
-        assert config.epochs == (30 if group in ("SGD", "AdaGrad") else 5), config.row
+def test_a_tower_over_a_learning_rate_free_optimizer_is_refused():
+    config = resolved("mnist_sensitivity", ["sensitivity.method=Prodigy", "sensitivity.height=1"])
+    with pytest.raises(ValueError, match="SGD stacks only"):
+        build_optimizer(config["optimizer"], PARAMETERS)
 
 
+def test_table_1_experiments_are_the_papers_32_rows():
+    configs = [compose_experiment(name) for name in TABLE_1_EXPERIMENTS]
+    assert [(c.optimizer, c.rerun_of, c.epochs, c.experiment) for c in configs] == \
+           [(row.stack, row.rerun_of, row.epochs, "table1") for row in TABLE_1]
+    assert len(configs) == 32 and len(set(TABLE_1_EXPERIMENTS)) == 32
+    # the names users type: a stack and its rerun
+    assert compose_experiment("mnist_sgd_adam").optimizer == "SGD/Adam(0.1)"
+    assert compose_experiment("mnist_rmspropalphagamma_sgd_rerun").optimizer == "RMSProp(0.0032, 0.9899)"
+
+
+@pytest.mark.parametrize("override, key, allowed", [
+    ("epochs=0", "epochs", "a whole number ≥ 1"),
+    ("epochs=abc", "epochs", "a whole number ≥ 1"),
+    ("epochs=1.5", "epochs", "a whole number ≥ 1"),
+    ("batch_size=-1", "batch_size", "a whole number ≥ 1"),
+    ("batch_size=true", "batch_size", "a whole number ≥ 1"),
+    ("data.subset=-5", "data.subset", "null (all) or a whole number ≥ 1"),
+    ("data.subset=0", "data.subset", "null (all) or a whole number ≥ 1"),
+    ("seed=-1", "seed", "a whole number ≥ 0"),
+    ("device=tpu", "device", "auto, cpu, cuda, cuda:N or mps"),
+    ("logger=foo", "logger", "one of local, wandb"),
+    ("wandb.mode=maybe", "wandb.mode", "one of online, offline, disabled"),
+    ("precision=fp16", "precision", "one of fp32, bf16"),
+    ("compile=yes", "compile", "true or false"),
+    ("optimizer=''", "optimizer", "a stack in the paper's notation"),
+])
+def test_a_bad_value_is_named_with_what_is_allowed(override, key, allowed):
+    with pytest.raises(ConfigError) as error:
+        validate(resolved("mnist_sgd", [override]))
+    message = str(error.value)
+    assert error.value.key == key and error.value.allowed.startswith(allowed)
+    assert message.startswith(f"bad config value {key}=") and allowed in message and "\n" not in message
+
+
+@pytest.mark.parametrize("name, override, key", [
+    ("cifar_resnet20", "cifar.momentum=1.0", "cifar.momentum"),
+    ("cifar_resnet20", "cifar.kappa_alpha=fast", "cifar.kappa_alpha"),
+    ("cifar_he2015", "schedule.milestones=[0.5,2]", "schedule.milestones"),
+    ("rnn_tolstoy", "data.sequence_length=0", "data.sequence_length"),
+    ("mnist_sensitivity", "sensitivity.height=-1", "sensitivity.height"),
+])
+def test_each_experiments_own_values_are_checked(name, override, key):
+    with pytest.raises(ConfigError) as error:
+        validate(resolved(name, [override]))
+    assert error.value.key == key
+
+
+def test_a_bad_value_fails_the_run_in_one_line_and_is_recorded(tmp_path):
+    result = train("+exp=mnist_sgd", "epochs=abc", f"hydra.run.dir={tmp_path}", check=False)
+    assert result.returncode == 1
+    [line] = [line for line in result.stderr.splitlines() + result.stdout.splitlines() if "ERROR" in line]
+    assert "bad config value epochs='abc': epochs must be a whole number ≥ 1" in line
+    assert "Traceback" not in result.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["error"].startswith("bad config value epochs='abc'")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["device=cuda"] if not torch.cuda.is_available() else ["device=cuda:99"], "device=cuda"),
+    (["logger=wandb", "wandb.mode=online"], "API key"),
+])
+def test_a_failure_before_training_is_recorded(tmp_path, monkeypatch, overrides, message):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    result = train("+exp=mnist_sgd", *SMOKE, *overrides, f"hydra.run.dir={tmp_path}", check=False)
+    assert result.returncode == 1
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and message in summary["error"], summary
+
+
+@pytest.mark.slow
 def test_every_table_1_row_runs_and_writes_a_complete_record(tmp_path):
-    train("-m", f"+exp={','.join(TABLE_1)}", *SMOKE, f"hydra.sweep.dir={tmp_path}")
+    train("-m", f"+exp={','.join(TABLE_1_EXPERIMENTS)}", *SMOKE, f"hydra.sweep.dir={tmp_path}")
     records = read_records(tmp_path)
-    assert sorted(r["run"]["config"]["row"] for r in records) == sorted(row["row"] for row in paper_rows())
+    assert sorted(r["run"]["config"]["row"] for r in records) == sorted(row.stack for row in TABLE_1)
     for record in records:
         summary, run = record["summary"], record["run"]
         assert summary["status"] == "ok", summary
@@ -63,21 +137,26 @@ def test_every_table_1_row_runs_and_writes_a_complete_record(tmp_path):
         assert len(metrics["hyperparameters"]) == run["config"]["optimizer"].count("/") + 1
 
 
-def test_sweep_records_diverged_and_failed_runs_and_the_table_shows_them(tmp_path):
-    train("-m", "+exp=mnist_adam_sgd", "seed=0,1", *SMOKE, f"hydra.sweep.dir={tmp_path}/ok")
+@pytest.mark.slow
+def test_sweep_records_diverged_and_failed_runs_tallies_them_and_the_table_shows_them(tmp_path):
+    result = train("-m", "+exp=mnist_adam_sgd", "seed=0,1", *SMOKE, f"hydra.sweep.dir={tmp_path}/ok")
+    assert "sweep done, 2 runs: 2 ok, 0 diverged, 0 failed" in result.stderr + result.stdout
     # κ = 1e10 saturates β at 1, the bias correction 1 - β^t becomes 0 and the next hypergradient NaN
-    train("-m", "+exp=mnist_adam_sgd", "seed=2", 'optimizer="Adam/SGD(1e10)"', 'row="Adam/SGD(1e-5)"',
-          "epochs=2", "data.subset=2048", f"hydra.sweep.dir={tmp_path}/diverged")
-    train("-m", "+exp=mnist_adam", "data.root=/nonexistent", *SMOKE, f"hydra.sweep.dir={tmp_path}/failed")
-    runs = runs_from_records([tmp_path])
-    statuses = sorted(run["status"] for run in runs)
+    result = train("-m", "+exp=mnist_adam_sgd", "seed=2", 'optimizer="Adam/SGD(1e10)"', 'row="Adam/SGD(1e-5)"',
+                   "epochs=2", "data.subset=2048", f"hydra.sweep.dir={tmp_path}/diverged")
+    assert "1 runs: 0 ok, 1 diverged, 0 failed" in result.stderr + result.stdout  # diverging is no failure
+    result = train("-m", "+exp=mnist_adam", "data.root=/nonexistent", "data.download=false", *SMOKE,
+                   f"hydra.sweep.dir={tmp_path}/failed", check=False)
+    assert result.returncode == 1 and "1 runs: 0 ok, 0 diverged, 1 failed" in result.stderr + result.stdout
+    statuses = sorted(r["summary"]["status"] for r in read_records(tmp_path))
     assert statuses == ["diverged", "failed", "ok", "ok"]
     diverged = next(r for r in read_records(tmp_path / "diverged"))["summary"]
     assert diverged["diverged_at_step"] >= 2 and "hypergradient" in diverged["error"]
     failed = next(r for r in read_records(tmp_path / "failed"))["summary"]
-    assert "MNIST not found under /nonexistent" in failed["error"]
+    assert "MNIST is not under /nonexistent/MNIST/raw and data.download=false" in failed["error"]
 
-    table = build_table(runs).set_index("row")
+    script("table1", str(tmp_path), "--out", str(tmp_path / "table"))
+    table = pd.read_csv(tmp_path / "table" / "table1.csv").set_index("row")
     assert len(table) == 32
     assert table.loc["Adam/SGD(1e-5)", "status"] == "2 ok, 1 diverged"
     assert table.loc["Adam/SGD(1e-5)", "seeds"] == 2
@@ -86,8 +165,20 @@ def test_sweep_records_diverged_and_failed_runs_and_the_table_shows_them(tmp_pat
     rerun = "Adam(0.0040, 0.899, 0.999)"
     assert table.loc[rerun, "status"] == "missing"
     assert table.loc[rerun, "our_learned"] == table.loc["Adam/SGD(1e-5)", "our_learned"]
+    markdown = (tmp_path / "table" / "table1.md").read_text()
+    assert "**Not the paper's protocol:** epochs: 1 instead of 5, 2 instead of 5; trained on the first 512 / " \
+           "2048 examples only (data.subset); 1 or 2 run(s) per point instead of 3." in markdown
 
 
+def test_a_script_given_no_records_says_so_in_one_line(tmp_path):
+    for name in ("table1", "figure2", "figure3", "figure_rnn"):
+        result = script(name, str(tmp_path), "--out", str(tmp_path / "out"), check=False)
+        assert result.returncode == 1, name
+        assert result.stderr.strip().startswith("no ") and "run records under" in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
 def test_the_same_seed_gives_the_same_numbers(tmp_path):
     for folder in ("a", "b"):
         train("+exp=mnist_adam_sgd", "epochs=2", "data.subset=1024", f"hydra.run.dir={tmp_path / folder}")
@@ -98,13 +189,33 @@ def test_the_same_seed_gives_the_same_numbers(tmp_path):
 
 
 def test_a_missing_data_root_gives_one_clear_error(tmp_path):
-    result = train("+exp=mnist_sgd", "data.root=/nonexistent", f"hydra.run.dir={tmp_path}", check=False)
-    assert result.returncode != 0
-    assert "MNIST not found under /nonexistent/MNIST/raw" in result.stderr
-    assert "data.download=true" in result.stderr
+    result = train("+exp=mnist_sgd", "data.root=/nonexistent", "data.download=false", f"hydra.run.dir={tmp_path}",
+                   check=False)
+    assert result.returncode == 1
+    [line] = [line for line in result.stderr.splitlines() + result.stdout.splitlines() if "ERROR" in line]
+    assert "MNIST is not under /nonexistent/MNIST/raw and data.download=false" in line
+    assert "data.root=PATH (or the HYPEROPT_DATA_ROOT environment variable)" in line and "data.download=true" in line
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "failed"
 
 
+def test_a_failed_download_says_where_it_looked_and_what_to_set(tmp_path, monkeypatch):
+    from torchvision.datasets import MNIST
+
+    from experiments.data import DataNotFound, load_mnist
+
+    def offline(self):
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://mirror/, got:\n"
+                           "<urlopen error [Errno -2] Name or service not known>")
+    monkeypatch.setattr(MNIST, "download", offline)
+    with pytest.raises(DataNotFound) as error:
+        load_mnist(tmp_path, download=True)
+    message = str(error.value)
+    assert message.startswith(f"MNIST is not under {tmp_path.resolve()}/MNIST/raw and downloading it failed "
+                              "(<urlopen error [Errno -2] Name or service not known>)")
+    assert "HYPEROPT_DATA_ROOT" in message and "\n" not in message
+
+
+@pytest.mark.slow
 def test_a_record_is_never_overwritten(tmp_path):
     train("+exp=mnist_sgd", *SMOKE, f"hydra.run.dir={tmp_path}")
     before = (tmp_path / "summary.json").read_text()
@@ -126,6 +237,7 @@ def test_exporting_records_keeps_each_one(tmp_path):
     assert json.loads((target / "run.json").read_text()) == {"seed": 0}
 
 
+@pytest.mark.slow
 def test_wandb_offline_mirrors_the_metrics(tmp_path):
     train("+exp=mnist_adam_sgd", "epochs=2", "data.subset=512", "logger=wandb", "wandb.mode=offline",
           f"hydra.run.dir={tmp_path}")
@@ -140,6 +252,7 @@ def test_wandb_offline_mirrors_the_metrics(tmp_path):
     assert mirrored["summary"]["test_error"] == record["summary"]["test_error"]
 
 
+@pytest.mark.slow
 def test_sensitivity_runs_and_figure_3_is_drawn_from_records(tmp_path):
     train("-m", "+exp=mnist_sensitivity", "sensitivity.alpha=1e-3,1.0", "sensitivity.height=0,2", *SMOKE,
           f"hydra.sweep.dir={tmp_path}/stacks")
@@ -149,23 +262,29 @@ def test_sensitivity_runs_and_figure_3_is_drawn_from_records(tmp_path):
     records = read_records(tmp_path)
     assert len(records) == 4 + len(BASELINES)
     assert all(r["summary"]["status"] == "ok" for r in records), [r["summary"] for r in records]
-    optimizers = {r["run"]["config"]["optimizer"] for r in records}
-    assert "SGD(0.001)/SGD(0.001)/SGD(0.001)" in optimizers and "Prodigy(1.0)" in optimizers
-    prodigy = next(r for r in records if r["run"]["config"]["optimizer"] == "Prodigy(1.0)")
+    built = {r["summary"]["optimizer_initial"] for r in records}
+    assert "SGD(0.001)/SGD(0.001)/SGD(0.001)" in built and "Prodigy(1.0)" in built
+    prodigy = next(r for r in records if r["summary"]["optimizer_initial"] == "Prodigy(1.0)")
     assert set(prodigy["summary"]["hyperparameters"][0]) == {"lr", "d"}
 
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_overhead.py"), "--heights", "0,2",
-                    "--families", "SGD", "--steps", "2", "--rounds", "1", "--out", str(tmp_path / "runtime.json")],
-                   check=True, capture_output=True, cwd=ROOT)
+    script("bench_overhead", "--heights", "0,2", "--families", "SGD", "--steps", "2", "--rounds", "1", "--out",
+           str(tmp_path / "runtime.json"))
     out = tmp_path / "figure"
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "figure3.py"), str(tmp_path / "stacks"),
-                    str(tmp_path / "baselines"), "--runtime", str(tmp_path / "runtime.json"), "--out", str(out)],
-                   check=True, capture_output=True, cwd=ROOT)
-    assert (out / "figure3.png").stat().st_size > 10_000
+    script("figure3", str(tmp_path / "stacks"), str(tmp_path / "baselines"), "--runtime",
+           str(tmp_path / "runtime.json"), "--out", str(out))
     table = pd.read_csv(out / "figure3.csv")
     assert len(table) == 4 + len(BASELINES) and set(table["seeds"]) == {1}
-    assert "| 2 | 2 |" in (out / "figure3.md").read_text()  # height 2 over two values of α
+    errors = sorted(r["summary"]["test_error"] for r in records
+                    if r["run"]["config"]["sensitivity"] == {"method": "SGD", "alpha": r["run"]["config"][
+                        "sensitivity"]["alpha"], "height": 2, "upper": "same"})
+    assert len(errors) == 2  # height 2 at two values of α: its spread row
+    row = f"| 2 | 2 | {errors[0]:.2f} | {errors[1]:.2f} | {errors[1] - errors[0]:.2f} | 0 | not read off |"
+    markdown = (out / "figure3.md").read_text()
+    assert row in markdown and "trained on the first 512 examples only" in markdown
     assert len(pd.read_csv(out / "figure3_runtime.csv")) == 2
+    for band in ("tab:green", "tab:purple", "tab:brown"):  # Prodigy, DAdaptSGD, DAdaptAdam, as bands
+        assert share_in_colour(out / "figure3.png", band, alpha=0.25) > 0, band
+    assert share_in_colour(out / "figure3.png", "firebrick") > 0  # the deviation note
 
 
 def test_schedule_free_evaluates_at_its_averaged_weights():

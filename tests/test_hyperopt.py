@@ -19,8 +19,8 @@ def train(model, optimizer, batches):
 
 
 @pytest.fixture
-def batches(mnist_batches):
-    return [(x.float(), y) for x, y in mnist_batches[:20]]
+def batches(synthetic_batches):
+    return [(x.float(), y) for x, y in synthetic_batches[:20]]
 
 
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
@@ -86,7 +86,7 @@ def test_learning_momentum_from_zero_is_an_explicit_option(batches):
     learning = hyperopt.SGD(model.parameters(), lr=0.1, learn=("lr", "momentum"), hyper=hyperopt.SGD(lr=0.01))
     train(model, learning, batches)
     assert learning.hyperparameters()[0]["momentum"] != 0.0
-    assert str(learning).startswith("SGD^{α,μ}(") or learning.hyperparameters()[0]["momentum"] != 0.0
+    assert learning.param_groups[0]["learn"] == ("lr", "momentum")
 
 
 NOTATION = ["SGD", "SGD(0.01)", "SGD/SGD", "SGD/Adam(0.1)", "Adam/SGD(1e-5)", "Adam^α/SGD(1e-5)",
@@ -96,6 +96,7 @@ NOTATION = ["SGD", "SGD(0.01)", "SGD/SGD", "SGD/Adam(0.1)", "Adam/SGD(1e-5)", "A
 
 @pytest.mark.parametrize("spec", NOTATION)
 def test_notation_round_trips(spec, batches):
+    torch.manual_seed(0)
     model = MLP()
     optimizer = hyperopt.stack(spec, model.parameters())
     train(model, optimizer, batches[:3])
@@ -232,6 +233,7 @@ def test_state_dict_saves_to_a_buffer():
     assert buffer.tell() > 0
 
 
+@pytest.mark.slow  # compiling takes tens of seconds
 @pytest.mark.parametrize("spec", ["Adam/SGD(1e-5)", "RMSProp^{α,γ}/SGD(1e-4)"])
 def test_compiled_update_computes_the_same_numbers(spec, batches):
     torch.manual_seed(0)

@@ -1,4 +1,5 @@
-"""Step-for-step equality with the paper's reference code on real MNIST batches, in float64."""
+"""Step-for-step equality with the paper's reference code, in float64: on synthetic batches in the fast tier, on
+real MNIST batches in the full suite."""
 
 import copy
 
@@ -7,18 +8,12 @@ import torch
 import torch.nn.functional as F
 
 import hyperopt
+from experiments.paper import TABLE_1_STACKS
+from experiments.reference import natural_values, reference_step, run_ours, run_reference
 from experiments.tasks import train_step
 from models import MLP
 from tests.closeness import assert_relative_close
-from tests.reference import natural_values, reference_step, run_ours, run_reference
 
-TABLE_1_STACKS = [
-    "SGD(0.01)", "SGD/SGD", "SGD/Adam(0.1)", "SGD/AdaGrad", "SGD/RMSProp(0.1)",
-    "Adam", "Adam/SGD(1e-5)", "Adam^α/SGD(1e-5)", "Adam/Adam", "Adam^α/Adam",
-    "AdaGrad", "AdaGrad/SGD", "AdaGrad/AdaGrad",
-    "RMSProp", "RMSProp^α/SGD(1e-4)", "RMSProp^{α,γ}/SGD(1e-4)", "RMSProp^α/RMSProp(1e-4)",
-    "RMSProp^{α,γ}/RMSProp(1e-4)",
-]
 OTHER_STACKS = [
     "SGD(0.1, 0.9)", "SGD(lr=0.1, momentum=0.9)/SGD(1e-3)", "SGD(0.05, 0.5)/Adam(1e-3)",
     "SGD/SGD(0.01)/SGD(0.01)/SGD(0.01)", "Adam/SGD(1e-5)/Adam(1e-3)/SGD(1e-4)", "RMSProp/Adam(1e-3)/AdaGrad(1e-3)",
@@ -38,13 +33,18 @@ def float64():
     torch.set_default_dtype(previous)
 
 
+@pytest.fixture(params=["synthetic", pytest.param("mnist", marks=pytest.mark.slow)])
+def batches(request):
+    return request.getfixturevalue(f"{request.param}_batches")
+
+
 @pytest.mark.parametrize("hypergradient", ["closed_form", "autograd"])
 @pytest.mark.parametrize("spec", TABLE_1_STACKS + OTHER_STACKS)
-def test_matches_reference_step_for_step(spec, hypergradient, mnist_batches):
+def test_matches_reference_step_for_step(spec, hypergradient, batches):
     torch.manual_seed(0)
     model = MLP().double()
-    reference = run_reference(spec, model, mnist_batches)
-    ours = run_ours(spec, model, mnist_batches, hypergradient=hypergradient)
+    reference = run_reference(spec, model, batches)
+    ours = run_ours(spec, model, batches, hypergradient=hypergradient)
     for step, (ref_loss, ref_w, ref_h, our_loss, our_w, our_h) in enumerate(zip(*reference, *ours)):
         assert_close(our_loss, ref_loss, f"{spec} loss at step {step}")
         assert_close(our_w, ref_w, f"{spec} weights at step {step}")
@@ -57,7 +57,7 @@ def test_matches_reference_step_for_step(spec, hypergradient, mnist_batches):
         assert ours[2][-1][0] != ours[2][0][0]
 
 
-def test_weight_decay_hypergradients_are_those_of_the_l2_regularised_loss(mnist_batches):
+def test_weight_decay_hypergradients_are_those_of_the_l2_regularised_loss(batches):
     """SGD(α, μ, λ)/SGD(κ) equals the reference code minimising loss + (λ/2)|w|², step for step."""
     decay, spec = 0.01, "SGD(0.1, 0.9)/SGD(1e-3)"
     torch.manual_seed(0)
@@ -68,7 +68,7 @@ def test_weight_decay_hypergradients_are_those_of_the_l2_regularised_loss(mnist_
     def regularised(output, y):
         return F.nll_loss(output, y) + decay / 2 * sum(p.pow(2).sum() for p in theirs.parameters())
     wrapper, reference = reference_step(spec, theirs, regularised)
-    for step, (x, y) in enumerate(mnist_batches[:20]):
+    for step, (x, y) in enumerate(batches[:20]):
         train_step(model, ours, x, y)
         reference(x, y)
         for name, value in natural_values(wrapper.optimizer)[0].items():

@@ -1,11 +1,17 @@
 """The paper's reference code (PyPI gradient-descent-the-ultimate-optimizer==1.0) driven step by step, as its
-README does, to compare our optimizers with."""
+README does, to compare our optimizers with: the oracle of the equality tests and a contender in the benchmarks.
+A test-and-comparison dependency (the `test` extra); the library never imports it."""
 
 import copy
 
 import torch
 import torch.nn.functional as F
-from gradient_descent_the_ultimate_optimizer import gdtuo
+
+try:
+    from gradient_descent_the_ultimate_optimizer import gdtuo
+except ImportError:
+    raise ImportError("the paper's reference code is not installed: pip install -e \".[test]\" (or "
+                      "gradient-descent-the-ultimate-optimizer==1.0)") from None
 
 import hyperopt
 from experiments.tasks import train_step

@@ -1,0 +1,101 @@
+"""The results in results/ against the run records committed beside them, and the figure scripts on records made
+up for the purpose (no dataset needed)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from tests.conftest import ROOT
+from tests.harness import script
+
+# script, its record folders and options as the committed files were made, the files it writes
+RESULTS = [
+    ("table1", ["results/table1/runs"], ["table1.md", "table1.csv"]),
+    ("figure2", ["results/figure2/runs"], ["figure2.md", "figure2.csv"]),
+    ("figure3", ["results/figure3/runs", "--runtime", "results/bench_height_cpu.json"],
+     ["figure3.md", "figure3.csv", "figure3_runtime.csv"]),
+    ("figure_rnn", ["results/rnn/runs"], ["rnn.md", "rnn.csv"]),
+]
+README_BLOCKS = {"table1.md": "table1", "figure2.md": "figure2", "figure3.md": "figure3", "rnn.md": "rnn"}
+
+
+@pytest.mark.parametrize("name, arguments, files", RESULTS, ids=[name for name, _, _ in RESULTS])
+def test_committed_results_regenerate_from_their_committed_records(tmp_path, name, arguments, files):
+    script(name, *arguments, "--out", str(tmp_path))
+    readme = (ROOT / "README.md").read_text()
+    for file in files:
+        regenerated, committed = (tmp_path / file).read_text(), (ROOT / "results" / file).read_text()
+        assert regenerated == committed, f"results/{file} no longer follows from its records"
+        if file in README_BLOCKS:
+            name = README_BLOCKS[file]
+            block = readme.split(f"<!-- {name}:begin -->\n", 1)[1].split(f"<!-- {name}:end", 1)[0]
+            body = committed.split("\n", 2)[2] if file == "table1.md" else committed  # the README has no title
+            assert block.strip() == body.strip(), f"the README's {name} block differs from {file}"
+
+
+def test_committed_records_are_small_and_complete():
+    folders = [ROOT / "results" / name / "runs" for name in ("table1", "figure2", "figure3", "rnn")]
+    files = [path for folder in folders for path in folder.rglob("*") if path.is_file()]
+    assert sum(path.stat().st_size for path in files) < 8 * 2 ** 20  # a few MB: no checkpoints, no weights
+    assert {path.name for path in files} <= {"run.json", "summary.json", "metrics.jsonl", "sample.txt",
+                                             "vocabulary.json"}
+    for summary in (path for path in files if path.name == "summary.json"):
+        assert json.loads(summary.read_text())["status"] in ("ok", "diverged"), summary
+
+
+def write_record(folder, config: dict, summary: dict, metrics: list[dict]) -> None:
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps({"config": config, "git": {"commit": "0" * 40, "dirty": False}}))
+    (folder / "summary.json").write_text(json.dumps(summary))
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+
+
+def rnn_records(root, alphas):
+    for alpha in alphas:
+        for hyper in (True, False):
+            learned = alpha * (1.5 if hyper else 1.0)
+            config = {"experiment": "rnn", "epochs": 2, "seed": 0, "data": {"subset": None},
+                      "rnn": {"alpha": alpha, "hyper": hyper}}
+            metrics = [{"epoch": e, "step": 10 * e, "valid_bpc": 3.0 / e, "hyperparameters": [{"lr": learned}]}
+                       for e in (1, 2)]
+            write_record(root / f"{alpha}_{hyper}", config, {
+                "status": "ok", "epochs_completed": 2, "valid_bpc": 1.5, "test_bpc": 1.6, "sample": "text",
+                "hyperparameters": [{"lr": learned}], "train_examples": 1000}, metrics)
+
+
+def test_the_rnn_figure_takes_any_number_of_initial_step_sizes(tmp_path):
+    alphas = [1e-5, 1e-4, 1e-3, 2e-3, 1e-2, 1e-1]
+    rnn_records(tmp_path / "runs", alphas)
+    script("figure_rnn", str(tmp_path / "runs"), "--out", str(tmp_path / "out"))
+    table = pd.read_csv(tmp_path / "out" / "rnn.csv")
+    assert sorted(set(table["alpha"])) == alphas and len(table) == 12
+    assert (tmp_path / "out" / "rnn.md").read_text().startswith("**Not the paper's protocol:** epochs: 2 instead "
+                                                                 "of 50.")
+
+
+def sensitivity_records(root):
+    for method, height in (("SGD", 0), ("SGD", 1), ("Prodigy", 0), ("DAdaptSGD", 0), ("DAdaptAdam", 0)):
+        for alpha in ((1e-3, 1e-1) if method == "SGD" else (1.0,)):
+            config = {"experiment": "sensitivity", "epochs": 3, "seed": 0, "data": {"subset": None},
+                      "sensitivity": {"method": method, "alpha": alpha, "height": height, "upper": "same"}}
+            error = 10.0 + height + alpha
+            write_record(root / f"{method}{height}_{alpha}", config, {
+                "status": "ok", "test_error": error, "train_examples": 60000},
+                [{"epoch": 1, "step": 1, "test_error": error, "hyperparameters": [{"lr": alpha}]}])
+
+
+def test_figure_3_draws_the_same_picture_whatever_the_hash_seed(tmp_path):
+    sensitivity_records(tmp_path / "runs")
+    pictures = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"out{seed}"
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "figure3.py"), str(tmp_path / "runs"), "--out",
+                        str(out)], cwd=ROOT, check=True, capture_output=True,
+                       env={**os.environ, "PYTHONHASHSEED": seed})
+        pictures.append((out / "figure3.png").read_bytes())
+    assert pictures[0] == pictures[1]
+    assert "Not the paper's protocol" not in (tmp_path / "out1" / "figure3.md").read_text()  # it states no length
