@@ -58,6 +58,9 @@ def resolve_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={name} but this machine has no CUDA device; use device=cpu or device=auto")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device={name} but this machine has {torch.cuda.device_count()} CUDA device(s), "
+                         "cuda:0 to cuda:N-1")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device={name} but this machine has no MPS device; use device=cpu or device=auto")
     return device

@@ -144,10 +144,11 @@ def to_markdown(table: pd.DataFrame, sources: str, timing_line: str = "", note: 
             ours += f" ({row['seeds']})"
         difference = "—" if row["difference"] is None or pd.isna(row["difference"]) else \
             f"{row['difference']:+.2f}" + (" **beyond 2σ**" if row["beyond_both_stds"] else "")
+        ours_learned = row["our_learned"] if isinstance(row["our_learned"], str) else "—"
         if row["kind"] == "rerun":
-            learned = f"{row['paper_learned']} / {row['our_learned'] or '—'}"
+            learned = f"{row['paper_learned']} / {ours_learned}"
         elif row["kind"] == "hyperoptimized":
-            learned = f"see rerun / {row['our_learned'] or '—'}"
+            learned = f"see rerun / {ours_learned}"
         else:
             learned = ""
         lines.append(f"| {row['group']} | {name} | {_cell(row['paper_error'], row['paper_std'])} | {ours} | "

@@ -231,7 +231,7 @@ def test_each_figure2_config_trains_and_writes_a_complete_record(figure2_records
         assert len(record["metrics"]) == summary["epochs_completed"] and record["run"]["git"]["commit"]
     he = next(r for r in records if r["run"]["config"]["row"] == "He et al. 2015")
     assert [m["hyperparameters"][0]["lr"] for m in he["metrics"]] == pytest.approx([0.1, 0.01, 0.001])
-    hyper = [r for r in records if r["run"]["config"]["cifar"]["hyper"]]
+    hyper = [r for r in records if r["run"]["config"]["cifar"].get("hyper")]
     assert all(r["summary"]["hyperparameters"][0]["lr"] != r["run"]["config"]["cifar"]["alpha"] for r in hyper)
 
 

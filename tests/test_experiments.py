@@ -167,7 +167,8 @@ def test_sweep_records_diverged_and_failed_runs_tallies_them_and_the_table_shows
     assert table.loc[rerun, "our_learned"] == table.loc["Adam/SGD(1e-5)", "our_learned"]
     markdown = (tmp_path / "table" / "table1.md").read_text()
     assert "**Not the paper's protocol:** epochs: 1 instead of 5, 2 instead of 5; trained on the first 512 / " \
-           "2048 examples only (data.subset); 1 or 2 run(s) per point instead of 3." in markdown
+           "2048 examples only (data.subset); 1 run(s) per point instead of 3." in markdown
+    assert "| missing | Adam(0.0040, 0.899, 0.999) / Adam(" in markdown and "nan" not in markdown
 
 
 def test_a_script_given_no_records_says_so_in_one_line(tmp_path):
@@ -179,9 +180,12 @@ def test_a_script_given_no_records_says_so_in_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_same_seed_gives_the_same_numbers(tmp_path):
-    for folder in ("a", "b"):
-        train("+exp=mnist_adam_sgd", "epochs=2", "data.subset=1024", f"hydra.run.dir={tmp_path / folder}")
+def test_the_same_seed_gives_the_same_numbers_and_the_log_keeps_each_epoch(tmp_path):
+    for folder, progress in (("a", "true"), ("b", "false")):  # with and without the progress bar
+        train("+exp=mnist_adam_sgd", "epochs=2", "data.subset=1024", f"progress={progress}",
+              f"hydra.run.dir={tmp_path / folder}")
+        log = (tmp_path / folder / "train.log").read_text()
+        assert "epoch 1: train loss" in log and "epoch 2: train loss" in log, log
     a, b = (read_records(tmp_path / folder)[0] for folder in ("a", "b"))
     strip = [{k: v for k, v in m.items() if k != "epoch_seconds"} for m in a["metrics"]]
     assert strip == [{k: v for k, v in m.items() if k != "epoch_seconds"} for m in b["metrics"]]

@@ -266,3 +266,23 @@ def test_a_scheduler_drives_the_step_size_at_the_top_of_a_stack(batches):
     eps = torch.finfo(torch.float32).eps  # to rounding, as in the torch.optim.SGD test above
     for a, b in zip(ours.parameters(), theirs.parameters()):
         torch.testing.assert_close(a, b, rtol=50 * eps, atol=50 * eps * float(b.detach().abs().max()))
+
+
+def test_the_library_needs_torch_alone():
+    """hyperopt and models import and train with none of the experiments' packages importable."""
+    import subprocess
+    import sys
+
+    program = ("import sys\n"
+               "for name in ('numpy', 'hydra', 'omegaconf', 'pandas', 'matplotlib', 'torchvision', 'wandb', 'tqdm'):\n"
+               "    sys.modules[name] = None  # an import of it now fails\n"
+               "import torch, torch.nn.functional as F, hyperopt, models\n"
+               "model = models.MLP()\n"
+               "optimizer = hyperopt.stack('Adam/SGD(1e-5)', model.parameters())\n"
+               "for _ in range(3):\n"
+               "    loss = F.nll_loss(model(torch.rand(8, 1, 28, 28)), torch.randint(0, 10, (8,)))\n"
+               "    optimizer.zero_grad(); loss.backward(); optimizer.step()\n"
+               "print(optimizer)\n")
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Adam(") and "/SGD(1e-05)" in result.stdout
