@@ -50,6 +50,9 @@ class Baseline:
     def state_dict(self) -> dict:
         return self.optimizer.state_dict()
 
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state)
+
     def hyperparameters(self) -> list[dict[str, float]]:
         group = self.optimizer.param_groups[0]
         values = {"lr": float(group["lr"])}

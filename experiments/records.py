@@ -1,8 +1,10 @@
 """A run's record: one folder per run, written so that a dying run loses nothing it had finished.
 
-    run.json        resolved config, git commit and dirty flag, library versions, machine (written at start)
+    run.json        resolved config, git commit and dirty flag, library versions, machine (written at start;
+                    a resumed run adds its own under later_attempts)
     metrics.jsonl   one JSON line per epoch, appended and flushed as each epoch ends
-    summary.json    status (running, ok, diverged, failed), final metrics, learned hyperparameters, wall seconds
+    summary.json    status (running, ok, diverged, failed, interrupted), the last epoch reached, final metrics,
+                    learned hyperparameters, wall seconds, attempt (1, then 2, ... for each resumption)
 
 JSON files are replaced atomically (write a temporary file, then rename), so a reader never sees half a file.
 """
@@ -21,6 +23,18 @@ SUMMARY, RUN, METRICS = "summary.json", "run.json", "metrics.jsonl"
 
 class RecordExistsError(FileExistsError):
     pass
+
+
+class RunFinished(Exception):
+    """The run's folder holds its finished record (ok or diverged): there is nothing left to do."""
+
+
+# Settings that change how a run is watched, not what it computes: a run may be resumed with others.
+NOT_THE_RUN = ("progress", "logger", "wandb", "checkpoint")
+
+
+def _the_run(config: dict) -> dict:
+    return {key: value for key, value in config.items() if key not in NOT_THE_RUN}
 
 
 def write_json_atomically(path: Path, data) -> None:
@@ -47,21 +61,63 @@ def _jsonable(value):
 
 
 class RunRecord:
+    """The record of one run in its folder. A folder that already holds a record of the same config (the same
+    command run again) continues it: a finished run raises RunFinished, an unfinished one (running when it was
+    killed, interrupted, or failed) starts its next attempt, resumed from its checkpoint where it has one. A record
+    of another config is never touched."""
+
     def __init__(self, directory: str | os.PathLike, config: dict, provenance: dict):
         self.directory = Path(directory)
-        if (self.directory / SUMMARY).exists():
-            raise RecordExistsError(
-                f"{self.directory} already holds a run's record; give this run its own folder "
-                "(hydra.run.dir=...) rather than overwrite another's")
+        earlier = self._earlier_attempt(config)
         self.started = time.time()
-        self.summary = {"status": "running", "started": self.started}
-        self.run = {"config": config, **provenance}
+        if earlier is None:
+            self.attempt, self.earlier_status = 1, None
+            self.summary = {"status": "running", "started": self.started, "attempt": 1,
+                            "attempt_started": self.started}
+            self.run = {"config": config, **provenance}
+            (self.directory / METRICS).unlink(missing_ok=True)
+        else:
+            summary, self.run = earlier
+            self.attempt, self.earlier_status = summary.get("attempt", 1) + 1, summary["status"]
+            self.summary = {**summary, "status": "running", "attempt": self.attempt,
+                            "attempt_started": self.started}
+            self.run.setdefault("later_attempts", []).append(provenance)
+        self.earlier_seconds = self.summary.get("wall_seconds", 0.0) if earlier else 0.0
         write_json_atomically(self.directory / RUN, self.run)
         write_json_atomically(self.directory / SUMMARY, self.summary)
 
+    def _earlier_attempt(self, config: dict) -> tuple[dict, dict] | None:
+        if not (self.directory / SUMMARY).exists():
+            return None
+        summary = json.loads((self.directory / SUMMARY).read_text())
+        run = json.loads((self.directory / RUN).read_text()) if (self.directory / RUN).exists() else {}
+        if _the_run(run.get("config", {})) != _the_run(config):
+            differ = sorted(key for key in set(_the_run(config)) | set(_the_run(run.get("config", {})))
+                            if _the_run(config).get(key) != _the_run(run.get("config", {})).get(key))
+            raise RecordExistsError(
+                f"{self.directory} holds the record of another run (its config differs in {', '.join(differ)}); "
+                "give this run its own folder: hydra.run.dir=PATH, or hydra.sweep.dir=PATH for a sweep")
+        if summary.get("status") in ("ok", "diverged"):
+            raise RunFinished(f"{self.directory} holds this run's finished record ({summary['status']}); nothing "
+                              "to do")
+        return summary, run
+
+    def progress(self, **fields) -> None:
+        """Say in summary.json how far the run has got (after each epoch), so that even a killed run tells."""
+        self.summary.update(fields, wall_seconds=self.earlier_seconds + time.time() - self.started)
+        write_json_atomically(self.directory / SUMMARY, self.summary)
+
+    def forget_epochs_from(self, epoch: int) -> None:
+        """Drop the metrics of `epoch` and later: a resumed run logs them again from its checkpoint."""
+        path = self.directory / METRICS
+        if path.exists():
+            kept = [line for line in path.read_text().splitlines(keepends=True)
+                    if line.strip() and _epoch_of(line) is not None and _epoch_of(line) < epoch]
+            path.write_text("".join(kept))
+
     def amend(self, **fields) -> None:
-        """Add what is known only once the run has started (the device it got) to run.json."""
-        self.run.update(fields)
+        """Add what is known only once the attempt has started (the device it got) to run.json."""
+        (self.run["later_attempts"][-1] if self.attempt > 1 else self.run).update(fields)
         write_json_atomically(self.directory / RUN, self.run)
 
     def log_epoch(self, metrics: dict) -> None:
@@ -70,10 +126,21 @@ class RunRecord:
             file.flush()
             os.fsync(file.fileno())
 
+    def last_metrics(self) -> dict | None:
+        path = self.directory / METRICS
+        lines = path.read_text().splitlines() if path.exists() else []
+        return json.loads(lines[-1]) if lines else None
+
     def finish(self, status: str, **fields) -> dict:
-        self.summary.update(fields, status=status, wall_seconds=time.time() - self.started)
-        write_json_atomically(self.directory / SUMMARY, self.summary)
+        self.progress(**fields, status=status)
         return self.summary
+
+
+def _epoch_of(line: str) -> int | None:
+    try:
+        return json.loads(line).get("epoch")
+    except json.JSONDecodeError:  # a line cut short by a run that died while writing it
+        return None
 
 
 def read_records(*roots: str | os.PathLike, experiment: str | None = None) -> list[dict]:

@@ -79,6 +79,13 @@ class Classification:
     def finish(self, model, directory: Path, seed: int) -> dict:
         return {}
 
+    def state_dict(self) -> dict:
+        """What a checkpoint within an epoch needs beyond the batches' order: nothing, for images."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
     @staticmethod
     def describe(metrics: dict) -> str:
         return f"test error {metrics['test_error']:.2f}%"
@@ -105,6 +112,14 @@ class LanguageModelling:
     def batches(self, generator: torch.Generator):
         self.state = None
         return windows(self.data.train, self.batch_size, self.length)
+
+    def state_dict(self) -> dict:
+        """The LSTM state carried into the next window."""
+        return {"state": None if self.state is None else tuple(s.cpu() for s in self.state)}
+
+    def load_state_dict(self, state: dict) -> None:
+        device = self.data.train.device
+        self.state = None if state["state"] is None else tuple(s.to(device) for s in state["state"])
 
     def step(self, model, optimizer, batch) -> torch.Tensor:
         x, y = batch

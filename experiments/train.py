@@ -13,8 +13,10 @@ error; a sweep goes on either way, and ends with a tally and a non-zero exit if 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+import signal
 import statistics
 import sys
 import time
@@ -33,7 +35,9 @@ from experiments.config import register_table_1, validate
 from experiments.loggers import make_logger
 from experiments.optimizers import build_optimizer, build_schedule, set_mode
 from experiments.provenance import machine, provenance
-from experiments.records import RunRecord
+from experiments.checkpoints import Checkpoints
+from experiments.records import RecordExistsError, RunFinished, RunRecord
+from experiments.sweep import note_action
 from experiments.tasks import make_task
 from models import build_model
 
@@ -95,30 +99,92 @@ def prepare(cfg: DictConfig, config: dict, record: RunRecord, directory: str):
     return device, task, model, optimizer, schedule, logger
 
 
-def train(cfg: DictConfig, task, model, optimizer, schedule, record: RunRecord, logger, progress: bool) -> dict:
-    shuffle = torch.Generator().manual_seed(cfg.seed)
-    initial = str(optimizer)
-    log.info("%s on %s: %s, %s", initial, next(model.parameters()).device, task.description, cfg.experiment)
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT arrived: the run was checkpointed at a step boundary and stops (a sweep stops with it)."""
 
-    step, epoch_seconds, outcome = 0, [], {}
-    epochs = tqdm(range(1, cfg.epochs + 1), desc=str(cfg.row), unit="epoch", disable=not progress)
+    def __init__(self, signal_number: int, step: int):
+        self.signal_number, self.step = signal_number, step
+        super().__init__(f"{signal.Signals(signal_number).name} at step {step}")
+
+
+class StopRequest:
+    """Turns SIGTERM and SIGINT into a request that the training loop honours at its next step boundary."""
+
+    def __init__(self):
+        self.signal_number = None
+
+    def __call__(self, signal_number, frame) -> None:
+        self.signal_number = signal_number
+
+    def __enter__(self):
+        self.previous = {number: signal.signal(number, self) for number in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def __exit__(self, *exception) -> None:
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+
+
+def train(cfg: DictConfig, task, model, optimizer, schedule, record: RunRecord, logger, progress: bool,
+          checkpoints: Checkpoints, stop: StopRequest) -> dict:
+    shuffle = torch.Generator().manual_seed(cfg.seed)
+    epoch, done, step, losses, epoch_seconds = 1, 0, 0, [], []
+    epoch_start = shuffle.get_state()  # the generator's state before the epoch draws its order (and augmentation)
+    saved = checkpoints.load() if record.attempt > 1 else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if schedule is not None:
+            schedule.load_state_dict(saved["schedule"])
+        torch.set_rng_state(saved["torch_rng"])
+        if saved["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
+        epoch, done, step, epoch_start = saved["epoch"], saved["batches_done"], saved["step"], saved["epoch_start"]
+        losses, epoch_seconds = list(saved["losses"].to(next(model.parameters()).device)), saved["epoch_seconds"]
+        log.info("resumed from the checkpoint at epoch %d, step %d (attempt %d)", epoch, step, record.attempt)
+    elif record.attempt > 1:
+        log.warning("no usable checkpoint in %s: the run starts again from its first step", record.directory)
+    record.forget_epochs_from(epoch)
+    metrics = record.last_metrics()  # what a run stopped after its last epoch but before it finished had logged
+    initial = record.summary.setdefault("optimizer_initial", str(optimizer))
+    log.info("%s on %s: %s, %s", str(optimizer), next(model.parameters()).device, task.description, cfg.experiment)
+
+    def state(epoch_seconds_so_far: float) -> dict:
+        return {"epoch": epoch, "batches_done": done, "step": step, "epoch_start": epoch_start,
+                "losses": torch.stack(losses).cpu() if losses else torch.zeros(0), "epoch_seconds": epoch_seconds,
+                "seconds_in_epoch": epoch_seconds_so_far, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "schedule": None if schedule is None else schedule.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "task": task.state_dict()}
+
+    outcome, seconds_before = {}, saved["seconds_in_epoch"] if saved else 0.0
+    epochs = tqdm(range(epoch, cfg.epochs + 1), desc=str(cfg.row), unit="epoch", disable=not progress)
     for epoch in epochs:
-        start = time.perf_counter()
-        losses = []
+        start = time.perf_counter() - seconds_before
+        shuffle.set_state(epoch_start)
+        batches = task.batches(shuffle)
+        if done:  # resuming within the epoch: its order is drawn again, the batches already taken are passed over
+            batches = itertools.islice(batches, done, None)
+            task.load_state_dict(saved["task"])
         try:
-            for batch in tqdm(task.batches(shuffle), total=task.steps_per_epoch, leave=False, unit="step",
+            for batch in tqdm(batches, total=task.steps_per_epoch, initial=done, leave=False, unit="step",
                               disable=not progress):
                 losses.append(task.step(model, optimizer, batch))
-                step += 1
+                step, done = step + 1, done + 1
+                if stop.signal_number is not None or checkpoints.due():
+                    checkpoints.save(state(time.perf_counter() - start))
+                    if stop.signal_number is not None:
+                        raise Interrupted(stop.signal_number, step)
         except hyperopt.DivergenceError as error:
             outcome = {"status": "diverged", "diverged_at_step": error.step, "error": str(error)}
-        losses = torch.stack(losses) if losses else torch.zeros(0)
-        finite = torch.isfinite(losses)
+        stacked = torch.stack(losses) if losses else torch.zeros(0)
+        finite = torch.isfinite(stacked)
         if not outcome and not bool(finite.all()):
             first = int((~finite).nonzero()[0])
-            outcome = {"status": "diverged", "diverged_at_step": step - len(losses) + first + 1,
-                       "error": str(TrainingDiverged(step - len(losses) + first + 1))}
-        train_loss = float(losses.mean()) if len(losses) else float("nan")
+            outcome = {"status": "diverged", "diverged_at_step": step - len(stacked) + first + 1,
+                       "error": str(TrainingDiverged(step - len(stacked) + first + 1))}
+        train_loss = float(stacked.mean()) if len(stacked) else float("nan")
         set_mode(optimizer, "eval")
         evaluation = task.evaluate(model, train_loss)
         set_mode(optimizer, "train")
@@ -126,6 +192,7 @@ def train(cfg: DictConfig, task, model, optimizer, schedule, record: RunRecord, 
         metrics = {"epoch": epoch, "step": step, "train_loss": train_loss, **evaluation,
                    "hyperparameters": optimizer.hyperparameters(), "epoch_seconds": epoch_seconds[-1]}
         record.log_epoch(metrics)
+        record.progress(last_epoch=epoch, steps=step)
         logger.log(metrics, step=epoch)
         epochs.set_postfix(loss=f"{train_loss:.4f}", evaluation=task.describe(metrics))
         log.info("epoch %d: train loss %.4f, %s, %.2f s", epoch, train_loss, task.describe(metrics),
@@ -135,10 +202,12 @@ def train(cfg: DictConfig, task, model, optimizer, schedule, record: RunRecord, 
             break
         if schedule is not None:
             schedule.step()
+        epoch, done, losses, seconds_before, epoch_start = epoch + 1, 0, [], 0.0, shuffle.get_state()
+        checkpoints.save(state(0.0))
     set_mode(optimizer, "eval")
     finished = task.finish(model, record.directory, cfg.seed)
     return {"status": outcome.get("status", "ok"), **outcome, "data": task.description,
-            "train_examples": task.train_examples, "epochs_completed": epoch, "steps": step,
+            "train_examples": task.train_examples, "epochs_completed": metrics["epoch"], "steps": step,
             **{k: v for k, v in metrics.items() if k not in ("epoch", "step", "epoch_seconds")}, **finished,
             "optimizer_initial": initial, "optimizer_final": str(optimizer),
             "seconds_per_epoch": statistics.median(epoch_seconds)}
@@ -150,14 +219,35 @@ def main(cfg: DictConfig) -> None:
     multirun = runtime.mode == RunMode.MULTIRUN
     config = OmegaConf.to_container(cfg, resolve=True)
     directory = runtime.runtime.output_dir
-    record = RunRecord(directory, config, provenance())
+    try:
+        record = RunRecord(directory, config, provenance())
+    except RunFinished as finished:
+        log.info("%s", finished)
+        note_action(runtime, directory, "skipped")
+        return
+    except RecordExistsError as error:
+        log.error("%s", error)
+        note_action(runtime, directory, "refused")
+        if multirun:
+            return
+        sys.exit(1)
+    note_action(runtime, directory, {None: "new", "failed": "retried"}.get(record.earlier_status, "resumed"))
     logger = None
     progress = show_progress(cfg.progress, multirun)
+    checkpoints = Checkpoints(directory, cfg.checkpoint.every_minutes)
     try:
-        device, task, model, optimizer, schedule, logger = prepare(cfg, config, record, directory)
-        with logging_redirect_tqdm(loggers=[logging.getLogger()] if progress else []):
-            outcome = train(cfg, task, model, optimizer, schedule, record, logger, progress)
+        with StopRequest() as stop:
+            device, task, model, optimizer, schedule, logger = prepare(cfg, config, record, directory)
+            with logging_redirect_tqdm(loggers=[logging.getLogger()] if progress else []):
+                outcome = train(cfg, task, model, optimizer, schedule, record, logger, progress, checkpoints, stop)
         summary = record.finish(outcome.pop("status"), **outcome)
+    except Interrupted as interruption:
+        summary = record.finish("interrupted", interrupted_at_step=interruption.step, error=str(interruption))
+        if logger is not None:
+            logger.finish(summary)
+        log.warning("interrupted by %s; checkpointed, run the same command again to continue (record: %s)",
+                    interruption, directory)
+        sys.exit(128 + interruption.signal_number)
     except BaseException as error:
         summary = record.finish("failed", error=str(error) if isinstance(error, BeforeTraining)
                                 else f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
@@ -172,6 +262,8 @@ def main(cfg: DictConfig) -> None:
             log.error("run failed, the sweep goes on: %s (record: %s)", summary["error"], directory)
             return
         raise
+    if not cfg.checkpoint.keep:
+        checkpoints.remove()
     logger.finish(summary)
     final = ", ".join(f"{key} {summary[key]:.4g}" for key in ("test_error", "test_bpc") if key in summary)
     log.info("%s: %s, %s, %s (record: %s)", cfg.row, summary["status"], final, summary["optimizer_final"],

@@ -189,7 +189,8 @@ def test_figure2_configs_build_the_grid_with_its_step_sizes():
         from omegaconf import OmegaConf
         config = compose_experiment(name, overrides)
         assert config.batch_size == 128 and config.epochs == 200 and config.model.name == "resnet20"
-        return build_optimizer(OmegaConf.to_container(config.optimizer, resolve=True), MLP().parameters()), config
+        parameters = MLP().double().parameters()  # float64, so that the step sizes are held as given
+        return build_optimizer(OmegaConf.to_container(config.optimizer, resolve=True), parameters), config
     fixed, _ = built("cifar_resnet20", ["cifar.hyper=false", "cifar.alpha=1.0", "cifar.momentum=0.99"])
     assert str(fixed) == "SGD(1.0, 0.99, 0.0001)" and fixed.hyper is None
     hyper, _ = built("cifar_resnet20", ["cifar.alpha=1.0", "cifar.momentum=0.99"])

@@ -220,12 +220,16 @@ def test_a_failed_download_says_where_it_looked_and_what_to_set(tmp_path, monkey
 
 
 @pytest.mark.slow
-def test_a_record_is_never_overwritten(tmp_path):
+def test_a_finished_run_is_never_trained_again_and_another_runs_record_never_touched(tmp_path):
     train("+exp=mnist_sgd", *SMOKE, f"hydra.run.dir={tmp_path}")
-    before = (tmp_path / "summary.json").read_text()
-    result = train("+exp=mnist_sgd", *SMOKE, f"hydra.run.dir={tmp_path}", check=False)
-    assert result.returncode != 0 and "already holds a run's record" in result.stderr
-    assert (tmp_path / "summary.json").read_text() == before
+    before = {name: (tmp_path / name).read_text() for name in ("summary.json", "metrics.jsonl", "run.json")}
+    again = train("+exp=mnist_sgd", *SMOKE, f"hydra.run.dir={tmp_path}")
+    assert "holds this run's finished record (ok); nothing to do" in again.stdout + again.stderr
+    other = train("+exp=mnist_sgd", *SMOKE, "seed=1", f"hydra.run.dir={tmp_path}", check=False)
+    assert other.returncode == 1 and "Traceback" not in other.stderr
+    assert "holds the record of another run (its config differs in seed); give this run its own folder: " \
+           "hydra.run.dir=PATH, or hydra.sweep.dir=PATH for a sweep" in other.stdout + other.stderr
+    assert {name: (tmp_path / name).read_text() for name in before} == before
 
 
 def test_exporting_records_keeps_each_one(tmp_path):

@@ -39,6 +39,7 @@ def test_committed_results_regenerate_from_their_committed_records(tmp_path, nam
 
 def test_committed_records_are_small_and_complete():
     folders = [ROOT / "results" / name / "runs" for name in ("table1", "figure2", "figure3", "rnn")]
+    assert all(folder.is_dir() for folder in folders)
     files = [path for folder in folders for path in folder.rglob("*") if path.is_file()]
     assert sum(path.stat().st_size for path in files) < 8 * 2 ** 20  # a few MB: no checkpoints, no weights
     assert {path.name for path in files} <= {"run.json", "summary.json", "metrics.jsonl", "sample.txt",

@@ -1,0 +1,117 @@
+"""Nothing lost: a run killed at any step and started again with the same command ends with the record it would
+have had uninterrupted; SIGTERM and SIGINT checkpoint and say so; a sweep run again skips, resumes and retries."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from experiments.records import read_records
+from tests.conftest import ROOT, data_root
+from tests.harness import train
+
+pytestmark = pytest.mark.slow
+
+EVERY_STEP = "checkpoint.every_minutes=1e-9"  # a checkpoint after every step, so that a kill can land anywhere
+RUNS = {  # each long enough that a kill after its first epoch lands before its end
+    "mnist": ["+exp=mnist_adam_sgd", "epochs=4", "data.subset=4096"],
+    "char_lstm": ["+exp=rnn_tolstoy", "epochs=3", "data.subset=60000", "batch_size=16"],
+    "resnet20": ["+exp=cifar_resnet20", "epochs=3", "data.subset=512", "data.test_subset=200", "batch_size=64"],
+}
+
+
+def start(*overrides: str) -> subprocess.Popen:
+    env = {**os.environ, "HYPEROPT_DATA_ROOT": str(data_root())}
+    return subprocess.Popen([sys.executable, str(ROOT / "experiments" / "train.py"), *overrides], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_first_epoch(folder, process: subprocess.Popen) -> None:
+    """Until the run has finished its first epoch (its summary says so) and saved a checkpoint."""
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        assert process.poll() is None, process.stdout.read()
+        summary = json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").exists() else {}
+        if (folder / "checkpoint.pt").exists() and summary.get("last_epoch", 0) >= 1:
+            return
+        time.sleep(0.02)
+    raise AssertionError("the run did not finish its first epoch in time")
+
+
+def without_timings(record: dict) -> tuple:
+    metrics = [{k: v for k, v in m.items() if k != "epoch_seconds"} for m in record["metrics"]]
+    summary = {k: v for k, v in record["summary"].items()
+               if k not in ("wall_seconds", "started", "attempt", "attempt_started", "seconds_per_epoch")}
+    return metrics, summary
+
+
+@pytest.mark.parametrize("name", RUNS)
+def test_a_run_killed_mid_epoch_resumes_to_the_same_record(name, tmp_path):
+    train(*RUNS[name], f"hydra.run.dir={tmp_path / 'straight'}")
+    folder = tmp_path / "killed"
+    process = start(*RUNS[name], EVERY_STEP, f"hydra.run.dir={folder}")
+    wait_for_first_epoch(folder, process)
+    process.kill()
+    process.wait()
+    killed = json.loads((folder / "summary.json").read_text())
+    assert killed["status"] == "running" and killed["last_epoch"] >= 1  # the record says how far it got
+    result = train(*RUNS[name], EVERY_STEP, f"hydra.run.dir={folder}")
+    assert "resumed from the checkpoint at epoch" in result.stdout + result.stderr
+    straight, resumed = (read_records(tmp_path / part)[0] for part in ("straight", "killed"))
+    assert without_timings(resumed) == without_timings(straight)
+    assert resumed["summary"]["attempt"] == 2 and resumed["summary"]["status"] == "ok"
+    assert not (folder / "checkpoint.pt").exists()  # a finished run leaves no checkpoint unless asked
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_sigint_checkpoint_and_record_interrupted(signal_number, tmp_path):
+    overrides = ["+exp=mnist_adam_sgd", "epochs=20", "data.subset=8192"]
+    process = start(*overrides, f"hydra.run.dir={tmp_path}")
+    wait_for_first_epoch(tmp_path, process)
+    process.send_signal(signal_number)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal_number, output
+    assert "Traceback" not in output and "run the same command again to continue" in output
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["interrupted_at_step"] > 32
+    assert summary["error"].startswith(signal.Signals(signal_number).name)
+    result = train(*overrides, f"hydra.run.dir={tmp_path}")
+    assert "resumed from the checkpoint" in result.stdout + result.stderr
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "ok"
+
+
+def test_a_damaged_checkpoint_is_passed_over_for_the_one_before(tmp_path):
+    overrides = ["+exp=mnist_adam_sgd", "epochs=4", "data.subset=4096", EVERY_STEP, "checkpoint.keep=true"]
+    train(*overrides, f"hydra.run.dir={tmp_path / 'straight'}")
+    folder = tmp_path / "damaged"
+    process = start(*overrides, f"hydra.run.dir={folder}")
+    wait_for_first_epoch(folder, process)
+    process.kill()
+    process.wait()
+    latest = folder / "checkpoint.pt"
+    latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])  # cut short, as by a full disk
+    result = train(*overrides, f"hydra.run.dir={folder}")
+    assert "is damaged" in result.stdout + result.stderr and "resumed from the checkpoint" in result.stdout + \
+        result.stderr
+    straight, resumed = (read_records(tmp_path / part)[0] for part in ("straight", "damaged"))
+    assert without_timings(resumed) == without_timings(straight)
+
+
+def test_a_sweep_run_again_skips_resumes_and_retries(tmp_path):
+    data, folder = tmp_path / "data", tmp_path / "sweep"  # no data at first: the run of seed 0 fails
+    run = ["+exp=mnist_sgd", "epochs=6", "data.subset=8192", "data.download=false", f"data.root={data}"]
+    first = train("-m", *run, "seed=0", f"hydra.sweep.dir={folder}", check=False)
+    assert first.returncode == 1 and "1 runs: 1 new, 0 skipped; 0 ok, 0 diverged, 1 failed" in first.stdout
+    data.symlink_to(data_root())
+    process = start(*run, "seed=1", f"hydra.run.dir={folder / '1'}")  # the run of seed 1, stopped by SIGTERM
+    wait_for_first_epoch(folder / "1", process)
+    process.send_signal(signal.SIGTERM)
+    process.wait()
+    result = train("-m", *run, "seed=0,1,2", f"hydra.sweep.dir={folder}")
+    assert "3 runs: 1 new, 0 skipped, 1 resumed, 1 retried; 3 ok, 0 diverged, 0 failed" in result.stdout
+    again = train("-m", *run, "seed=0,1,2", f"hydra.sweep.dir={folder}")
+    assert "3 runs: 0 new, 3 skipped; 3 ok, 0 diverged, 0 failed" in again.stdout
