@@ -29,6 +29,7 @@ class RunFinished(Exception):
     """The run's folder holds its finished record (ok or diverged): there is nothing left to do."""
 
 
+OUTCOME = ("status", "error", "traceback", "interrupted_at_step", "attempt_started")
 # Settings that change how a run is watched, not what it computes: a run may be resumed with others.
 NOT_THE_RUN = ("progress", "logger", "wandb", "checkpoint")
 
@@ -79,6 +80,8 @@ class RunRecord:
         else:
             summary, self.run = earlier
             self.attempt, self.earlier_status = summary.get("attempt", 1) + 1, summary["status"]
+            ended = {key: summary.pop(key) for key in OUTCOME if key in summary}  # how the last attempt ended
+            summary.setdefault("earlier_attempts", []).append(ended)
             self.summary = {**summary, "status": "running", "attempt": self.attempt,
                             "attempt_started": self.started}
             self.run.setdefault("later_attempts", []).append(provenance)

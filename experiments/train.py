@@ -21,6 +21,7 @@ import statistics
 import sys
 import time
 import traceback
+from pathlib import Path
 
 import hydra
 import torch
@@ -42,6 +43,7 @@ from experiments.tasks import make_task
 from models import build_model
 
 log = logging.getLogger("train")
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 register_table_1()
 
 
@@ -213,7 +215,7 @@ def train(cfg: DictConfig, task, model, optimizer, schedule, record: RunRecord, 
             "seconds_per_epoch": statistics.median(epoch_seconds)}
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONFIGS), config_name="config")
 def main(cfg: DictConfig) -> None:
     runtime = HydraConfig.get()
     multirun = runtime.mode == RunMode.MULTIRUN
@@ -271,4 +273,8 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run the importable module's main rather than this script's copy: a launcher that pickles the task to run it
+    # elsewhere (SLURM through submitit) can then refer to it by name.
+    from experiments.train import main as importable_main
+
+    importable_main()

@@ -140,14 +140,14 @@ def test_every_table_1_row_runs_and_writes_a_complete_record(tmp_path):
 @pytest.mark.slow
 def test_sweep_records_diverged_and_failed_runs_tallies_them_and_the_table_shows_them(tmp_path):
     result = train("-m", "+exp=mnist_adam_sgd", "seed=0,1", *SMOKE, f"hydra.sweep.dir={tmp_path}/ok")
-    assert "sweep done, 2 runs: 2 ok, 0 diverged, 0 failed" in result.stderr + result.stdout
+    assert "sweep done, 2 runs: 2 new, 0 skipped; 2 ok, 0 diverged, 0 failed" in result.stderr + result.stdout
     # κ = 1e10 saturates β at 1, the bias correction 1 - β^t becomes 0 and the next hypergradient NaN
     result = train("-m", "+exp=mnist_adam_sgd", "seed=2", 'optimizer="Adam/SGD(1e10)"', 'row="Adam/SGD(1e-5)"',
                    "epochs=2", "data.subset=2048", f"hydra.sweep.dir={tmp_path}/diverged")
-    assert "1 runs: 0 ok, 1 diverged, 0 failed" in result.stderr + result.stdout  # diverging is no failure
+    assert "1 runs: 1 new, 0 skipped; 0 ok, 1 diverged, 0 failed" in result.stderr + result.stdout  # diverging is no failure
     result = train("-m", "+exp=mnist_adam", "data.root=/nonexistent", "data.download=false", *SMOKE,
                    f"hydra.sweep.dir={tmp_path}/failed", check=False)
-    assert result.returncode == 1 and "1 runs: 0 ok, 0 diverged, 1 failed" in result.stderr + result.stdout
+    assert result.returncode == 1 and "1 runs: 1 new, 0 skipped; 0 ok, 0 diverged, 1 failed" in result.stderr + result.stdout
     statuses = sorted(r["summary"]["status"] for r in read_records(tmp_path))
     assert statuses == ["diverged", "failed", "ok", "ok"]
     diverged = next(r for r in read_records(tmp_path / "diverged"))["summary"]
