@@ -100,8 +100,8 @@ def draw(all_runs: list[dict], out: Path, note: str = "") -> None:
                 axis.set_ylabel("train loss (dotted), test error (solid)")
     handles = [plt.Line2D([], [], color=STYLE[m], lw=2, label=m) for m in (FIXED, HYPER, HE)]
     handles.append(plt.Line2D([], [], color="red", marker="x", ls="", label="diverged"))
-    figure.legend(handles=handles, loc="upper center", ncol=4, frameon=False)
-    figure.suptitle("ResNet-20 on CIFAR-10 (test error as a fraction)", y=0.955)
+    figure.legend(handles=handles, loc="upper center", ncol=4, frameon=False, bbox_to_anchor=(0.5, 0.99))
+    figure.suptitle("ResNet-20 on CIFAR-10 (test error as a fraction)", y=0.95)
     figure.tight_layout(rect=(0, 0, 1, 0.94))
     mark_deviations(figure, note)
     save_figure(figure, out)
