@@ -12,6 +12,7 @@ JSON files are replaced atomically (write a temporary file, then rename), so a r
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -94,9 +95,9 @@ class RunRecord:
             return None
         summary = json.loads((self.directory / SUMMARY).read_text())
         run = json.loads((self.directory / RUN).read_text()) if (self.directory / RUN).exists() else {}
-        if _the_run(run.get("config", {})) != _the_run(config):
-            differ = sorted(key for key in set(_the_run(config)) | set(_the_run(run.get("config", {})))
-                            if _the_run(config).get(key) != _the_run(run.get("config", {})).get(key))
+        ours, theirs = _the_run(config), _the_run(run.get("config", {}))
+        if ours != theirs:
+            differ = sorted(key for key in set(ours) | set(theirs) if ours.get(key) != theirs.get(key))
             raise RecordExistsError(
                 f"{self.directory} holds the record of another run (its config differs in {', '.join(differ)}); "
                 "give this run its own folder: hydra.run.dir=PATH, or hydra.sweep.dir=PATH for a sweep")
@@ -114,8 +115,7 @@ class RunRecord:
         """Drop the metrics of `epoch` and later: a resumed run logs them again from its checkpoint."""
         path = self.directory / METRICS
         if path.exists():
-            kept = [line for line in path.read_text().splitlines(keepends=True)
-                    if line.strip() and _epoch_of(line) is not None and _epoch_of(line) < epoch]
+            kept = [line for line in path.read_text().splitlines(keepends=True) if _epoch_of(line) < epoch]
             path.write_text("".join(kept))
 
     def amend(self, **fields) -> None:
@@ -139,11 +139,12 @@ class RunRecord:
         return self.summary
 
 
-def _epoch_of(line: str) -> int | None:
+def _epoch_of(line: str) -> float:
+    """The epoch a metrics line is of; infinity for a line cut short by a run that died while writing it."""
     try:
-        return json.loads(line).get("epoch")
-    except json.JSONDecodeError:  # a line cut short by a run that died while writing it
-        return None
+        return json.loads(line)["epoch"]
+    except (json.JSONDecodeError, KeyError):
+        return math.inf
 
 
 def read_records(*roots: str | os.PathLike, experiment: str | None = None) -> list[dict]:

@@ -32,11 +32,11 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 import hyperopt
+from experiments.checkpoints import Checkpoints
 from experiments.config import register_table_1, validate
 from experiments.loggers import make_logger
 from experiments.optimizers import build_optimizer, build_schedule, set_mode
 from experiments.provenance import machine, provenance
-from experiments.checkpoints import Checkpoints
 from experiments.records import RecordExistsError, RunFinished, RunRecord
 from experiments.sweep import note_action
 from experiments.tasks import make_task
