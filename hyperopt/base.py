@@ -5,21 +5,27 @@ above it (``hyper=``) is an optimizer whose parameters are level 0's learned hyp
 as one raw vector ``group["hyper_raw"]``; and so on up the stack. The top level's hyperparameters are fixed.
 
 The hypergradient. After step t-1 the parameters of level k are ``x_t = x_{t-1} - step_k(h_k)``, where the step is
-built from detached gradients and state but the current hyperparameters ``h_k``. Each update therefore keeps its
-Jacobian ``∂step_k/∂h_k`` (a row per learned hyperparameter, in ``state["jac"]``), and at step t
+built from detached gradients and state but the current hyperparameters ``h_k``. Its Jacobian ``∂step_k/∂h_k``
+(a column per learned hyperparameter) is what the next step's hypergradient needs:
 
     ∂L(w_t)/∂h_0 = -Jac_0ᵀ ∇L(w_t),    ∂L(w_t)/∂h_k = -Jac_kᵀ ∂L(w_t)/∂h_{k-1}
 
 which is exactly what the reference code gets from ``loss.backward(create_graph=True)`` (it detaches every gradient
-inside the update, so nothing of second order survives): a plain ``loss.backward()`` and one matrix-vector product
-per level.
+inside the update, so nothing of second order survives): a plain ``loss.backward()`` and one dot product per
+learned hyperparameter and level. The columns are not stored: each optimizer rebuilds them at step t, in closed
+form, from the state it keeps anyway (Adam's m and v) and at most one more tensor per parameter (the last gradient),
+so a hyperoptimizer holds little more than its torch.optim counterpart.
+
+Many runs as one. A param group with ``runs=N`` holds the parameters of N independent runs stacked on a leading
+dimension; each of its hyperparameters, at every level, is then one value per run, each run's hypergradient is the
+sum over its own slice only, and a run whose hypergradient becomes NaN or infinite is frozen while the others go on.
 """
 
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch.func import jacfwd
@@ -45,7 +51,7 @@ class Parameterisation:
         self.to_raw, self.to_value, self.derivative = to_raw, to_value, derivative
 
 
-# The identity's derivative is None rather than 1, so the Jacobian is not multiplied by 1 element by element.
+# The identity's derivative is None rather than 1, so a column is not multiplied by 1 element by element.
 IDENTITY = Parameterisation(lambda x: x, lambda r: r, lambda r: None)
 # √α is stored so that α = (√α)² stays non-negative (the reference RMSProp).
 SQUARE = Parameterisation(math.sqrt, lambda r: r * r, lambda r: 2.0 * r)
@@ -62,18 +68,30 @@ UNIT_INTERVAL = Parameterisation(
     lambda r: (1.0 - _tanh(r) ** 2) / 2.0)
 
 
-class Hyperoptimizer(torch.optim.Optimizer):
-    """Base class of the four optimizers; a subclass supplies the update and its closed-form Jacobian.
+def _numbers(value) -> list[float]:
+    if isinstance(value, dict):
+        return [float(v) for v in value.values()]
+    if isinstance(value, torch.Tensor):
+        return [float(v) for v in value.reshape(-1).tolist()]
+    if isinstance(value, (list, tuple)):
+        return [float(v) if isinstance(v, (int, float)) else v for v in value]
+    return [value]
 
-    Subclass contract:
+
+class Hyperoptimizer(torch.optim.Optimizer):
+    """Base class of the four optimizers; a subclass supplies the update of one tensor and its Jacobian.
+
+    Subclass contract (``h`` holds the hyperparameters, tensors for the learned ones, shaped to broadcast against
+    the tensor: one value, or one per run):
       NAME: the paper's name of the optimizer, as the notation writes it.
       HYPERPARAMETERS: {name: (default, Parameterisation, learnable)}, in the notation's positional order.
       _default_learn(values) -> the names the reference learns for these initial values.
       _step_scalars(h, t) -> {name: value}: quantities of step t (Adam's bias corrections), added to h.
-      _direction(h, g, state) -> (step, new_state, intermediates): the update ``x_new = x - step`` on flat
-          tensors, written with differentiable operations in the learned values of ``h`` (the autograd path
-          differentiates it); intermediates are whatever the closed-form Jacobian can reuse.
-      _jacobian(h, learned, g, state, new_state, step, intermediates) -> {learned name: ∂step/∂value}.
+      _update(h, g, state) -> (step, new state): the update ``x_new = x - step`` of one tensor, written with
+          differentiable operations in the learned values of ``h`` (the autograd path differentiates it).
+      _keep(h, learned, g, state) -> {name: tensor}: what the Jacobian will need beyond the new state.
+      _jacobian(h, learned, state) -> {learned name: ∂step/∂value}: the last update's Jacobian, from the state
+          after it (and what _keep kept), with ``h`` the values that update used.
     """
 
     NAME: str
@@ -81,13 +99,14 @@ class Hyperoptimizer(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable | None = None, *, hyper: Hyperoptimizer | None = None,
                  learn: Iterable[str] | None = None, check_finite: bool = True,
-                 hypergradient: str = "closed_form", compile: bool = False, **values: float):
+                 hypergradient: str = "closed_form", compile: bool = False, runs: int | None = None, **values):
         unknown = set(values) - set(self.HYPERPARAMETERS)
         if unknown:
             raise TypeError(f"{self.NAME} has no hyperparameter {sorted(unknown)}; "
                             f"it has {list(self.HYPERPARAMETERS)}")
         defaults = {name: float(default) for name, (default, _, _) in self.HYPERPARAMETERS.items()}
-        defaults.update({k: v if isinstance(v, dict) else float(v) for k, v in values.items() if v is not None})
+        defaults.update({k: v if isinstance(v, (dict, list, tuple, torch.Tensor)) else float(v)
+                         for k, v in values.items() if v is not None})
         self._validate_values(defaults)
         per_hyperparameter = sorted(k for k, v in defaults.items() if isinstance(v, dict))
         if per_hyperparameter and (params is not None or hyper is not None):
@@ -97,6 +116,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
         learn = self._default_learn(defaults) if learn is None else tuple(learn)
         self._validate_learn(learn)
         defaults["learn"] = learn
+        defaults["runs"] = runs
         if hypergradient not in ("closed_form", "autograd"):
             raise ValueError(f"hypergradient must be 'closed_form' or 'autograd', not {hypergradient!r}")
         if hyper is not None and not isinstance(hyper, Hyperoptimizer):
@@ -111,6 +131,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
         self._config = defaults
         self._attached = False
         self._owner: Hyperoptimizer | None = None
+        self.divergence: dict[str, torch.Tensor] | None = None  # per run, for a stack of runs (see step)
         # torch wraps step() in hooks that read these; a level not attached yet must still fail with our message.
         self._optimizer_step_pre_hooks, self._optimizer_step_post_hooks = OrderedDict(), OrderedDict()
         if params is not None:
@@ -124,37 +145,92 @@ class Hyperoptimizer(torch.optim.Optimizer):
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
         group = self.param_groups[-1]
+        first = group["params"][0]
+        runs = group["runs"]
+        if runs is not None:
+            if not isinstance(runs, int) or isinstance(runs, bool) or runs < 1:
+                raise ValueError(f"{self.NAME}: runs must be a whole number ≥ 1 (the leading dimension every "
+                                 f"parameter of the group stacks its runs on), not {runs!r}")
+            bad = [tuple(p.shape) for p in group["params"] if p.dim() == 0 or p.shape[0] != runs]
+            if bad:
+                raise ValueError(f"{self.NAME}: a param group of runs={runs} holds each run's parameters on a "
+                                 f"leading dimension of {runs}, but has parameters of shape {bad}")
+            if self.hypergradient == "autograd":
+                raise ValueError("hypergradient='autograd' checks the closed forms on single runs; use the "
+                                 "default closed_form with runs=N")
         self._validate_values(group)
         self._validate_learn(group["learn"])
-        first = group["params"][0]
         if any(p.device != first.device or p.dtype != first.dtype for p in group["params"]):
-            raise ValueError("all parameters of a param group must share one device and dtype (the update works "
-                             "on them as one flat vector); put the others in a param group of their own")
-        if self._owner is not None and group.get("weight_decay"):
+            raise ValueError("all parameters of a param group must share one device and dtype (their "
+                             "hyperparameters are one set of tensors); put the others in a param group of their own")
+        if self._owner is not None and any(_numbers(group.get("weight_decay", 0.0))):
             raise ValueError(f"{self.NAME}: weight decay is for the weights' optimizer, not a level above it")
         if self.hyper is not None and not group["learn"]:
             raise ValueError(f"{self.NAME} learns no hyperparameter (learn=()), so the level above it has "
                              "nothing to optimize: drop the level above or say what to learn")
-        # Only what a level above learns is held here, in its parameterisation; at the top of a stack every value
-        # stays a plain number in the group, as in torch.optim (so a learning-rate scheduler works there).
-        group["hyper_raw"] = torch.tensor(
-            [self.HYPERPARAMETERS[name][1].to_raw(group[name]) for name in self._learned(group)],
-            dtype=torch.promote_types(first.dtype, torch.float32), device=first.device)
+        dtype = torch.promote_types(first.dtype, torch.float32)
+        learned = self._learned(group)
+        if runs is None:
+            per_run = [name for name in self.HYPERPARAMETERS if self._is_per_run(name, group[name])]
+            if per_run:
+                raise ValueError(f"{self.NAME}: {', '.join(per_run)} has a value per run; say how many runs the "
+                                 "group stacks: runs=N")
+            # Only what a level above learns is held here, in its parameterisation; at the top of a stack every
+            # value stays a plain number in the group, as in torch.optim (so a learning-rate scheduler works there).
+            group["hyper_raw"] = torch.tensor([self.HYPERPARAMETERS[name][1].to_raw(group[name]) for name in learned],
+                                              dtype=dtype, device=first.device)
+        else:
+            group["hyper_raw"] = self._per_run_values(group, runs, dtype, first.device)
+            if self._owner is None and self.divergence is None:
+                self._frozen = torch.zeros(runs, dtype=torch.bool, device=first.device)
+                self.divergence = {key: torch.zeros(runs, dtype=torch.long, device=first.device)
+                                   for key in ("step", "level", "hyperparameter")}
+            elif self._owner is None and self._frozen.shape[0] != runs:
+                raise ValueError(f"{self.NAME}: every param group of a stack of runs has the same number of runs "
+                                 f"({self._frozen.shape[0]}), not {runs}")
         if self.hyper is not None:
-            hyper_group = {"params": [group["hyper_raw"]],
-                           **self.hyper._per_hyperparameter_values(self._learned(group), group["hyper_raw"])}
+            hyper_group = {"params": [group["hyper_raw"]], "runs": runs,
+                           **self.hyper._per_hyperparameter_values(learned, group["hyper_raw"])}
             if self.hyper._attached:
                 self.hyper.add_param_group(hyper_group)
             else:
                 self.hyper._owner = self
                 self.hyper._attach([hyper_group])
 
+    def _is_per_run(self, name: str, value) -> bool:
+        # A level above holds a value per hyperparameter of the level below as a tensor too; any other sequence or
+        # tensor is a value per run.
+        per_hyperparameter = self._owner is not None and isinstance(self._config.get(name), dict)
+        return isinstance(value, (list, tuple)) or isinstance(value, torch.Tensor) and not per_hyperparameter
+
+    def _per_run_values(self, group: dict, runs: int, dtype, device) -> torch.Tensor:
+        """In a group of runs a hyperparameter is a (runs, 1) tensor, or a number where the runs share a fixed value
+        (a learnable one at the top of a stack through its parameterisation and back, see _fixed); returns the raw
+        learned values, (runs, L)."""
+        raw = []
+        for name, (_, parameterisation, _) in self.HYPERPARAMETERS.items():
+            value = group[name]
+            if isinstance(value, torch.Tensor) and not self._is_per_run(name, value):
+                continue  # one value per hyperparameter below, the same for every run
+            numbers = _numbers(value)
+            numbers = numbers * runs if len(numbers) == 1 else numbers
+            if len(numbers) != runs:
+                raise ValueError(f"{self.NAME}: {name} has {len(numbers)} values for {runs} runs")
+            if name in self._learned(group):
+                raw.append([parameterisation.to_raw(n) for n in numbers])
+                group[name] = torch.tensor(numbers, dtype=dtype, device=device).reshape(runs, 1)
+                continue
+            if self.hyper is None and name in group["learn"]:
+                numbers = [parameterisation.to_value(parameterisation.to_raw(n)) for n in numbers]
+            # A fixed value the runs share stays a number, as in a lone run (SGD's momentum 0 stays unused).
+            group[name] = numbers[0] if len(set(numbers)) == 1 else torch.tensor(
+                numbers, dtype=dtype, device=device).reshape(runs, 1)
+        return torch.tensor(raw, dtype=dtype, device=device).reshape(len(raw), runs).T.contiguous()
+
     def _validate_values(self, values: dict) -> None:
         for name in self.HYPERPARAMETERS:
             value = values[name]
-            numbers = (list(value.values()) if isinstance(value, dict)
-                       else value.tolist() if isinstance(value, torch.Tensor) else [value])
-            for number in numbers:
+            for number in _numbers(value):
                 if not isinstance(number, (int, float)) or not math.isfinite(number):
                     raise ValueError(f"{self.NAME}: {name} must be a finite number, not {value}")
                 parameterisation = self.HYPERPARAMETERS[name][1]
@@ -196,15 +272,13 @@ class Hyperoptimizer(torch.optim.Optimizer):
     def _learned(self, group: dict) -> tuple[str, ...]:
         return group["learn"] if self.hyper is not None else ()
 
-    def _values(self, group: dict, raw: torch.Tensor) -> dict:
-        """Current hyperparameters: tensors (from raw) for the learned ones, floats for the fixed ones."""
-        return self._values_of(raw, self._fixed(group), self._learned(group))
-
     def _fixed(self, group: dict) -> dict:
         # A learnable value at the top of a stack goes through its parameterisation and back, as the reference,
-        # which stores it that way at every height, uses it (RMSProp's α is (√α)², to the last bit).
-        fixed = {name: group[name] for name in self.HYPERPARAMETERS}
-        if self.hyper is None:
+        # which stores it that way at every height, uses it (RMSProp's α is (√α)², to the last bit). A group of
+        # runs did so once, when it was made.
+        learned = self._learned(group)
+        fixed = {name: group[name] for name in self.HYPERPARAMETERS if name not in learned}
+        if self.hyper is None and group["runs"] is None:
             for name in group["learn"]:
                 if isinstance(fixed[name], torch.Tensor):  # one value per hyperparameter below: set, not stored
                     continue
@@ -212,38 +286,48 @@ class Hyperoptimizer(torch.optim.Optimizer):
                 fixed[name] = parameterisation.to_value(parameterisation.to_raw(fixed[name]))
         return fixed
 
-    def _values_of(self, raw: torch.Tensor, fixed: dict, learn: tuple[str, ...]) -> dict:
-        values = dict(fixed)
-        for i, name in enumerate(learn):
-            values[name] = self.HYPERPARAMETERS[name][1].to_value(raw[i])
+    def _values(self, group: dict, t: int | None = None, raw: torch.Tensor | None = None) -> dict:
+        """The hyperparameters the update of step t uses (and the quantities of step t derived from them, as
+        tensors, so that a compiled update sees the step number only through its inputs): tensors for the
+        learned ones, one per run in a group of runs."""
+        raw = group["hyper_raw"].detach() if raw is None else raw
+        values = self._fixed(group)
+        for i, name in enumerate(self._learned(group)):
+            values[name] = self.HYPERPARAMETERS[name][1].to_value(raw[..., i:i + 1] if group["runs"] else raw[i])
+        if t is not None:
+            for name, value in self._step_scalars(values, t).items():
+                values[name] = value if isinstance(value, torch.Tensor) else raw.new_tensor(value)
         return values
 
-    def _step_values(self, raw: torch.Tensor, fixed: dict, learn: tuple[str, ...], t: int) -> dict:
-        """The hyperparameters and the quantities of step t derived from them (Adam's bias corrections), as
-        tensors: a compiled update then sees the step number only through its inputs."""
-        values = self._values_of(raw, fixed, learn)
-        for name, value in self._step_scalars(values, t).items():
-            values[name] = value if isinstance(value, torch.Tensor) else raw.new_tensor(value)
-        return values
+    def _chain(self, group: dict) -> list:
+        raw = group["hyper_raw"].detach()
+        return [self.HYPERPARAMETERS[name][1].derivative(raw[..., i:i + 1] if group["runs"] else raw[i])
+                for i, name in enumerate(self._learned(group))]
 
     def _step_scalars(self, h: dict, t: int) -> dict:
         return {}
 
-    def _group_state(self, group: dict) -> dict:
-        # A group is updated as one flat vector; its state lives under its first parameter, where
-        # torch's state_dict machinery saves, restores and casts it like any optimizer state.
-        return self.state[group["params"][0]]
+    @staticmethod
+    def _shaped(values: dict, p: torch.Tensor, runs: int | None) -> dict:
+        """A group of runs holds a value per run as (runs, 1): made to broadcast against a parameter of any rank."""
+        if runs is None:
+            return values
+        shape = (runs,) + (1,) * (p.dim() - 1)
+        return {k: v.reshape(shape) if isinstance(v, torch.Tensor) and v.shape == (runs, 1) else v
+                for k, v in values.items()}
 
     @staticmethod
-    def _flat_grad(group: dict) -> torch.Tensor:
-        """The group's gradient as one vector, with weight decay added as torch.optim.SGD adds it: the update and
-        the hypergradient are then those of the loss plus (weight_decay / 2)·|w|²."""
-        # torch.cat copies, so the gradient kept in a Jacobian cannot be changed by a later in-place zero_grad.
-        gradient = torch.cat([p.grad.reshape(-1) if p.grad is not None else torch.zeros_like(p).reshape(-1)
-                              for p in group["params"]])
-        if group.get("weight_decay"):
-            gradient.add_(torch.cat([p.reshape(-1) for p in group["params"]]), alpha=group["weight_decay"])
-        return gradient
+    def _run_sum(x: torch.Tensor, runs: int | None) -> torch.Tensor:
+        return x.sum() if runs is None else x.reshape(runs, -1).sum(1)
+
+    def _gradient(self, group: dict, p: torch.Tensor) -> torch.Tensor:
+        """A parameter's gradient, with weight decay added as torch.optim.SGD adds it: the update and the
+        hypergradient are then those of the loss plus (weight_decay / 2)·|w|²."""
+        g = p.grad if p.grad is not None else torch.zeros_like(p)
+        decay = group.get("weight_decay", 0.0)
+        if isinstance(decay, torch.Tensor):  # one per run
+            return g + self._shaped({"decay": decay}, p, group["runs"])["decay"] * p
+        return g + decay * p if decay else g
 
     # ----------------------------------------------------------------- one step of the whole stack
     @torch.no_grad()
@@ -261,101 +345,157 @@ class Hyperoptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         levels = self.levels()
-        flat_grads = [[self._flat_grad(group) for group in self.param_groups]]
+        grads = [[[self._gradient(group, p) for p in group["params"]] for group in self.param_groups]]
         for level in levels[:-1]:
-            flat_grads.append(level._write_hypergradients(flat_grads[-1]))
+            grads.append([[h] for h in level._write_hypergradients(grads[-1])])
+        active = None
         if self.check_finite and len(levels) > 1:
-            self._check_finite(levels, flat_grads[1:])
-        for level, grads in reversed(list(zip(levels, flat_grads))):
-            for group, g in zip(level.param_groups, grads):
-                level._update_group(group, g)
+            active = self._check_finite(levels, [[g[0] for g in groups] for groups in grads[1:]])
+        for level, level_grads in reversed(list(zip(levels, grads))):
+            for group, g in zip(level.param_groups, level_grads):
+                level._update_group(group, g, active)
         return loss
 
-    def _write_hypergradients(self, upstream: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _write_hypergradients(self, upstream: list[list[torch.Tensor]]) -> list[torch.Tensor]:
         """∂L/∂h for each group's raw hyperparameters, from ∂L/∂(this level's parameters), into hyper_raw.grad."""
         hypergradients = []
-        for group, u in zip(self.param_groups, upstream):
+        for group, us in zip(self.param_groups, upstream):
             raw = group["hyper_raw"]
-            jac = self._group_state(group).get("jac")
-            if jac is None:  # first step: there was no update yet, so the loss does not depend on h
+            runs = group["runs"]
+            first = self.state[group["params"][0]]
+            if "step" not in first:  # first step: there was no update yet, so the loss does not depend on h
                 hypergradient = torch.zeros_like(raw)
             else:
-                hypergradient = torch.mv(jac, u).neg_().to(raw.dtype)
+                learned = self._learned(group)
+                h = self._values(group, first["step"])
+                chain = self._chain(group)
+                sums = [0.0] * len(learned)
+                for p, u in zip(group["params"], us):
+                    for i, column in enumerate(self._columns(group, p, h, learned, chain)):
+                        sums[i] = sums[i] + self._run_sum(column * u, runs)
+                hypergradient = torch.stack(sums, dim=-1).neg_().to(raw.dtype)
             raw.grad = hypergradient
             hypergradients.append(hypergradient)
         return hypergradients
 
-    def _check_finite(self, levels: list[Hyperoptimizer], hypergradients: list[list[torch.Tensor]]) -> None:
-        # One synchronisation per step: NaN and ±inf survive a sum (a finite sum that overflows is looked into too).
+    def _columns(self, group: dict, p: torch.Tensor, h: dict, learned: tuple[str, ...], chain: list):
+        """∂(last step of p)/∂raw, a tensor shaped like p per learned hyperparameter."""
+        state = self.state[p]
+        if "jac" in state:  # the autograd path stored them
+            return list(state["jac"])
+        closed_form = self._jacobian(self._shaped(h, p, group["runs"]), learned, state)
+        return [closed_form[name] if derivative is None
+                else closed_form[name] * self._shaped({"d": derivative}, p, group["runs"])["d"]
+                for name, derivative in zip(learned, chain)]
+
+    def jacobian(self, group: int = 0) -> list[list[torch.Tensor]]:
+        """The last update's Jacobian ∂step/∂raw, per parameter of the group: a tensor like it per learned value."""
+        g = self.param_groups[group]
+        h = self._values(g, self.state[g["params"][0]]["step"])
+        return [self._columns(g, p, h, self._learned(g), self._chain(g)) for p in g["params"]]
+
+    def _check_finite(self, levels: list[Hyperoptimizer], hypergradients: list[list[torch.Tensor]]):
+        """Alone, one synchronisation per step and DivergenceError; a stack of runs instead freezes each run whose
+        hypergradient is not finite, on the device, and notes where (``divergence``) for the caller to read."""
+        if self.divergence is not None:
+            return self._freeze_diverged(hypergradients)
+        # NaN and ±inf survive a sum (a finite sum that overflows is looked into too).
         flat = [h for groups in hypergradients for h in groups]
         if math.isfinite(float(flat[0].sum() if len(flat) == 1 else torch.cat(flat).sum())):
-            return
+            return None
         for k, (level, groups) in enumerate(zip(levels, hypergradients)):
             for group, hypergradient in zip(level.param_groups, groups):
                 for name, value in zip(level._learned(group), hypergradient.tolist()):
                     if not math.isfinite(value):
-                        step = level._group_state(group).get("step", 0) + 1
+                        step = level.state[group["params"][0]].get("step", 0) + 1
                         raise DivergenceError(k, level.NAME, name, step, value)
+        return None
 
-    def _update_group(self, group: dict, g: torch.Tensor) -> None:
-        state = self._group_state(group)
-        previous = {k: v for k, v in state.items() if k not in ("jac", "step")}
-        raw = group["hyper_raw"].detach()
-        fixed = self._fixed(group)
+    def _freeze_diverged(self, hypergradients: list[list[torch.Tensor]]) -> torch.Tensor:
+        step = self.state[self.param_groups[0]["params"][0]].get("step", 0) + 1
+        for k, groups in enumerate(hypergradients):
+            for hypergradient in groups:
+                bad = ~torch.isfinite(hypergradient)  # (runs, learned)
+                newly = bad.any(1) & ~self._frozen
+                which = bad.int().argmax(1)
+                self.divergence["step"] = torch.where(newly, step, self.divergence["step"])
+                self.divergence["level"] = torch.where(newly, k, self.divergence["level"])
+                self.divergence["hyperparameter"] = torch.where(newly, which, self.divergence["hyperparameter"])
+                self._frozen |= newly
+        return ~self._frozen
+
+    def diverged(self) -> list[dict]:
+        """The runs of a stack of runs that diverged and were frozen: run, step, level, hyperparameter (reads the
+        device once)."""
+        if self.divergence is None:
+            return []
+        found = []
+        steps, levels, which = (self.divergence[key].tolist() for key in ("step", "level", "hyperparameter"))
+        for run, (step, level, index) in enumerate(zip(steps, levels, which)):
+            if step:
+                optimizer = self.levels()[level]
+                name = optimizer._learned(optimizer.param_groups[0])[index]
+                found.append({"run": run, "step": step, "level": level, "optimizer": optimizer.NAME,
+                              "hyperparameter": name})
+        return found
+
+    def _update_group(self, group: dict, grads: Sequence[torch.Tensor], active: torch.Tensor | None) -> None:
+        first = self.state[group["params"][0]]
+        t = first.get("step", 0) + 1
         learned = self._learned(group)
-        t = state.get("step", 0) + 1
-        if learned and self.hypergradient == "autograd":
-            def step_of(raw):
-                step, new_state, _ = self._direction(self._step_values(raw, fixed, learned, t), g, previous)
-                return step, (step, new_state)
-            jacobian, (step, new_state) = jacfwd(step_of, has_aux=True)(raw)
-            jac = jacobian.T.contiguous()
-        else:
-            h = self._step_values(raw, fixed, learned, t)
-            chain = [self.HYPERPARAMETERS[name][1].derivative(raw[i]) for i, name in enumerate(learned)]
-            update = self._closed_form_update
-            if self.compile and self._owner is None and previous:
-                update = self._compiled_update()
-            step, new_state, jac = update(h, g, previous, learned, chain)
-        params = group["params"]
-        if len(params) == 1:
-            params[0].sub_(step.view_as(params[0]))
-        else:
-            steps = step.split([p.numel() for p in params])
-            torch._foreach_sub_(params, [s.view_as(p) for s, p in zip(steps, params)])
-        state.update(new_state)
-        state["step"] = t
-        if jac is not None:
-            state["jac"] = jac
+        runs = group["runs"]
+        h = self._values(group, t)
+        update = self._update
+        if self.compile and self._owner is None and "step" in first:
+            update = self._compiled_update()
+        for p, g in zip(group["params"], grads):
+            state = self.state[p]
+            previous = {k: v for k, v in state.items() if k not in ("jac", "step")}
+            hp = self._shaped(h, p, runs)
+            if learned and self.hypergradient == "autograd":
+                def step_of(raw, p=p, g=g, previous=previous):
+                    values = self._values(group, t, raw)
+                    step, new_state = self._update(values, g, previous)
+                    return step, (step, new_state)
+                jacobian, (step, new_state) = jacfwd(step_of, has_aux=True)(group["hyper_raw"].detach())
+                state["jac"] = [jacobian[..., i] for i in range(len(learned))]
+            else:
+                step, new_state = update(hp, g, previous)
+                if learned:
+                    new_state.update(self._keep(hp, learned, g, previous))
+            if active is not None:
+                step = torch.where(active.reshape((runs,) + (1,) * (p.dim() - 1)), step, 0.0)
+            p.sub_(step)
+            state.update(new_state)
+        first["step"] = t
 
-    def _closed_form_update(self, h, g, previous, learned, chain):
-        """(step, new state, Jacobian ∂step/∂raw with a row per learned hyperparameter, or None)."""
-        step, new_state, intermediates = self._direction(h, g, previous)
-        if not learned:
-            return step, new_state, None
-        closed_form = self._jacobian(h, learned, g, previous, new_state, step, intermediates)
-        columns = [closed_form[name] if derivative is None else closed_form[name] * derivative
-                   for name, derivative in zip(learned, chain)]
-        return step, new_state, columns[0].unsqueeze(0) if len(columns) == 1 else torch.stack(columns)
+    def _keep(self, h: dict, learned: tuple[str, ...], g: torch.Tensor, state: dict) -> dict:
+        return {}
 
     def _compiled_update(self):
-        # Compiled once per optimizer: on the weights' large flat vectors the update's dozens of element-wise
-        # operations fuse into a few loops. The first step (no state yet) always runs eagerly.
+        # Compiled once per optimizer: the update's dozens of element-wise operations fuse into a few loops. The
+        # first step (no state yet) always runs eagerly.
         if self._compiled is None:
-            self._compiled = torch.compile(self._closed_form_update)
+            self._compiled = torch.compile(self._update, dynamic=True)
         return self._compiled
 
     # ----------------------------------------------------------------- reading the stack
-    def hyperparameters(self, group: int = 0) -> list[dict[str, float]]:
-        """Current hyperparameters of every level for one param group, the weights' optimizer first, in natural
-        units (α, not the √α RMSProp stores; β in (0, 1), not its atanh)."""
+    def hyperparameters(self, group: int = 0, run: int | None = None) -> list[dict[str, float]]:
+        """Current hyperparameters of every level for one param group (and, in a stack of runs, one run), the
+        weights' optimizer first, in natural units (α, not the √α RMSProp stores; β in (0, 1), not its atanh)."""
         result, below = [], ()
         for level in self.levels():  # a level above has one group per group of the level below
             if level._attached:
                 g = level.param_groups[group]
-                values = level._values(g, g["hyper_raw"].detach())
-                result.append({k: dict(zip(below, v.tolist())) if isinstance(v, torch.Tensor) and v.dim() else
-                               float(v) for k, v in values.items()})
+                if g["runs"] is not None and run is None:
+                    raise ValueError(f"this stack trains {g['runs']} runs: say which (run=0 to {g['runs'] - 1})")
+                values = {}
+                for name, value in level._values(g).items():
+                    if isinstance(value, torch.Tensor) and value.dim() == 2:  # (runs, 1): one per run
+                        value = value[run]
+                    per_hyperparameter = isinstance(value, torch.Tensor) and not level._is_per_run(name, value)
+                    values[name] = dict(zip(below, value.tolist())) if per_hyperparameter else float(value)
+                result.append(values)
                 below = level._learned(g)
             else:
                 result.append({k: v for k, v in level._config.items() if k in level.HYPERPARAMETERS})
@@ -363,7 +503,10 @@ class Hyperoptimizer(torch.optim.Optimizer):
 
     def __str__(self) -> str:
         from .notation import format_stack
-        return format_stack(self)
+        runs = self.param_groups[0]["runs"] if self._attached else None
+        if runs is None:
+            return format_stack(self)
+        return "[" + "; ".join(format_stack(self, run=run) for run in range(runs)) + "]"
 
     def __repr__(self) -> str:
         return f"{type(self).__module__}.{type(self).__name__}({str(self)!r})"
@@ -373,11 +516,15 @@ class Hyperoptimizer(torch.optim.Optimizer):
         state = super().state_dict()
         if self.hyper is not None:
             state["hyper"] = self.hyper.state_dict()
+        if self.divergence is not None:
+            state["divergence"] = {key: value.clone() for key, value in self.divergence.items()}
+            state["frozen"] = self._frozen.clone()
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
         state_dict = dict(state_dict)
         hyper_state = state_dict.pop("hyper", None)
+        divergence, frozen = state_dict.pop("divergence", None), state_dict.pop("frozen", None)
         if (hyper_state is None) != (self.hyper is None):
             raise ValueError("the saved stack and this one differ in height; rebuild the stack the state came from")
         # The level above holds each group's hyper_raw as its parameter: restore values in place, keep the objects.
@@ -388,5 +535,9 @@ class Hyperoptimizer(torch.optim.Optimizer):
                 raise ValueError("the saved stack learns other hyperparameters than this one")
             raw.copy_(group["hyper_raw"])
             group["hyper_raw"] = raw
+        if divergence is not None and self.divergence is not None:
+            for key, value in divergence.items():
+                self.divergence[key].copy_(value)
+            self._frozen.copy_(frozen)
         if self.hyper is not None:
             self.hyper.load_state_dict(hyper_state)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import struct
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from .base import Hyperoptimizer
 from .optimizers import SGD, AdaGrad, Adam, RMSProp
@@ -120,9 +120,15 @@ def parse(spec: str) -> list[tuple[type[Hyperoptimizer], dict, tuple[str, ...] |
     return levels
 
 
-def stack(spec: str, params: Iterable | None = None, **options) -> Hyperoptimizer:
+def stack(spec: str | Sequence[str], params: Iterable | None = None, **options) -> Hyperoptimizer:
     """Build a stack from the paper's notation: ``stack("Adam/SGD(1e-5)", model.parameters())``.
-    ``options`` (check_finite, hypergradient) apply to every level."""
+    ``options`` (check_finite, hypergradient, compile) apply to every level.
+
+    A list of stacks, one per run, builds one stack that trains them together (``runs=len(spec)``): ``params``
+    then hold every run's parameters stacked on a leading dimension (models.batch_models), the stacks must share
+    their structure (optimizers, what each level learns) and may differ in their values."""
+    if not isinstance(spec, str):
+        return _stack_of_runs(list(spec), params, **options)
     hyper = None
     levels = parse(spec)
     for position, (cls, values, learned) in enumerate(reversed(levels)):
@@ -131,6 +137,37 @@ def stack(spec: str, params: Iterable | None = None, **options) -> Hyperoptimize
                         **options, **values)
         except (TypeError, ValueError) as error:
             raise ValueError(f"bad optimizer stack {spec!r}: {error}.\nThe notation is:\n{GRAMMAR}") from error
+    return hyper
+
+
+def structure(spec: str) -> list[tuple[type[Hyperoptimizer], tuple[str, ...], dict]]:
+    """What runs stacked together must share: each level's optimizer, what it learns, and its values given per
+    hyperparameter of the level below."""
+    shape = []
+    for cls, values, learned in parse(spec):
+        full = {name: default for name, (default, _, _) in cls.HYPERPARAMETERS.items()} | values
+        per_hyperparameter = {name: value for name, value in values.items() if isinstance(value, dict)}
+        shape.append((cls, learned if learned is not None else cls._default_learn(full), per_hyperparameter))
+    return shape
+
+
+def _stack_of_runs(specs: list[str], params, **options) -> Hyperoptimizer:
+    if not specs:
+        raise ValueError("a stack of runs needs at least one run's stack")
+    shapes = [structure(spec) for spec in specs]
+    for run, shape in enumerate(shapes[1:], 1):
+        if shape != shapes[0]:
+            raise ValueError(f"the stacks of runs 0 ({specs[0]!r}) and {run} ({specs[run]!r}) differ in their "
+                             "optimizers, in what a level learns, or in a value per hyperparameter: runs trained "
+                             "together may differ only in their values")
+    hyper = None
+    per_run = [parse(spec) for spec in specs]
+    for position in reversed(range(len(shapes[0]))):
+        cls, learned, per_hyperparameter = shapes[0][position]
+        values = {name: [float(levels[position][1].get(name, default)) for levels in per_run]
+                  for name, (default, _, _) in cls.HYPERPARAMETERS.items() if name not in per_hyperparameter}
+        hyper = cls(params if position == 0 else None, hyper=hyper, learn=learned, runs=len(specs),
+                    **options, **values, **per_hyperparameter)
     return hyper
 
 
@@ -171,10 +208,11 @@ def format_level(level: Hyperoptimizer, values: dict[str, float], learned: tuple
     return text + "(" + ", ".join(numbers) + ")"
 
 
-def format_stack(optimizer: Hyperoptimizer, group: int = 0) -> str:
-    """The stack in the paper's notation with its current values; ``stack(format_stack(opt))`` rebuilds it."""
+def format_stack(optimizer: Hyperoptimizer, group: int = 0, run: int | None = None) -> str:
+    """The stack in the paper's notation with its current values (of one run, in a stack of runs);
+    ``stack(format_stack(opt))`` rebuilds it."""
     levels = optimizer.levels()
-    values = optimizer.hyperparameters(group)
+    values = optimizer.hyperparameters(group, run)
     texts = []
     for level, level_values in zip(levels, values):
         if level._attached:

@@ -1,7 +1,8 @@
 """SGD, Adam, AdaGrad and RMSProp as the reference code defines them (README, "What the reference code does").
 
-Each writes its update once, on flat tensors, in the reference's order of operations (so float64 runs agree to
-rounding), and its Jacobian with respect to each learnable hyperparameter in closed form; the tests check every
+Each writes its update of one tensor once, in the reference's order of operations (so float64 runs agree to
+rounding), and the Jacobian of that update with respect to each learnable hyperparameter in closed form, rebuilt at
+the next step from the state the update leaves (and the last gradient where it needs it); the tests check every
 closed form against autograd of the update itself.
 """
 
@@ -10,6 +11,13 @@ from __future__ import annotations
 import torch
 
 from .base import IDENTITY, SQUARE, UNIT_INTERVAL, Hyperoptimizer
+
+
+def _kept_gradient(g: torch.Tensor, state: dict) -> dict:
+    """The gradient a Jacobian of the next step needs, copied into the buffer of the last one (a caller's in-place
+    zero_grad must not change it)."""
+    kept = state.get("grad_prev")
+    return {"grad_prev": kept.copy_(g) if kept is not None else g.clone()}
 
 
 class SGD(Hyperoptimizer):
@@ -25,31 +33,40 @@ class SGD(Hyperoptimizer):
     def _default_learn(cls, values):
         return ("lr", "momentum") if values["momentum"] != 0.0 else ("lr",)
 
-    def _direction(self, h, g, state):
-        # A learned momentum is a tensor: it is in use even while its value is 0.
-        if not isinstance(h["momentum"], torch.Tensor) and h["momentum"] == 0.0:
-            return g * h["lr"], {}, {"direction": g}
-        buf = g if "buf" not in state else state["buf"] * h["momentum"] + g
-        return buf * h["lr"], {"buf": buf}, {"direction": buf}
+    @staticmethod
+    def _uses_momentum(h) -> bool:
+        # A learned (or per-run) momentum is a tensor: it is in use even while its value is 0.
+        return isinstance(h["momentum"], torch.Tensor) or h["momentum"] != 0.0
 
-    def _jacobian(self, h, learned, g, state, new_state, step, intermediates):
-        jacobian = {"lr": intermediates["direction"]}
+    def _update(self, h, g, state):
+        if not self._uses_momentum(h):
+            return g * h["lr"], {}
+        buf = g.clone() if "buf" not in state else state["buf"] * h["momentum"] + g
+        return buf * h["lr"], {"buf": buf}
+
+    def _keep(self, h, learned, g, state):
+        if not self._uses_momentum(h):
+            return _kept_gradient(g, state)
+        # μ's column is α·(the buffer before the last update): the object the update replaced, not a copy.
+        return {"buf_prev": state["buf"]} if "momentum" in learned and "buf" in state else {}
+
+    def _jacobian(self, h, learned, state):
+        if "buf" not in state:
+            return {"lr": state["grad_prev"]}
+        jacobian = {"lr": state["buf"]}
         if "momentum" in learned:
-            jacobian["momentum"] = state["buf"] * h["lr"] if "buf" in state else torch.zeros_like(g)
+            jacobian["momentum"] = (state["buf_prev"] * h["lr"] if "buf_prev" in state
+                                    else torch.zeros_like(state["buf"]))
         return jacobian
 
 
 class Adam(Hyperoptimizer):
     """Adam(lr, beta1, beta2, eps). v starts at eps, as in the reference (√ is not differentiable at 0).
-    ``learn=("lr",)`` is the paper's Adam^α (the reference's AdamBaydin)."""
+    ``learn=("lr",)`` is the paper's Adam^α (the reference's AdamBaydin): it keeps nothing beyond m and v."""
 
     NAME = "Adam"
     HYPERPARAMETERS = {"lr": (1e-3, IDENTITY, True), "beta1": (0.9, UNIT_INTERVAL, True),
                        "beta2": (0.999, UNIT_INTERVAL, True), "eps": (1e-8, IDENTITY, False)}
-
-    @staticmethod
-    def _moments(h, g, state):
-        return state.get("m", torch.zeros_like(g)), state.get("v", torch.zeros_like(g) + h["eps"])
 
     def _step_scalars(self, h, t):
         # The bias corrections 1 - β^t and their slopes t β^(t-1) / (1 - β^t), as the reference computes them.
@@ -60,32 +77,42 @@ class Adam(Hyperoptimizer):
             scalars[f"{beta}_slope"] = t * h[beta] ** (t - 1) / correction
         return scalars
 
-    def _direction(self, h, g, state):
-        m, v = self._moments(h, g, state)
+    @staticmethod
+    def _direction(h, m, v):
+        """m̂ / (√v̂ + ε), and √v̂ and v̂: the update's direction, recomputed from m and v for the Jacobian."""
+        v_hat = v / h["beta2_correction"]
+        root = v_hat ** 0.5
+        return m / h["beta1_correction"] / (root + h["eps"]), root, v_hat
+
+    def _update(self, h, g, state):
+        m = state.get("m", torch.zeros_like(g))
+        v = state.get("v", torch.zeros_like(g) + h["eps"])
         beta1, beta2 = h["beta1"], h["beta2"]
         m = beta1 * m + (1.0 - beta1) * g
         v = beta2 * v + (1.0 - beta2) * g * g
-        m_hat = m / h["beta1_correction"]
-        v_hat = v / h["beta2_correction"]
-        root = v_hat ** 0.5
-        direction = m_hat / (root + h["eps"])
-        return h["lr"] * direction, {"m": m, "v": v}, {"direction": direction, "v_hat": v_hat, "root": root}
+        direction, _, _ = self._direction(h, m, v)
+        return h["lr"] * direction, {"m": m, "v": v}
 
-    def _jacobian(self, h, learned, g, state, new_state, step, intermediates):
-        m_old, v_old = self._moments(h, g, state)
+    def _keep(self, h, learned, g, state):
+        return _kept_gradient(g, state) if "beta1" in learned or "beta2" in learned else {}
+
+    def _jacobian(self, h, learned, state):
+        m, v = state["m"], state["v"]
         lr = h["lr"]
-        direction, v_hat, root = intermediates["direction"], intermediates["v_hat"], intermediates["root"]
+        direction, root, v_hat = self._direction(h, m, v)
         denominator = root + h["eps"]
         jacobian = {"lr": direction}
+        if "beta1" in learned or "beta2" in learned:
+            g = state["grad_prev"]
         if "beta1" in learned:
-            # m̂ = m / (1 - β1^t), m = β1 m_old + (1 - β1) g:
+            # m̂ = m / (1 - β1^t), m = β1 m_old + (1 - β1) g, so m_old - g = (m - g) / β1:
             #   ∂m̂/∂β1 = (m_old - g) / (1 - β1^t) + m̂ · t β1^(t-1) / (1 - β1^t)
-            jacobian["beta1"] = (lr / h["beta1_correction"]) * (m_old - g) / denominator \
+            jacobian["beta1"] = (lr / h["beta1_correction"]) * ((m - g) / h["beta1"]) / denominator \
                 + (lr * h["beta1_slope"]) * direction
         if "beta2" in learned:
             # step = α m̂ / (√v̂ + ε):  ∂step/∂β2 = -step / (√v̂ + ε) / (2√v̂) · ∂v̂/∂β2, likewise for v̂
-            dv_hat = (v_old - g * g) / h["beta2_correction"] + v_hat * h["beta2_slope"]
-            jacobian["beta2"] = -step / (denominator * 2.0 * root) * dv_hat
+            dv_hat = ((v - g * g) / h["beta2"]) / h["beta2_correction"] + v_hat * h["beta2_slope"]
+            jacobian["beta2"] = -(lr * direction) / (denominator * 2.0 * root) * dv_hat
         return jacobian
 
 
@@ -96,13 +123,15 @@ class AdaGrad(Hyperoptimizer):
     HYPERPARAMETERS = {"lr": (0.01, IDENTITY, True)}
     EPS = 1e-10
 
-    def _direction(self, h, g, state):
+    def _update(self, h, g, state):
         accumulator = state.get("sum", torch.zeros_like(g) + 0.1) + torch.square(g)
-        root = torch.sqrt(accumulator + self.EPS)
-        return h["lr"] * g / root, {"sum": accumulator}, {"root": root}
+        return h["lr"] * g / torch.sqrt(accumulator + self.EPS), {"sum": accumulator}
 
-    def _jacobian(self, h, learned, g, state, new_state, step, intermediates):
-        return {"lr": g / intermediates["root"]}
+    def _keep(self, h, learned, g, state):
+        return _kept_gradient(g, state)
+
+    def _jacobian(self, h, learned, state):
+        return {"lr": state["grad_prev"] / torch.sqrt(state["sum"] + self.EPS)}
 
 
 class RMSProp(Hyperoptimizer):
@@ -113,17 +142,21 @@ class RMSProp(Hyperoptimizer):
     HYPERPARAMETERS = {"lr": (0.01, SQUARE, True), "gamma": (0.99, UNIT_INTERVAL, True)}
     EPS = 1e-8
 
-    def _direction(self, h, g, state):
+    def _update(self, h, g, state):
         gamma = h["gamma"]
         square_average = gamma * state.get("square_avg", torch.zeros_like(g)) + (1.0 - gamma) * torch.square(g)
-        root = torch.sqrt(square_average + self.EPS)
-        return h["lr"] * g / root, {"square_avg": square_average}, {"root": root}
+        return h["lr"] * g / torch.sqrt(square_average + self.EPS), {"square_avg": square_average}
 
-    def _jacobian(self, h, learned, g, state, new_state, step, intermediates):
-        root = intermediates["root"]
+    def _keep(self, h, learned, g, state):
+        return _kept_gradient(g, state)
+
+    def _jacobian(self, h, learned, state):
+        g, square_average = state["grad_prev"], state["square_avg"]
+        root = torch.sqrt(square_average + self.EPS)
         jacobian = {"lr": g / root}
         if "gamma" in learned:
-            # ∂/∂γ of α g (s + ε)^(-1/2) with s = γ s_old + (1 - γ) g²
-            previous = state.get("square_avg", torch.zeros_like(g))
-            jacobian["gamma"] = -0.5 * step / (new_state["square_avg"] + self.EPS) * (previous - torch.square(g))
+            # ∂/∂γ of α g (s + ε)^(-1/2) with s = γ s_old + (1 - γ) g², so s_old - g² = (s - g²) / γ
+            step = h["lr"] * g / root
+            jacobian["gamma"] = -0.5 * step / (square_average + self.EPS) * ((square_average - torch.square(g))
+                                                                            / h["gamma"])
         return jacobian

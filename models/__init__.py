@@ -2,6 +2,7 @@
 
 from torch import nn
 
+from .batched import Batched, batch_models
 from .char_rnn import CharRNN
 from .mlp import MLP
 from .resnet import ResNet, resnet20
@@ -15,4 +16,4 @@ def build_model(name: str, **options) -> nn.Module:
     return MODELS[name](**options)
 
 
-__all__ = ["MLP", "CharRNN", "ResNet", "resnet20", "MODELS", "build_model"]
+__all__ = ["Batched", "batch_models", "MLP", "CharRNN", "ResNet", "resnet20", "MODELS", "build_model"]

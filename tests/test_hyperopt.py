@@ -71,11 +71,14 @@ def test_closed_form_jacobians_equal_autograd(spec, batches):
             opt.zero_grad()
             F.nll_loss(m(x.double()), y).backward()
             opt.step()
-        closed, auto = (opt._group_state(opt.param_groups[0])["jac"] for opt in optimizers)
-        assert len(closed) == len(auto) == len(optimizers[0].param_groups[0]["learn"])
-        for c, a in zip(closed, auto):
-            torch.testing.assert_close(c, a, rtol=1e-10, atol=1e-14)
-    assert all(column.abs().sum() > 0 for column in closed)  # (μ's Jacobian is 0 at the first step only)
+        closed, auto = (opt.jacobian() for opt in optimizers)
+        assert len(closed) == len(auto) == len(list(models[0].parameters()))
+        for closed_columns, auto_columns in zip(closed, auto):
+            assert len(closed_columns) == len(auto_columns) == len(optimizers[0].param_groups[0]["learn"])
+            for c, a in zip(closed_columns, auto_columns):
+                torch.testing.assert_close(c, a, rtol=1e-10, atol=1e-14)
+    # (μ's Jacobian is 0 at the first step only)
+    assert all(sum(columns[i].abs().sum() for columns in closed) > 0 for i in range(len(closed[0])))
 
 
 def test_learning_momentum_from_zero_is_an_explicit_option(batches):
@@ -286,3 +289,38 @@ def test_the_library_needs_torch_alone():
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("Adam(") and "/SGD(1e-05)" in result.stdout
+
+
+@pytest.mark.parametrize("spec, theirs, most", [
+    # (stack, its torch.optim counterpart, most state bytes as a multiple of the counterpart's)
+    ("Adam/SGD(1e-5)", lambda p: torch.optim.Adam(p), 1.5),       # m, v and the last gradient
+    ("Adam^α/SGD(1e-5)", lambda p: torch.optim.Adam(p), 1.0),     # m and v: α's column is m̂ / (√v̂ + ε)
+    ("SGD(0.1, 0.9)/SGD(1e-3)", lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9), 2.0),  # the buffer, and the last
+    ("RMSProp/SGD(1e-4)", lambda p: torch.optim.RMSprop(p), 2.0),  # the average and the last gradient
+])
+def test_state_holds_at_most_one_parameter_sized_tensor_beyond_torch_optim(spec, theirs, most, batches):
+    def state_bytes(optimizer):
+        return sum(v.numel() * v.element_size() for state in optimizer.state.values() for v in state.values()
+                   if isinstance(v, torch.Tensor) and v.dim() > 0)
+    torch.manual_seed(0)
+    ours_model, their_model = MLP(), MLP()
+    ours, reference = hyperopt.stack(spec, ours_model.parameters()), theirs(their_model.parameters())
+    train(ours_model, ours, batches[:3])
+    train(their_model, reference, batches[:3])
+    assert state_bytes(ours) <= most * state_bytes(reference)
+
+
+def test_a_stack_of_runs_says_what_is_wrong():
+    with pytest.raises(ValueError, match="leading dimension of 3"):
+        hyperopt.SGD(MLP().parameters(), runs=3, lr=[0.1, 0.2, 0.3])
+    with pytest.raises(ValueError, match="has a value per run; say how many runs"):
+        hyperopt.SGD(MLP().parameters(), lr=[0.1, 0.2, 0.3])
+    stacked = [torch.zeros(3, 4, requires_grad=True)]
+    with pytest.raises(ValueError, match="lr has 2 values for 3 runs"):
+        hyperopt.SGD(stacked, runs=3, lr=[0.1, 0.2])
+    with pytest.raises(ValueError, match="differ in their optimizers"):
+        hyperopt.stack(["Adam/SGD", "SGD/SGD", "SGD/SGD"], stacked)
+    with pytest.raises(ValueError, match="say which"):
+        hyperopt.stack(["SGD/SGD"] * 3, stacked).hyperparameters()
+    assert str(hyperopt.stack(["SGD(0.1)/SGD", "SGD(0.2)/SGD", "SGD(0.3)/SGD"], stacked)) == \
+        "[SGD(0.1)/SGD(0.01); SGD(0.2)/SGD(0.01); SGD(0.3)/SGD(0.01)]"
