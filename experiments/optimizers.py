@@ -64,14 +64,33 @@ class Baseline:
         return f"{self.name}({self.optimizer.param_groups[0]['lr']!r})"
 
 
-def build_optimizer(spec, params, compile: bool = False):
-    """The optimizer `spec` names: a stack in the paper's notation ("Adam/SGD(1e-5)"), a learning-rate-free
-    optimizer ("Prodigy", "ScheduleFreeSGD(0.1)"), or a builder: a mapping whose `_target_` is the dotted name of
-    a function taking the parameters and the mapping's other values (figure2_sgd, rnn_adam, sensitivity_tower
-    below), so that a grid's numbers reach the optimizer as numbers."""
+def resolve(spec):
+    """What a config's `optimizer` stands for: a stack in the paper's notation or a learning-rate-free optimizer (a
+    string), or a builder: a mapping whose `_target_` is the dotted name of a function taking the mapping's other
+    values (figure2_sgd, rnn_adam, sensitivity_tower below) and giving either, a stack as its levels
+    (hyperopt.parse's form), so that a grid's numbers reach the optimizer as numbers."""
     if isinstance(spec, Mapping):
         values = dict(spec)
-        return _function(values.pop("_target_", None))(params, compile=compile, **values)
+        return _function(values.pop("_target_", None))(**values)
+    return spec
+
+
+def stack_levels(spec):
+    """The levels of the hyperoptimizer stack `spec` resolves to, or None for a learning-rate-free optimizer."""
+    spec = resolve(spec)
+    if not isinstance(spec, str):
+        return spec
+    match = _BASELINE.match(spec)
+    if match and any(match["name"].lower() == known.lower() for known in BASELINES):
+        return None
+    return hyperopt.parse(spec)
+
+
+def build_optimizer(spec, params, compile: bool = False):
+    """The optimizer `spec` names (see `resolve`) on these parameters."""
+    spec = resolve(spec)
+    if not isinstance(spec, str):
+        return hyperopt.stack(spec, params, compile=compile)
     match = _BASELINE.match(spec)
     name = next((known for known in BASELINES if match and match["name"].lower() == known.lower()), None)
     if name is None:
@@ -114,38 +133,32 @@ def set_mode(optimizer, mode: str) -> None:
         getattr(optimizer, mode)()
 
 
-def figure2_sgd(params, alpha: float, momentum: float, weight_decay: float, hyper: bool,
-                kappa_alpha: float | str = "auto", kappa_momentum: float | str = "auto", compile: bool = False):
+def figure2_sgd(alpha: float, momentum: float, weight_decay: float, hyper: bool,
+                kappa_alpha: float | str = "auto", kappa_momentum: float | str = "auto"):
     """One cell of Figure 2: SGD(α, μ) with weight decay; when `hyper`, α and μ are learned by an SGD with a step
     size for each (``auto``: κ_α = α²·1e-3 and κ_μ = 1e-6/(1-μ), the one published choice)."""
-    above = None
+    levels = [(hyperopt.SGD, {"lr": alpha, "momentum": momentum, "weight_decay": weight_decay}, None)]
     if hyper:
         kappa_alpha = alpha ** 2 * 1e-3 if kappa_alpha == "auto" else float(kappa_alpha)
         kappa_momentum = 1e-6 / (1.0 - momentum) if kappa_momentum == "auto" else float(kappa_momentum)
-        above = hyperopt.SGD(lr={"lr": kappa_alpha, "momentum": kappa_momentum}, compile=compile)
-    return hyperopt.SGD(params, lr=alpha, momentum=momentum, weight_decay=weight_decay, hyper=above,
-                        compile=compile)
+        levels.append((hyperopt.SGD, {"lr": {"lr": kappa_alpha, "momentum": kappa_momentum}}, None))
+    return levels
 
 
-def rnn_adam(params, alpha: float, hyper: bool, kappa: float, compile: bool = False):
+def rnn_adam(alpha: float, hyper: bool, kappa: float):
     """The two arms of the RNN experiment: Adam^α(α), its α learned by Adam(κ) when `hyper`, else fixed."""
-    above = hyperopt.Adam(lr=kappa, compile=compile) if hyper else None
-    return hyperopt.Adam(params, lr=alpha, learn=("lr",), hyper=above, compile=compile)
+    return [(hyperopt.Adam, {"lr": alpha}, ("lr",))] + ([(hyperopt.Adam, {"lr": kappa}, None)] if hyper else [])
 
 
-def sensitivity_tower(params, method: str, alpha: float, height: int, upper: float | str = "same",
-                      compile: bool = False):
+def sensitivity_tower(method: str, alpha: float, height: int, upper: float | str = "same"):
     """One point of Figure 3 (left): SGD(α) with `height` SGD levels above it, each starting at `upper` (α itself
     when "same", the protocol of the paper's 2019 version); or a learning-rate-free optimizer whose lr is α."""
     if method != "SGD":
         if height != 0:
             raise ValueError(f"sensitivity.height applies to SGD stacks only, not to {method}")
-        return baseline(method, params, alpha)
+        return f"{method}({float(alpha)!r})"
     top = alpha if upper == "same" else float(upper)
-    above = None
-    for _ in range(height):
-        above = hyperopt.SGD(lr=top, hyper=above, compile=compile)
-    return hyperopt.SGD(params, lr=alpha, hyper=above, compile=compile)
+    return [(hyperopt.SGD, {"lr": alpha}, None)] + [(hyperopt.SGD, {"lr": top}, None)] * height
 
 
 def build_schedule(schedule, optimizer, epochs: int):

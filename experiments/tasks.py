@@ -39,6 +39,35 @@ def train_step(model, optimizer, x, y, precision: str = "fp32") -> torch.Tensor:
     return loss.detach()
 
 
+def _nll_per_run(log_probabilities: torch.Tensor, y: torch.Tensor, reduction: str) -> torch.Tensor:
+    """The negative log-likelihood of each run: log-probabilities (runs, ..., classes), targets (runs, ...)."""
+    picked = log_probabilities.flatten(1, -2).gather(-1, y.flatten(1).unsqueeze(-1)).squeeze(-1)
+    return -(picked.sum(1) if reduction == "sum" else picked.mean(1))
+
+
+def _backward_and_step(losses: torch.Tensor, optimizer) -> torch.Tensor:
+    # The runs are independent, so the gradient of their sum is each run's own gradient.
+    optimizer.zero_grad()
+    losses.sum().backward()
+    optimizer.step()
+    return losses.detach()
+
+
+class OneRun(torch.nn.Module):
+    """A lone model seen as a batched network of one run (inputs and outputs with a leading run dimension), so that
+    one evaluation serves both."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, *state):
+        output = self.model(x[0], *state)
+        if isinstance(output, tuple):
+            return output[0].unsqueeze(0), output[1]
+        return output.unsqueeze(0)
+
+
 class Classification:
     """Images (MNIST, CIFAR-10) to classes; the test set is evaluated after each epoch."""
 
@@ -63,18 +92,33 @@ class Classification:
         x, y = batch
         return train_step(model, optimizer, x.contiguous(memory_format=self.memory_format), y, self.precision)
 
-    @torch.no_grad()
     def evaluate(self, model, train_loss: float) -> dict:
+        return self.evaluate_runs(OneRun(model), [train_loss])[0]
+
+    @torch.no_grad()
+    def evaluate_runs(self, model, train_losses: list[float]) -> list[dict]:
+        """Test loss and error of each of the runs a batched network trains (one per train loss)."""
+        runs = len(train_losses)
         model.eval()
-        loss, wrong, count = 0.0, 0, 0
+        loss = torch.zeros(runs, dtype=torch.float64, device=self.data.test_y.device)
+        wrong = torch.zeros(runs, dtype=torch.long, device=loss.device)
+        count = 0
         for x, y in self.data.test_batches(self.eval_batch_size):
             with forward_precision(self.precision, x.device):
-                log_probabilities = model(x.contiguous(memory_format=self.memory_format))
-            loss += float(F.nll_loss(log_probabilities.float(), y, reduction="sum"))
-            wrong += int((log_probabilities.argmax(1) != y).sum())
+                x = x.contiguous(memory_format=self.memory_format)
+                log_probabilities = model(x.expand(runs, *x.shape)).float()
+            loss += _nll_per_run(log_probabilities, y.expand(runs, -1), "sum").double()
+            wrong += (log_probabilities.argmax(-1) != y).sum(1)
             count += len(y)
         model.train()
-        return {"test_loss": loss / count, "test_error": 100.0 * wrong / count}
+        return [{"test_loss": float(l) / count, "test_error": 100.0 * int(w) / count}
+                for l, w in zip(loss.cpu(), wrong.cpu())]
+
+    def step_runs(self, model, optimizer, x, y) -> torch.Tensor:
+        """One step of `runs` runs batched in one network (x: (runs, B, ...)); each run's loss, (runs,)."""
+        with forward_precision(self.precision, x.device):
+            log_probabilities = model(x)
+        return _backward_and_step(_nll_per_run(log_probabilities.float(), y, "mean"), optimizer)
 
     def finish(self, model, directory: Path, seed: int) -> dict:
         return {}
@@ -132,19 +176,34 @@ class LanguageModelling:
         optimizer.step()
         return loss.detach()
 
-    @torch.no_grad()
+    def step_runs(self, model, optimizer, x, y) -> torch.Tensor:
+        with forward_precision(self.precision, x.device):
+            log_probabilities, state = model(x, self.state)
+        self.state = tuple(s.detach() for s in state)
+        return _backward_and_step(_nll_per_run(log_probabilities.float(), y, "mean"), optimizer)
+
     def bits_per_character(self, model, data: torch.Tensor) -> float:
+        return self.bits_per_character_runs(OneRun(model), 1, data)[0]
+
+    @torch.no_grad()
+    def bits_per_character_runs(self, model, runs: int, data: torch.Tensor) -> list[float]:
+        """Bits per character of each of the runs a batched network trains."""
         model.eval()
-        state, total, count = None, 0.0, 0
+        state, count = None, 0
+        total = torch.zeros(runs, dtype=torch.float64, device=data.device)
         for x, y in windows(data, self.batch_size, self.length):
-            log_probabilities, state = model(x, state)
-            total += float(F.nll_loss(log_probabilities.flatten(0, 1), y.flatten(), reduction="sum"))
+            log_probabilities, state = model(x.expand(runs, *x.shape), state)
+            total += _nll_per_run(log_probabilities.float(), y.expand(runs, -1, -1), "sum").double()
             count += y.numel()
         model.train()
-        return total / count / math.log(2)
+        return [float(t) / count / math.log(2) for t in total.cpu()]
 
     def evaluate(self, model, train_loss: float) -> dict:
-        return {"train_bpc": train_loss / math.log(2), "valid_bpc": self.bits_per_character(model, self.data.valid)}
+        return self.evaluate_runs(OneRun(model), [train_loss])[0]
+
+    def evaluate_runs(self, model, train_losses: list[float]) -> list[dict]:
+        valid = self.bits_per_character_runs(model, len(train_losses), self.data.valid)
+        return [{"train_bpc": loss / math.log(2), "valid_bpc": bpc} for loss, bpc in zip(train_losses, valid)]
 
     @torch.no_grad()
     def sample(self, model, seed: int, prime: str = "\n") -> str:

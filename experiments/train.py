@@ -215,8 +215,16 @@ def train(cfg: DictConfig, task, model, optimizer, schedule, record: RunRecord, 
             "seconds_per_epoch": statistics.median(epoch_seconds)}
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIGS), config_name="config")
-def main(cfg: DictConfig) -> None:
+class OpenRun:
+    """A run whose record is open in its folder: what training it, alone or with others, needs."""
+
+    def __init__(self, cfg: DictConfig, config: dict, record: RunRecord, directory: str, multirun: bool):
+        self.cfg, self.config, self.record, self.directory, self.multirun = cfg, config, record, directory, multirun
+
+
+def open_run(cfg: DictConfig) -> OpenRun | None:
+    """Open the run's record in Hydra's run folder; None when there is nothing to train (finished, or another run's
+    folder)."""
     runtime = HydraConfig.get()
     multirun = runtime.mode == RunMode.MULTIRUN
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -226,50 +234,72 @@ def main(cfg: DictConfig) -> None:
     except RunFinished as finished:
         log.info("%s", finished)
         note_action(runtime, directory, "skipped")
-        return
+        return None
     except RecordExistsError as error:
         log.error("%s", error)
         note_action(runtime, directory, "refused")
         if multirun:
-            return
+            return None
         sys.exit(1)
     note_action(runtime, directory, {None: "new", "failed": "retried"}.get(record.earlier_status, "resumed"))
+    return OpenRun(cfg, config, record, directory, multirun)
+
+
+def failed(run: OpenRun, error: BaseException, logger=None) -> dict:
+    """Record the run as failed with its error; a failure before training in one line."""
+    summary = run.record.finish("failed", error=str(error) if isinstance(error, BeforeTraining)
+                                else f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
+    if logger is not None:
+        logger.finish(summary)
+    if isinstance(error, BeforeTraining):
+        log.error("run failed before training: %s (record: %s)", summary["error"], run.directory)
+    elif isinstance(error, Exception) and run.multirun:
+        log.error("run failed, the sweep goes on: %s (record: %s)", summary["error"], run.directory)
+    return summary
+
+
+def run_alone(run: OpenRun) -> None:
+    cfg = run.cfg
     logger = None
-    progress = show_progress(cfg.progress, multirun)
-    checkpoints = Checkpoints(directory, cfg.checkpoint.every_minutes)
+    progress = show_progress(cfg.progress, run.multirun)
+    checkpoints = Checkpoints(run.directory, cfg.checkpoint.every_minutes)
     try:
         with StopRequest() as stop:
-            device, task, model, optimizer, schedule, logger = prepare(cfg, config, record, directory)
+            device, task, model, optimizer, schedule, logger = prepare(cfg, run.config, run.record, run.directory)
             with logging_redirect_tqdm(loggers=[logging.getLogger()] if progress else []):
-                outcome = train(cfg, task, model, optimizer, schedule, record, logger, progress, checkpoints, stop)
-        summary = record.finish(outcome.pop("status"), **outcome)
+                outcome = train(cfg, task, model, optimizer, schedule, run.record, logger, progress, checkpoints,
+                                stop)
+        summary = run.record.finish(outcome.pop("status"), **outcome)
     except Interrupted as interruption:
-        summary = record.finish("interrupted", interrupted_at_step=interruption.step, error=str(interruption))
+        summary = run.record.finish("interrupted", interrupted_at_step=interruption.step, error=str(interruption))
         if logger is not None:
             logger.finish(summary)
         log.warning("interrupted by %s; checkpointed, run the same command again to continue (record: %s)",
-                    interruption, directory)
+                    interruption, run.directory)
         sys.exit(128 + interruption.signal_number)
     except BaseException as error:
-        summary = record.finish("failed", error=str(error) if isinstance(error, BeforeTraining)
-                                else f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
-        if logger is not None:
-            logger.finish(summary)
-        if isinstance(error, BeforeTraining):
-            log.error("run failed before training: %s (record: %s)", summary["error"], directory)
-            if multirun:
-                return
+        failed(run, error, logger)
+        if isinstance(error, BeforeTraining) and not run.multirun:
             sys.exit(1)
-        if multirun and isinstance(error, Exception):
-            log.error("run failed, the sweep goes on: %s (record: %s)", summary["error"], directory)
+        if isinstance(error, BeforeTraining) or run.multirun and isinstance(error, Exception):
             return
         raise
     if not cfg.checkpoint.keep:
         checkpoints.remove()
     logger.finish(summary)
+    report(cfg.row, summary, run.directory)
+
+
+def report(row: str, summary: dict, directory) -> None:
     final = ", ".join(f"{key} {summary[key]:.4g}" for key in ("test_error", "test_bpc") if key in summary)
-    log.info("%s: %s, %s, %s (record: %s)", cfg.row, summary["status"], final, summary["optimizer_final"],
-             directory)
+    log.info("%s: %s, %s, %s (record: %s)", row, summary["status"], final, summary["optimizer_final"], directory)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIGS), config_name="config")
+def main(cfg: DictConfig) -> None:
+    run = open_run(cfg)
+    if run is not None:
+        run_alone(run)
 
 
 if __name__ == "__main__":

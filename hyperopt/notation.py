@@ -120,17 +120,26 @@ def parse(spec: str) -> list[tuple[type[Hyperoptimizer], dict, tuple[str, ...] |
     return levels
 
 
-def stack(spec: str | Sequence[str], params: Iterable | None = None, **options) -> Hyperoptimizer:
-    """Build a stack from the paper's notation: ``stack("Adam/SGD(1e-5)", model.parameters())``.
-    ``options`` (check_finite, hypergradient, compile) apply to every level.
+Levels = list[tuple[type[Hyperoptimizer], dict, tuple[str, ...] | None]]
+
+
+def stack(spec: str | Levels | Sequence[str | Levels], params: Iterable | None = None, **options) -> Hyperoptimizer:
+    """Build a stack from the paper's notation: ``stack("Adam/SGD(1e-5)", model.parameters())``, or from its
+    levels as `parse` gives them. ``options`` (check_finite, hypergradient, compile) apply to every level.
 
     A list of stacks, one per run, builds one stack that trains them together (``runs=len(spec)``): ``params``
     then hold every run's parameters stacked on a leading dimension (models.batch_models), the stacks must share
     their structure (optimizers, what each level learns) and may differ in their values."""
-    if not isinstance(spec, str):
-        return _stack_of_runs(list(spec), params, **options)
+    if isinstance(spec, str):
+        return _build(parse(spec), params, spec, **options)
+    spec = list(spec)
+    if spec and all(isinstance(level, tuple) for level in spec):
+        return _build(spec, params, spec, **options)
+    return _stack_of_runs([parse(run) if isinstance(run, str) else list(run) for run in spec], params, **options)
+
+
+def _build(levels: Levels, params, spec, **options) -> Hyperoptimizer:
     hyper = None
-    levels = parse(spec)
     for position, (cls, values, learned) in enumerate(reversed(levels)):
         try:
             hyper = cls(params if position == len(levels) - 1 else None, hyper=hyper, learn=learned,
@@ -140,33 +149,32 @@ def stack(spec: str | Sequence[str], params: Iterable | None = None, **options) 
     return hyper
 
 
-def structure(spec: str) -> list[tuple[type[Hyperoptimizer], tuple[str, ...], dict]]:
+def structure(levels: Levels) -> list[tuple[type[Hyperoptimizer], tuple[str, ...], dict]]:
     """What runs stacked together must share: each level's optimizer, what it learns, and its values given per
     hyperparameter of the level below."""
     shape = []
-    for cls, values, learned in parse(spec):
+    for cls, values, learned in levels:
         full = {name: default for name, (default, _, _) in cls.HYPERPARAMETERS.items()} | values
         per_hyperparameter = {name: value for name, value in values.items() if isinstance(value, dict)}
-        shape.append((cls, learned if learned is not None else cls._default_learn(full), per_hyperparameter))
+        shape.append((cls, tuple(learned) if learned is not None else cls._default_learn(full), per_hyperparameter))
     return shape
 
 
-def _stack_of_runs(specs: list[str], params, **options) -> Hyperoptimizer:
-    if not specs:
+def _stack_of_runs(runs: list[Levels], params, **options) -> Hyperoptimizer:
+    if not runs:
         raise ValueError("a stack of runs needs at least one run's stack")
-    shapes = [structure(spec) for spec in specs]
+    shapes = [structure(levels) for levels in runs]
     for run, shape in enumerate(shapes[1:], 1):
         if shape != shapes[0]:
-            raise ValueError(f"the stacks of runs 0 ({specs[0]!r}) and {run} ({specs[run]!r}) differ in their "
-                             "optimizers, in what a level learns, or in a value per hyperparameter: runs trained "
-                             "together may differ only in their values")
+            raise ValueError(f"the stacks of runs 0 and {run} differ in their optimizers ({shapes[0]} and {shape}), "
+                             "in what a level learns, or in a value per hyperparameter: runs trained together may "
+                             "differ only in their values")
     hyper = None
-    per_run = [parse(spec) for spec in specs]
     for position in reversed(range(len(shapes[0]))):
         cls, learned, per_hyperparameter = shapes[0][position]
-        values = {name: [float(levels[position][1].get(name, default)) for levels in per_run]
+        values = {name: [float(levels[position][1].get(name, default)) for levels in runs]
                   for name, (default, _, _) in cls.HYPERPARAMETERS.items() if name not in per_hyperparameter}
-        hyper = cls(params if position == 0 else None, hyper=hyper, learn=learned, runs=len(specs),
+        hyper = cls(params if position == 0 else None, hyper=hyper, learn=learned, runs=len(runs),
                     **options, **values, **per_hyperparameter)
     return hyper
 

@@ -73,3 +73,61 @@ def test_a_slurm_job_requeued_mid_run_ends_with_the_uninterrupted_record(tmp_pat
     assert requeued["summary"]["attempt"] == 2 and job["config"] == straight["run"]["config"]
     assert requeued["summary"]["earlier_attempts"][0]["error"].startswith("SIGTERM at step")  # SLURM's signal
     assert without_timings(requeued) == without_timings(straight)
+
+
+# Adam/SGD from two initial step sizes, three seeds: one group of six runs; and a pair whose second run diverges at
+# step 2 (α is infinite in float32, so its first hypergradient is NaN).
+BATCHABLE = ["+exp=mnist_adam_sgd", "epochs=2", "data.subset=2048", "seed=0,1,2",
+             'optimizer="Adam(1e-3)/SGD(1e-5)","Adam(3e-3)/SGD(1e-4)"']
+DIVERGING = ["epochs=2", "data.subset=2048", "seed=0", 'optimizer="SGD(0.01)/SGD(1e-5)","SGD(1e300)/SGD(1e-5)"']
+# A batched network sums its runs' losses in another order than a lone run (the same float32 numbers, rounded
+# differently), so per-epoch metrics agree to float32 rounding amplified by two epochs of training, not bitwise.
+FLOAT32 = 1e-4
+
+
+def records_by_run(folder) -> dict:
+    return {(r["run"]["config"]["seed"], str(r["run"]["config"]["optimizer"])): r for r in read_records(folder)}
+
+
+def assert_same_metrics(batched: dict, alone: dict) -> None:
+    assert batched.keys() == alone.keys()
+    for key, record in batched.items():
+        assert record["summary"]["status"] == alone[key]["summary"]["status"]
+        assert len(record["metrics"]) == len(alone[key]["metrics"])
+        for ours, theirs in zip(record["metrics"], alone[key]["metrics"]):
+            assert ours["step"] == theirs["step"]
+            for name in ("train_loss", "test_loss", "test_error"):
+                assert ours[name] == pytest.approx(theirs[name], rel=FLOAT32, nan_ok=True), (key, name)
+            for our_level, their_level in zip(ours["hyperparameters"], theirs["hyperparameters"]):
+                assert our_level == pytest.approx(their_level, rel=FLOAT32), key
+
+
+def test_a_batched_sweep_writes_the_records_of_the_same_sweep_run_alone(tmp_path):
+    batched = train("-m", *BATCHABLE, "hydra/launcher=batched", f"hydra.sweep.dir={tmp_path / 'batched'}")
+    assert "Launching 6 jobs as 1 groups trained together and 0 alone" in batched.stdout + batched.stderr
+    assert "6 runs: 6 new, 0 skipped; 6 ok, 0 diverged, 0 failed" in batched.stdout + batched.stderr
+    train("-m", *BATCHABLE, f"hydra.sweep.dir={tmp_path / 'alone'}")
+    records = records_by_run(tmp_path / "batched")
+    assert all(r["summary"]["batched"]["runs"] == 6 for r in records.values())
+    assert_same_metrics(records, records_by_run(tmp_path / "alone"))
+    assert (tmp_path / "batched" / "0" / "train.log").read_text().count("epoch ") == 2
+    again = train("-m", *BATCHABLE, "hydra/launcher=batched", f"hydra.sweep.dir={tmp_path / 'batched'}")
+    assert "6 runs: 0 new, 6 skipped" in again.stdout + again.stderr
+
+
+def test_a_run_that_diverges_in_a_batch_is_recorded_so_and_the_others_match_their_lone_runs(tmp_path):
+    train("-m", *DIVERGING, "hydra/launcher=batched", f"hydra.sweep.dir={tmp_path / 'batched'}")
+    train("-m", *DIVERGING, f"hydra.sweep.dir={tmp_path / 'alone'}")
+    batched, alone = records_by_run(tmp_path / "batched"), records_by_run(tmp_path / "alone")
+    diverged = batched[(0, "SGD(1e300)/SGD(1e-5)")]["summary"]
+    assert diverged["status"] == "diverged" and diverged["diverged_at_step"] == 2
+    assert diverged["diverged_at_step"] == alone[(0, "SGD(1e300)/SGD(1e-5)")]["summary"]["diverged_at_step"]
+    assert batched[(0, "SGD(0.01)/SGD(1e-5)")]["summary"]["status"] == "ok"
+    assert_same_metrics(batched, alone)
+
+
+def test_runs_that_cannot_share_a_network_run_alone(tmp_path):
+    result = train("-m", "epochs=1", "data.subset=512", 'optimizer="SGD(0.01)/SGD(1e-5)","Adam/SGD(1e-5)",Prodigy',
+                   "hydra/launcher=batched", f"hydra.sweep.dir={tmp_path}")
+    assert "Launching 3 jobs as 0 groups trained together and 3 alone" in result.stdout + result.stderr
+    assert all(r["summary"]["status"] == "ok" and "batched" not in r["summary"] for r in read_records(tmp_path))
