@@ -127,7 +127,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
         self.check_finite = check_finite
         self.hypergradient = hypergradient
         self.compile = compile
-        self._compiled = None
+        self._compiled: dict[str, Callable] = {}
         self._config = defaults
         self._attached = False
         self._owner: Hyperoptimizer | None = None
@@ -368,15 +368,31 @@ class Hyperoptimizer(torch.optim.Optimizer):
             else:
                 learned = self._learned(group)
                 h = self._values(group, first["step"])
-                chain = self._chain(group)
-                sums = [0.0] * len(learned)
+                dots = self._compiled_or("_tensor_dots", self._tensor_dots)
+                sums = None
                 for p, u in zip(group["params"], us):
-                    for i, column in enumerate(self._columns(group, p, h, learned, chain)):
-                        sums[i] = sums[i] + self._run_sum(column * u, runs)
+                    state = self.state[p]
+                    terms = ([self._run_dot(column, u, runs) for column in state["jac"]] if "jac" in state
+                             else dots(self._shaped(h, p, runs), learned, state, u, runs))
+                    sums = terms if sums is None else [a + b for a, b in zip(sums, terms)]
+                if "jac" not in first:  # the chain rule of each parameterisation, once per run
+                    sums = [total if derivative is None else total * (derivative.reshape(-1) if runs else derivative)
+                            for total, derivative in zip(sums, self._chain(group))]
                 hypergradient = torch.stack(sums, dim=-1).neg_().to(raw.dtype)
             raw.grad = hypergradient
             hypergradients.append(hypergradient)
         return hypergradients
+
+    def _tensor_dots(self, h: dict, learned: tuple[str, ...], state: dict, u: torch.Tensor, runs: int | None):
+        """Σ ∂(last step)/∂value · u over one tensor (per run), for each learned value."""
+        columns = self._jacobian(h, learned, state)
+        return [self._run_dot(columns[name], u, runs) for name in learned]
+
+    @staticmethod
+    def _run_dot(a: torch.Tensor, b: torch.Tensor, runs: int | None) -> torch.Tensor:
+        if runs is None:
+            return torch.dot(a.reshape(-1), b.reshape(-1))
+        return torch.bmm(a.reshape(runs, 1, -1), b.reshape(runs, -1, 1)).reshape(runs)
 
     def _columns(self, group: dict, p: torch.Tensor, h: dict, learned: tuple[str, ...], chain: list):
         """∂(last step of p)/∂raw, a tensor shaped like p per learned hyperparameter."""
@@ -445,9 +461,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
         learned = self._learned(group)
         runs = group["runs"]
         h = self._values(group, t)
-        update = self._update
-        if self.compile and self._owner is None and "step" in first:
-            update = self._compiled_update()
+        update = self._compiled_or("_update", self._update) if "step" in first else self._update
         for p, g in zip(group["params"], grads):
             state = self.state[p]
             previous = {k: v for k, v in state.items() if k not in ("jac", "step")}
@@ -472,12 +486,14 @@ class Hyperoptimizer(torch.optim.Optimizer):
     def _keep(self, h: dict, learned: tuple[str, ...], g: torch.Tensor, state: dict) -> dict:
         return {}
 
-    def _compiled_update(self):
-        # Compiled once per optimizer: the update's dozens of element-wise operations fuse into a few loops. The
-        # first step (no state yet) always runs eagerly.
-        if self._compiled is None:
-            self._compiled = torch.compile(self._update, dynamic=True)
-        return self._compiled
+    def _compiled_or(self, name: str, function: Callable) -> Callable:
+        # With compile=True the weights' optimizer fuses its per-tensor update and hypergradient terms, dozens of
+        # element-wise operations, into a few loops (compiled once, shapes dynamic); the first step runs eagerly.
+        if not self.compile or self._owner is not None:
+            return function
+        if name not in self._compiled:
+            self._compiled[name] = torch.compile(function, dynamic=True)
+        return self._compiled[name]
 
     # ----------------------------------------------------------------- reading the stack
     def hyperparameters(self, group: int = 0, run: int | None = None) -> list[dict[str, float]]:

@@ -85,13 +85,45 @@ class Adam(Hyperoptimizer):
         return m / h["beta1_correction"] / (root + h["eps"]), root, v_hat
 
     def _update(self, h, g, state):
-        m = state.get("m", torch.zeros_like(g))
-        v = state.get("v", torch.zeros_like(g) + h["eps"])
+        m = state["m"] if "m" in state else torch.zeros_like(g)
+        v = state["v"] if "v" in state else torch.zeros_like(g) + h["eps"]
         beta1, beta2 = h["beta1"], h["beta2"]
-        m = beta1 * m + (1.0 - beta1) * g
-        v = beta2 * v + (1.0 - beta2) * g * g
+        # β m + (1 - β) g and β v + (1 - β) g², each in two passes over the tensor rather than three or four
+        if isinstance(beta1, torch.Tensor):
+            m = torch.addcmul(beta1 * m, g, 1.0 - beta1)
+        else:
+            m = torch.add(beta1 * m, g, alpha=1.0 - beta1)
+        if isinstance(beta2, torch.Tensor):
+            v = torch.addcmul(beta2 * v, g, g * (1.0 - beta2))
+        else:
+            v = torch.addcmul(beta2 * v, g, g, value=1.0 - beta2)
         direction, _, _ = self._direction(h, m, v)
         return h["lr"] * direction, {"m": m, "v": v}
+
+    def _tensor_dots(self, h, learned, state, u, runs):
+        # Σ column·u straight from m, v and the last gradient, the columns (_jacobian) never made: with
+        # w = u / (√v̂ + ε), α's is m·w / (1 - β1^t), and β1's and β2's follow from three more dot products. About
+        # half the passes over the tensor that making each column and its dot product takes.
+        def per_run(value):
+            return value.reshape(-1) if runs is not None and isinstance(value, torch.Tensor) else value
+        lr, c1, c2 = per_run(h["lr"]), per_run(h["beta1_correction"]), per_run(h["beta2_correction"])
+        m, v = state["m"], state["v"]
+        root = (v / h["beta2_correction"]) ** 0.5
+        denominator = root + h["eps"]
+        w = u / denominator
+        m_w = self._run_dot(m, w, runs)
+        dots = {"lr": m_w / c1}
+        if "beta1" in learned or "beta2" in learned:
+            g = state["grad_prev"]
+        if "beta1" in learned:
+            dots["beta1"] = (lr / c1) * ((m_w - self._run_dot(g, w, runs)) / per_run(h["beta1"])) \
+                + (lr * per_run(h["beta1_slope"])) * dots["lr"]
+        if "beta2" in learned:
+            q = m * w / (denominator * root)
+            q_v = self._run_dot(q, v, runs)
+            dv = (q_v - self._run_dot(q * g, g, runs)) / per_run(h["beta2"]) / c2 + q_v / c2 * per_run(h["beta2_slope"])
+            dots["beta2"] = -(lr / c1) / 2.0 * dv
+        return [dots[name] for name in learned]
 
     def _keep(self, h, learned, g, state):
         return _kept_gradient(g, state) if "beta1" in learned or "beta2" in learned else {}
@@ -124,7 +156,7 @@ class AdaGrad(Hyperoptimizer):
     EPS = 1e-10
 
     def _update(self, h, g, state):
-        accumulator = state.get("sum", torch.zeros_like(g) + 0.1) + torch.square(g)
+        accumulator = (state["sum"] if "sum" in state else torch.zeros_like(g) + 0.1) + torch.square(g)
         return h["lr"] * g / torch.sqrt(accumulator + self.EPS), {"sum": accumulator}
 
     def _keep(self, h, learned, g, state):
@@ -144,7 +176,8 @@ class RMSProp(Hyperoptimizer):
 
     def _update(self, h, g, state):
         gamma = h["gamma"]
-        square_average = gamma * state.get("square_avg", torch.zeros_like(g)) + (1.0 - gamma) * torch.square(g)
+        previous = state["square_avg"] if "square_avg" in state else torch.zeros_like(g)
+        square_average = gamma * previous + (1.0 - gamma) * torch.square(g)
         return h["lr"] * g / torch.sqrt(square_average + self.EPS), {"square_avg": square_average}
 
     def _keep(self, h, learned, g, state):
