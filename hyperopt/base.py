@@ -68,9 +68,17 @@ UNIT_INTERVAL = Parameterisation(
     lambda r: (1.0 - _tanh(r) ** 2) / 2.0)
 
 
+def _per_hyperparameter(value) -> bool:
+    """A value per hyperparameter of the level below ({name: number}), or in a stack of runs one such per run."""
+    return isinstance(value, dict) or isinstance(value, (list, tuple)) and bool(value) and all(
+        isinstance(v, dict) for v in value)
+
+
 def _numbers(value) -> list[float]:
     if isinstance(value, dict):
         return [float(v) for v in value.values()]
+    if _per_hyperparameter(value):
+        return [number for per_run in value for number in _numbers(per_run)]
     if isinstance(value, torch.Tensor):
         return [float(v) for v in value.reshape(-1).tolist()]
     if isinstance(value, (list, tuple)):
@@ -108,7 +116,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
         defaults.update({k: v if isinstance(v, (dict, list, tuple, torch.Tensor)) else float(v)
                          for k, v in values.items() if v is not None})
         self._validate_values(defaults)
-        per_hyperparameter = sorted(k for k, v in defaults.items() if isinstance(v, dict))
+        per_hyperparameter = sorted(k for k, v in defaults.items() if _per_hyperparameter(v))
         if per_hyperparameter and (params is not None or hyper is not None):
             raise ValueError(
                 f"{self.NAME}: a value per hyperparameter of the level below ({', '.join(per_hyperparameter)}="
@@ -200,7 +208,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
     def _is_per_run(self, name: str, value) -> bool:
         # A level above holds a value per hyperparameter of the level below as a tensor too; any other sequence or
         # tensor is a value per run.
-        per_hyperparameter = self._owner is not None and isinstance(self._config.get(name), dict)
+        per_hyperparameter = self._owner is not None and _per_hyperparameter(self._config.get(name))
         return isinstance(value, (list, tuple)) or isinstance(value, torch.Tensor) and not per_hyperparameter
 
     def _per_run_values(self, group: dict, runs: int, dtype, device) -> torch.Tensor:
@@ -241,14 +249,23 @@ class Hyperoptimizer(torch.optim.Optimizer):
 
     def _per_hyperparameter_values(self, below: tuple[str, ...], raw: torch.Tensor) -> dict:
         """This level's values given per hyperparameter of the level below (``lr={"lr": κ_α, "momentum": κ_μ}``:
-        a step size for each hyperparameter it learns), as tensors over that level's raw vector, in its order."""
+        a step size for each hyperparameter it learns), as tensors over that level's raw values, in its order: (L,),
+        or (runs, L) where each run has its own."""
         resolved = {}
         for name, value in self._config.items():
-            if isinstance(value, dict):
-                if set(value) != set(below):
-                    raise ValueError(f"{self.NAME}: {name} is given for {sorted(value)}, but the level below "
+            if not _per_hyperparameter(value):
+                continue
+            per_run = [value] if isinstance(value, dict) else list(value)
+            for values in per_run:
+                if set(values) != set(below):
+                    raise ValueError(f"{self.NAME}: {name} is given for {sorted(values)}, but the level below "
                                      f"learns {list(below)}: give one value for each")
-                resolved[name] = raw.new_tensor([float(value[hyperparameter]) for hyperparameter in below])
+            if len(per_run) > 1 and (raw.dim() != 2 or len(per_run) != raw.shape[0]):
+                raise ValueError(f"{self.NAME}: {name} has {len(per_run)} values per hyperparameter, one per run, "
+                                 f"but the stack trains {raw.shape[0] if raw.dim() == 2 else 1} run(s)")
+            numbers = raw.new_tensor([[float(values[hyperparameter]) for hyperparameter in below]
+                                      for values in per_run])
+            resolved[name] = numbers[0] if isinstance(value, dict) else numbers
         return resolved
 
     def _validate_learn(self, learn) -> None:

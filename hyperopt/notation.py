@@ -150,12 +150,12 @@ def _build(levels: Levels, params, spec, **options) -> Hyperoptimizer:
 
 
 def structure(levels: Levels) -> list[tuple[type[Hyperoptimizer], tuple[str, ...], dict]]:
-    """What runs stacked together must share: each level's optimizer, what it learns, and its values given per
-    hyperparameter of the level below."""
+    """What runs stacked together must share: each level's optimizer, what it learns, and which of its values are
+    given per hyperparameter of the level below."""
     shape = []
     for cls, values, learned in levels:
         full = {name: default for name, (default, _, _) in cls.HYPERPARAMETERS.items()} | values
-        per_hyperparameter = {name: value for name, value in values.items() if isinstance(value, dict)}
+        per_hyperparameter = tuple(sorted(name for name, value in values.items() if isinstance(value, dict)))
         shape.append((cls, tuple(learned) if learned is not None else cls._default_learn(full), per_hyperparameter))
     return shape
 
@@ -174,8 +174,11 @@ def _stack_of_runs(runs: list[Levels], params, **options) -> Hyperoptimizer:
         cls, learned, per_hyperparameter = shapes[0][position]
         values = {name: [float(levels[position][1].get(name, default)) for levels in runs]
                   for name, (default, _, _) in cls.HYPERPARAMETERS.items() if name not in per_hyperparameter}
+        for name in per_hyperparameter:  # one {name: number} for all runs, or one per run
+            given = [levels[position][1][name] for levels in runs]
+            values[name] = given[0] if all(value == given[0] for value in given) else given
         hyper = cls(params if position == 0 else None, hyper=hyper, learn=learned, runs=len(runs),
-                    **options, **values, **per_hyperparameter)
+                    **options, **values)
     return hyper
 
 

@@ -21,7 +21,7 @@ import hyperopt
 from experiments.benchmark import Loop, interleaved
 from experiments.provenance import provenance
 from experiments.reports import publish
-from models import MLP, CharRNN
+from models import MLP, CharRNN, resnet20
 
 
 def classification_loss(output, y):
@@ -38,6 +38,11 @@ def image_batch(generator, batch_size):
                                                                                 generator=generator)
 
 
+def cifar_batch(generator, batch_size):
+    return torch.rand(batch_size, 3, 32, 32, generator=generator), torch.randint(0, 10, (batch_size,),
+                                                                                generator=generator)
+
+
 def text_batch(generator, batch_size, vocabulary=83, length=100):
     tokens = torch.randint(0, vocabulary, (batch_size, length + 1), generator=generator)
     return tokens[:, :-1], tokens[:, 1:]
@@ -50,6 +55,10 @@ MODELS = {
         "SGD": (lambda params: torch.optim.SGD(params, lr=0.01), "SGD(0.01)", "SGD(0.01)"),
         "Adam": (lambda params: torch.optim.Adam(params, lr=1e-3), "Adam", "SGD(1e-5)"),
     }),
+    "resnet20": (resnet20, cifar_batch, classification_loss, 128, {
+        "SGD(α, μ)": (lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9), "SGD(0.1, 0.9)", "SGD(1e-5)"),
+        "Adam": (lambda params: torch.optim.Adam(params, lr=1e-3), "Adam", "SGD(1e-5)"),
+    }),
     "char_rnn": (lambda: CharRNN(83), text_batch, language_model_loss, 128, {
         "Adam^α": (lambda params: torch.optim.Adam(params, lr=2e-3), "Adam^α(2e-3)", "Adam(0.01)"),
     }),
@@ -57,6 +66,7 @@ MODELS = {
 
 
 DESCRIPTIONS = {"mlp": "MNIST MLP 784-128-10, batch 256",
+                "resnet20": "ResNet-20 on CIFAR-10-sized images, batch 128",
                 "char_rnn": "character-level LSTM (2 × 128, embedding 64, 83 symbols), batch 128 × 100"}
 
 
@@ -71,7 +81,26 @@ def torch_trainer(name, model, optimizer, batches, loss):
         optimizer.zero_grad()
         value.backward()
         optimizer.step()
-    return Loop(name, itertools.cycle(batches), step)
+    loop = Loop(name, itertools.cycle(batches), step)
+    loop.optimizer = optimizer
+    return loop
+
+
+def state_bytes(optimizer) -> int:
+    """The optimizer's persistent state: every tensor it keeps between steps, at every level of a stack."""
+    levels = optimizer.levels() if isinstance(optimizer, hyperopt.Hyperoptimizer) else [optimizer]
+    return sum(value.numel() * value.element_size() for level in levels for state in level.state.values()
+               for value in state.values() if isinstance(value, torch.Tensor))
+
+
+def peak_bytes(loop: Loop, device: torch.device, steps: int = 3) -> int | None:
+    """The device's peak allocated memory over a few steps of this loop alone (a GPU only)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats(device)
+    loop.run(steps, device)
+    return torch.cuda.max_memory_allocated(device)
 
 
 def reference_trainer(name, model, spec, batches, loss):
@@ -83,7 +112,7 @@ def reference_trainer(name, model, spec, batches, loss):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="mlp", choices=sorted(MODELS),
-                        help="the MNIST MLP or the character-level LSTM of the RNN experiment")
+                        help="the MNIST MLP, ResNet-20 (Figure 2) or the character-level LSTM of the RNN experiment")
     parser.add_argument("--heights", default="0,1,2,3,4", help="stack heights to time, comma-separated")
     parser.add_argument("--families", help="comma-separated; by default every family timed with the model")
     parser.add_argument("--steps", type=int, default=50, help="timed steps per configuration per round")
@@ -120,10 +149,13 @@ def main():
                                                   spec, batches, loss))
 
     median = interleaved(trainers, args.steps, args.rounds, warmup=5, device=device)
+    memory = {loop.name: (state_bytes(loop.optimizer) if hasattr(loop, "optimizer") else None,
+                          peak_bytes(loop, device)) for loop in trainers}
 
     results = []
     for family in families:
         plain = median[f"{family}/torch.optim"]
+        plain_state, plain_peak = memory[f"{family}/torch.optim"]
         for height in heights:
             row = {"family": family, "height": height, "stack": spec_of(families, family, height),
                    "torch_optim_ms": plain * 1e3}
@@ -132,12 +164,19 @@ def main():
                 if name in median:
                     row[f"{who}_ms"] = median[name] * 1e3
                     row[f"{who}_vs_torch_optim"] = median[name] / plain
+            ours_state, ours_peak = memory[f"{family}/ours/{height}"]
+            row.update(torch_optim_state_MB=plain_state / 2 ** 20, ours_state_MB=ours_state / 2 ** 20,
+                       ours_state_vs_torch_optim=ours_state / plain_state if plain_state else None)
+            if plain_peak is not None:
+                row.update(torch_optim_peak_MB=plain_peak / 2 ** 20, ours_peak_MB=ours_peak / 2 ** 20)
             results.append(row)
     report = {
         "benchmark": f"per-step time of hyperoptimizer stacks, {DESCRIPTIONS[args.model]}, random inputs",
         "model": args.model, "batch_size": batch_size,
         "method": f"median over {args.rounds} interleaved rounds of the mean of {args.steps} steps; "
-                  "ours_compiled is compile=True (the weights' update fused by torch.compile)",
+                  "ours_compiled is compile=True (the update and hypergradient terms fused by torch.compile); "
+                  "state_MB is every tensor the optimizer keeps between steps (all levels), peak_MB the device's "
+                  "peak allocation over 3 steps of that configuration alone (a GPU only)",
         **provenance(device),
         "results": results,
     }

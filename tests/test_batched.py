@@ -148,3 +148,33 @@ def test_a_diverging_run_is_frozen_and_reported_while_the_others_go_on():
         lone_run(models[run], specs[run], data[run])
         for name, weight in models[run].state_dict().items():
             assert_relative_close(batched.run_state_dict(run)[name], weight, RELATIVE, f"run {run} {name}")
+
+
+def test_runs_may_each_have_their_own_step_size_per_hyperparameter():
+    """Figure 2's grid: each cell's κ_α and κ_μ follow from its α and μ, so the level above has a value per
+    hyperparameter below and per run."""
+    build, data, _ = ARCHITECTURES["mlp"]
+    specs = ["SGD(0.05, 0.9)/SGD({α: 1e-3, μ: 1e-4})", "SGD(0.02, 0.5)/SGD({α: 1e-2, μ: 1e-5})",
+             "SGD(0.1, 0.7)/SGD({α: 1e-3, μ: 1e-4})"]
+    models = []
+    for seed in SEEDS:
+        torch.manual_seed(seed)
+        models.append(build())
+    batches = [data(seed)[:30] for seed in SEEDS]
+    batched = batch_models([copy.deepcopy(model) for model in models])
+    optimizer = hyperopt.stack(specs, batched.parameters())
+    for step in range(30):
+        x = torch.stack([run_batches[step][0] for run_batches in batches])
+        y = torch.stack([run_batches[step][1] for run_batches in batches])
+        losses = torch.stack([loss_of(output, target) for output, target in zip(batched(x), y)])
+        optimizer.zero_grad()
+        losses.sum().backward()
+        optimizer.step()
+    assert optimizer.hyperparameters(run=1)[1]["lr"] == {"lr": pytest.approx(1e-2), "momentum": pytest.approx(1e-5)}
+    for run, (model, spec, run_batches) in enumerate(zip(models, specs, batches)):
+        _, values = lone_run(model, spec, run_batches)
+        for name, weight in model.state_dict().items():
+            assert_relative_close(batched.run_state_dict(run)[name], weight, RELATIVE, f"run {run} {name}")
+        for name in ("lr", "momentum"):
+            assert_relative_close(torch.tensor(optimizer.hyperparameters(run=run)[0][name]),
+                                  torch.tensor(values[-1][0][name]), RELATIVE, f"run {run} {name}")

@@ -1,0 +1,139 @@
+"""On a CUDA device, against the CPU: every model, batched and not, every optimizer, bf16 autocast and
+channels_last; and a stack of runs steps without synchronising the device. Skipped without CUDA; the GPU suite
+(scripts/device_suite.sh) runs them with `pytest -m cuda`."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import hyperopt
+from experiments.tasks import forward_precision
+from models import CharRNN, MLP, batch_models, resnet20
+from tests.closeness import assert_relative_close
+
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+STEPS = 5
+# float32 on two devices: the same arithmetic in other kernels (cuBLAS, cuDNN) and summation orders, amplified by a
+# few steps of training.
+FLOAT32 = 1e-4
+STACKS = ["SGD(0.05, 0.9)/SGD(1e-4)", "Adam/SGD(1e-5)", "AdaGrad/SGD(1e-4)", "RMSProp/SGD(1e-5)",
+          "Adam^α/Adam(1e-3)", "SGD(0.05)/SGD(1e-4)/SGD(1e-4)"]
+MODELS = {
+    "mlp": (lambda: MLP(), lambda g: (torch.rand(16, 784, generator=g), torch.randint(10, (16,), generator=g))),
+    "resnet20": (resnet20, lambda g: (torch.rand(8, 3, 32, 32, generator=g), torch.randint(10, (8,), generator=g))),
+    "char_rnn": (lambda: CharRNN(20, embedding=8, hidden=16),
+                 lambda g: (torch.randint(20, (4, 10), generator=g), torch.randint(20, (4, 10), generator=g))),
+}
+
+
+def output_of(model, x):
+    output = model(x)
+    return output[0] if isinstance(output, tuple) else output
+
+
+def train(model, optimizer, batches, device, precision="fp32", memory_format=torch.contiguous_format):
+    losses = []
+    for x, y in batches:
+        x, y = x.to(device), y.to(device)
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=memory_format)
+        with forward_precision(precision, torch.device(device)):
+            loss = F.nll_loss(output_of(model, x).float().flatten(0, -2), y.flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def batches_of(model_name, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return [MODELS[model_name][1](generator) for _ in range(STEPS)]
+
+
+def on_both(model_name, spec, **options):
+    torch.manual_seed(0)
+    model = MODELS[model_name][0]()
+    results = []
+    for device in ("cpu", "cuda"):
+        copied = copy.deepcopy(model).to(device)
+        if options.get("memory_format") is not None:
+            copied = copied.to(memory_format=options["memory_format"])
+        optimizer = hyperopt.stack(spec, copied.parameters())
+        losses = train(copied, optimizer, batches_of(model_name), device, **options)
+        results.append((losses, copied, optimizer))
+    return results
+
+
+@pytest.mark.parametrize("model_name", list(MODELS))
+@pytest.mark.parametrize("spec", STACKS)
+def test_every_model_and_optimizer_on_cuda_computes_what_it_computes_on_the_cpu(model_name, spec):
+    (cpu_losses, cpu_model, cpu_opt), (gpu_losses, gpu_model, gpu_opt) = on_both(model_name, spec)
+    assert_relative_close(gpu_losses, cpu_losses, FLOAT32, "losses")
+    for (name, a), b in zip(gpu_model.state_dict().items(), cpu_model.state_dict().values()):
+        assert_relative_close(a.cpu(), b, FLOAT32, name)
+    for gpu_level, cpu_level in zip(gpu_opt.hyperparameters(), cpu_opt.hyperparameters()):
+        assert gpu_level == pytest.approx(cpu_level, rel=FLOAT32)
+
+
+@pytest.mark.parametrize("model_name", list(MODELS))
+def test_batched_models_on_cuda_compute_what_they_compute_on_the_cpu(model_name):
+    specs = ["Adam/SGD(1e-5)", "Adam(3e-3)/SGD(1e-5)", "Adam(5e-4)/SGD(1e-4)"]
+    models = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        models.append(MODELS[model_name][0]())
+    data = [batches_of(model_name, seed) for seed in range(3)]
+    stacked = [(torch.stack([run[step][0] for run in data]), torch.stack([run[step][1] for run in data]))
+               for step in range(STEPS)]
+    results = []
+    for device in ("cpu", "cuda"):
+        network = batch_models([copy.deepcopy(model) for model in models]).to(device)
+        optimizer = hyperopt.stack(specs, network.parameters())
+        losses = []
+        for x, y in stacked:
+            x, y = x.to(device), y.to(device)
+            per_run = torch.stack([F.nll_loss(o.flatten(0, -2), t.flatten()) for o, t in zip(output_of(network, x), y)])
+            optimizer.zero_grad()
+            per_run.sum().backward()
+            optimizer.step()
+            losses.append(per_run.detach().cpu())
+        results.append((torch.stack(losses), network))
+    assert_relative_close(results[1][0], results[0][0], FLOAT32, "losses")
+    for run in range(3):
+        for name, weight in results[0][1].run_state_dict(run).items():
+            assert_relative_close(results[1][1].run_state_dict(run)[name].cpu(), weight, FLOAT32, f"{run} {name}")
+
+
+@pytest.mark.parametrize("model_name", list(MODELS))
+def test_bf16_autocast_on_cuda_trains_as_on_the_cpu(model_name):
+    (cpu_losses, _, _), (gpu_losses, _, _) = on_both(model_name, "Adam/SGD(1e-5)", precision="bf16")
+    # bf16 keeps 8 bits of mantissa: the two devices' autocast kernels agree to about 1e-2
+    assert gpu_losses == pytest.approx(cpu_losses, rel=3e-2)
+
+
+def test_channels_last_resnet_on_cuda_computes_what_it_computes_on_the_cpu():
+    (cpu_losses, _, _), (gpu_losses, _, _) = on_both("resnet20", "SGD(0.05, 0.9)/SGD(1e-4)",
+                                                     memory_format=torch.channels_last)
+    assert_relative_close(gpu_losses, cpu_losses, FLOAT32, "losses")
+
+
+def test_a_stack_of_runs_steps_without_synchronising_the_device():
+    models = [MLP() for _ in range(4)]
+    network = batch_models(models).cuda()
+    optimizer = hyperopt.stack(["Adam/SGD(1e-5)/SGD(1e-4)"] * 4, network.parameters())
+    x, y = torch.rand(4, 16, 784, device="cuda"), torch.randint(10, (4, 16), device="cuda")
+    for step in range(3):
+        loss = F.nll_loss(network(x).flatten(0, 1), y.flatten()) * 4
+        optimizer.zero_grad()
+        loss.backward()
+        if step:  # the first step makes the state
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            optimizer.step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert optimizer.diverged() == []
