@@ -26,7 +26,7 @@ from experiments.loggers import make_logger
 from experiments.optimizers import stack_levels
 from experiments.provenance import machine
 from experiments.tasks import make_task
-from experiments.train import BeforeTraining, OpenRun, TrainingDiverged, failed, report, resolve_device
+from experiments.train import BeforeTraining, OpenRun, TrainingDiverged, failed, log_every, report, resolve_device
 from models import batch_models, build_model
 
 log = logging.getLogger("train")
@@ -124,13 +124,14 @@ def _train(runs: list[OpenRun]) -> None:
     run_logs = [_run_log(run.directory) for run in runs]
     initial = [hyperopt.format_stack(optimizer, run=i) for i in range(count)]
     for run, stack in zip(runs, initial):
-        run.record.forget_epochs_from(1)
+        run.record.forget_from(1, 0)
         run.record.summary["optimizer_initial"] = stack
     log.info("%d runs as one network on %s: %s, %s", count, device, task.description, cfg.experiment)
     shuffles = [torch.Generator().manual_seed(run.cfg.seed) for run in runs]
     outcomes: dict[int, dict] = {}
     last: dict[int, dict] = {}
     step, epoch_seconds = 0, []
+    every = log_every(cfg.log_every_steps, task.steps_per_epoch * cfg.epochs)
     for epoch in range(1, cfg.epochs + 1):
         start = time.perf_counter()
         first_step = step + 1
@@ -140,6 +141,10 @@ def _train(runs: list[OpenRun]) -> None:
             y = torch.stack([batch[1] for batch in batches])
             losses.append(task.step_runs(network, optimizer, x, y))
             step += 1
+            if step % every == 0:
+                for i, run in enumerate(runs):
+                    if i not in outcomes:
+                        run.record.log_hyperparameters(step, optimizer.hyperparameters(run=i))
         stacked = torch.stack(losses).cpu()  # (steps, runs)
         frozen = {event["run"]: event for event in optimizer.diverged()}
         train_losses, steps = [], []

@@ -86,6 +86,7 @@ RULES = {
     "wandb.project": _TEXT,
     "wandb.mode": _one_of("online", "offline", "disabled"),
     "progress": _one_of("auto", True, False),
+    "log_every_steps": ((lambda value: value == "auto" or _whole(1)[0](value)), "auto or a whole number ≥ 1"),
     "checkpoint.every_minutes": ((lambda value: value is None or _number(0.0)[0](value)),
                                  "null (at the end of each epoch only) or a number of minutes > 0"),
     "checkpoint.keep": _BOOLEAN,

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 SUMMARY, RUN, METRICS = "summary.json", "run.json", "metrics.jsonl"
+TRAJECTORY = "hyperparameters.jsonl"  # every level's hyperparameters every log_every_steps steps
 
 
 class RecordExistsError(FileExistsError):
@@ -78,6 +79,7 @@ class RunRecord:
                             "attempt_started": self.started}
             self.run = {"config": config, **provenance}
             (self.directory / METRICS).unlink(missing_ok=True)
+            (self.directory / TRAJECTORY).unlink(missing_ok=True)
         else:
             summary, self.run = earlier
             self.attempt, self.earlier_status = summary.get("attempt", 1) + 1, summary["status"]
@@ -111,12 +113,18 @@ class RunRecord:
         self.summary.update(fields, wall_seconds=self.earlier_seconds + time.time() - self.started)
         write_json_atomically(self.directory / SUMMARY, self.summary)
 
-    def forget_epochs_from(self, epoch: int) -> None:
-        """Drop the metrics of `epoch` and later: a resumed run logs them again from its checkpoint."""
-        path = self.directory / METRICS
-        if path.exists():
-            kept = [line for line in path.read_text().splitlines(keepends=True) if _epoch_of(line) < epoch]
-            path.write_text("".join(kept))
+    def forget_from(self, epoch: int, step: int) -> None:
+        """Drop the metrics of `epoch` and later and the hyperparameters logged after `step`: a resumed run logs
+        them again from its checkpoint."""
+        for name, keep in ((METRICS, lambda line: _field(line, "epoch") < epoch),
+                           (TRAJECTORY, lambda line: _field(line, "step") <= step)):
+            path = self.directory / name
+            if path.exists():
+                path.write_text("".join(line for line in path.read_text().splitlines(keepends=True) if keep(line)))
+
+    def log_hyperparameters(self, step: int, hyperparameters: list[dict]) -> None:
+        with open(self.directory / TRAJECTORY, "a") as file:
+            file.write(json.dumps({"step": step, "hyperparameters": hyperparameters}, default=_jsonable) + "\n")
 
     def amend(self, **fields) -> None:
         """Add what is known only once the attempt has started (the device it got) to run.json."""
@@ -139,17 +147,28 @@ class RunRecord:
         return self.summary
 
 
-def _epoch_of(line: str) -> float:
-    """The epoch a metrics line is of; infinity for a line cut short by a run that died while writing it."""
+def _field(line: str, name: str) -> float:
+    """A JSON line's number `name`; infinity for a line cut short by a run that died while writing it."""
     try:
-        return json.loads(line)["epoch"]
+        return json.loads(line)[name]
     except (json.JSONDecodeError, KeyError):
         return math.inf
 
 
+def _json_lines(path: Path) -> list[dict]:
+    lines = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                lines.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut short by a run that died while writing it
+                break
+    return lines
+
+
 def read_records(*roots: str | os.PathLike, experiment: str | None = None) -> list[dict]:
-    """Every run record under the given folders (of one experiment, if named): run.json, summary.json and the
-    metrics, one dict per run."""
+    """Every run record under the given folders (of one experiment, if named): run.json, summary.json, the
+    metrics and the hyperparameters' trajectory, one dict per run."""
     records = []
     for root in roots:
         for summary_path in sorted(Path(root).rglob(SUMMARY)):
@@ -159,14 +178,8 @@ def read_records(*roots: str | os.PathLike, experiment: str | None = None) -> li
             if experiment is not None and run.get("config", {}).get("experiment") != experiment:
                 continue
             record = {"directory": str(directory), "summary": json.loads(summary_path.read_text()), "run": run}
-            metrics_path = directory / METRICS
-            record["metrics"] = []
-            if metrics_path.exists():
-                for line in metrics_path.read_text().splitlines():
-                    try:
-                        record["metrics"].append(json.loads(line))
-                    except json.JSONDecodeError:  # a line cut short by a run that died while writing it
-                        break
+            record["metrics"] = _json_lines(directory / METRICS)
+            record["trajectory"] = _json_lines(directory / TRAJECTORY)
             records.append(record)
     return records
 
@@ -180,7 +193,7 @@ def copy_record(source: str | os.PathLike, target: str | os.PathLike, extra: tup
         copies += 1
         target = base.with_name(f"{base.name}-{copies}")
     target.mkdir(parents=True, exist_ok=True)
-    for name in (RUN, SUMMARY, METRICS, *extra):
+    for name in (RUN, SUMMARY, METRICS, TRAJECTORY, *extra):
         if (Path(source) / name).exists():
             shutil.copy2(Path(source) / name, target / name)
     return target

@@ -127,3 +127,9 @@ def save_figure(figure, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=120)
     pyplot().close(figure)
+
+
+def hyperparameter_path(record: dict, level: int = 0) -> list[tuple[int, dict]]:
+    """(step, that level's hyperparameters) along a run: every log_every_steps steps where its record logged them
+    (hyperparameters.jsonl), else once an epoch (records made before it did)."""
+    return [(point["step"], point["hyperparameters"][level]) for point in record.get("trajectory") or record["metrics"]]

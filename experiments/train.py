@@ -72,6 +72,11 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def log_every(setting, total_steps: int) -> int:
+    """Steps between two logs of every level's hyperparameters: `auto` gives about 250 points per run."""
+    return max(1, -(-total_steps // 250)) if setting == "auto" else int(setting)
+
+
 def show_progress(setting, multirun: bool) -> bool:
     if setting == "auto":
         return sys.stderr.isatty() and not multirun and not os.environ.get("CI")
@@ -146,7 +151,8 @@ def train(cfg: DictConfig, task, model, optimizer, schedule, record: RunRecord, 
         log.info("resumed from the checkpoint at epoch %d, step %d (attempt %d)", epoch, step, record.attempt)
     elif record.attempt > 1:
         log.warning("no usable checkpoint in %s: the run starts again from its first step", record.directory)
-    record.forget_epochs_from(epoch)
+    record.forget_from(epoch, step)
+    every = log_every(cfg.log_every_steps, task.steps_per_epoch * cfg.epochs)
     metrics = record.last_metrics()  # what a run stopped after its last epoch but before it finished had logged
     initial = record.summary.setdefault("optimizer_initial", str(optimizer))
     log.info("%s on %s: %s, %s", str(optimizer), next(model.parameters()).device, task.description, cfg.experiment)
@@ -174,6 +180,8 @@ def train(cfg: DictConfig, task, model, optimizer, schedule, record: RunRecord, 
                               disable=not progress):
                 losses.append(task.step(model, optimizer, batch))
                 step, done = step + 1, done + 1
+                if step % every == 0:
+                    record.log_hyperparameters(step, optimizer.hyperparameters())
                 if stop.signal_number is not None or checkpoints.due():
                     checkpoints.save(state(time.perf_counter() - start))
                     if stop.signal_number is not None:

@@ -4,7 +4,8 @@ and a table of final test errors beside the values read off the paper's figure.
 
     python scripts/figure2.py runs/figure2 --readme README.md --export-records results/figure2/runs
 
-Writes results/figure2.png, results/figure2.csv and results/figure2.md.
+Writes results/figure2.png, results/figure2_hyperparameters.png (per cell, the α and μ the hyperoptimized runs
+learn, against steps), results/figure2.csv and results/figure2.md.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import pandas as pd
 
 from experiments.paper import FIGURE_2, FIGURE_2_FIXED as FIXED, FIGURE_2_HE as HE, FIGURE_2_HYPER as HYPER, PROTOCOLS
 from experiments.records import copy_record, describe_commits, safe_name
-from experiments.reports import (deviation_note, figure_inputs, mark_deviations, markdown_table, protocol_run,
-                                 pyplot, save_figure, write_table)
+from experiments.reports import (deviation_note, figure_inputs, hyperparameter_path, mark_deviations, markdown_table,
+                                 protocol_run, pyplot, save_figure, write_table)
 
 ROOT = Path(__file__).resolve().parents[1]
 ALPHAS, MOMENTA = (0.01, 0.1, 1.0), (0.09, 0.9, 0.99)
@@ -37,7 +38,7 @@ def runs(records: list[dict]) -> list[dict]:
         out.append({"method": method_of(config), "alpha": float(config["cifar"]["alpha"]),
                     "momentum": float(config["cifar"]["momentum"]), "seed": config["seed"],
                     "status": summary.get("status"), "metrics": record["metrics"], "summary": summary,
-                    "directory": record["directory"]})
+                    "directory": record["directory"], "path": hyperparameter_path(record)})
         out[-1]["protocol"] = protocol_run(record, (out[-1]["method"], out[-1]["alpha"], out[-1]["momentum"]),
                                            PROTOCOLS["figure2"].epochs)
     return out
@@ -107,6 +108,43 @@ def draw(all_runs: list[dict], out: Path, note: str = "") -> None:
     save_figure(figure, out)
 
 
+def draw_hyperparameters(all_runs: list[dict], out: Path, note: str = "") -> None:
+    """Per cell, the α (solid, log scale) and μ (dashed, right axis) that SGD(α, μ)/SGD learns, against steps,
+    the mean over its runs."""
+    plt = pyplot()
+    figure, axes = plt.subplots(3, 3, figsize=(14, 11), sharex=True)
+    for row, momentum in enumerate(MOMENTA):
+        for column, alpha in enumerate(ALPHAS):
+            axis = axes[row][column]
+            group = [run for run in all_runs if run["method"] == HYPER
+                     and (run["alpha"], run["momentum"]) == (alpha, momentum)]
+            frame = pd.DataFrame([{"step": step, "lr": values["lr"], "momentum": values["momentum"]}
+                                  for run in group for step, values in [(0, {"lr": alpha, "momentum": momentum})]
+                                  + run["path"]])
+            twin = axis.twinx()
+            if len(frame):
+                mean = frame.groupby("step").mean()
+                axis.plot(mean.index, mean["lr"], "-", color=STYLE[HYPER], lw=1.8)
+                twin.plot(mean.index, mean["momentum"], "--", color="tab:green", lw=1.5)
+            else:
+                axis.text(0.97, 0.95, "this cell not run", transform=axis.transAxes, ha="right", va="top",
+                          color="0.4", fontsize=9)
+            axis.set_yscale("log")
+            twin.set_ylim(0.0, 1.0)
+            axis.set_title(f"α₀ = {alpha:g}, μ₀ = {momentum:g}", fontsize=10)
+            axis.grid(True, which="both", alpha=0.25)
+            if row == 2:
+                axis.set_xlabel("step")
+            if column == 0:
+                axis.set_ylabel("learned α (solid)")
+            if column == 2:
+                twin.set_ylabel("learned μ (dashed)")
+    figure.suptitle("ResNet-20 on CIFAR-10: the α and μ that SGD(α, μ)/SGD learns (mean over runs)", y=0.97)
+    figure.tight_layout(rect=(0, 0, 1, 0.95))
+    mark_deviations(figure, note)
+    save_figure(figure, out)
+
+
 def main() -> None:
     args, records = figure_inputs(__doc__, "figure2", "figure2", ROOT / "results")
     all_runs = runs(records)
@@ -116,6 +154,7 @@ def main() -> None:
             copy_record(run["directory"], args.export_records / name / f"seed{run['seed']}")
     note = deviation_note("figure2", [run["protocol"] for run in all_runs])
     draw(all_runs, args.out / "figure2.png", note)
+    draw_hyperparameters(all_runs, args.out / "figure2_hyperparameters.png", note)
     table = finals(all_runs)
     table.to_csv(args.out / "figure2.csv", index=False)
     data = sorted({run["summary"]["data"] for run in all_runs if run["summary"].get("data")}) or ["(unrecorded)"]

@@ -1,5 +1,6 @@
 """The RNN experiment from run records: validation bits per character against epochs for each initial α (the fixed
-Adam^α dashed, the hyperoptimized Adam^α/Adam solid), and the learned α against steps.
+Adam^α dashed, the hyperoptimized Adam^α/Adam solid), and the learned α against steps (every log_every_steps
+steps where the records logged it).
 
     python scripts/figure_rnn.py runs/rnn --readme README.md --export-records results/rnn/runs
 
@@ -15,25 +16,34 @@ import pandas as pd
 
 from experiments.paper import PROTOCOLS
 from experiments.records import copy_record, describe_commits, safe_name
-from experiments.reports import (deviation_note, figure_inputs, mark_deviations, markdown_table, protocol_run,
-                                 pyplot, save_figure, write_table)
+from experiments.reports import (deviation_note, figure_inputs, hyperparameter_path, mark_deviations, markdown_table,
+                                 protocol_run, pyplot, save_figure, write_table)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def curves(records: list[dict]) -> pd.DataFrame:
-    """One line per run and epoch: α, arm, seed, epoch, step, validation bpc, learned α."""
+    """One line per run and epoch: α, arm, seed, epoch, validation bpc."""
     lines = []
     for record in records:
         config = record["run"]["config"]
         arm = "hyperoptimized" if config["rnn"]["hyper"] else "fixed"
-        lines.append({"alpha": float(config["rnn"]["alpha"]), "arm": arm, "seed": config["seed"], "epoch": 0,
-                      "step": 0, "valid_bpc": None, "learned_alpha": float(config["rnn"]["alpha"])})
         for metrics in record["metrics"]:
             lines.append({"alpha": float(config["rnn"]["alpha"]), "arm": arm, "seed": config["seed"],
-                          "epoch": metrics["epoch"], "step": metrics["step"], "valid_bpc": metrics["valid_bpc"],
-                          "learned_alpha": metrics["hyperparameters"][0]["lr"]})
+                          "epoch": metrics["epoch"], "valid_bpc": metrics["valid_bpc"]})
     return pd.DataFrame(lines)
+
+
+def paths(records: list[dict]) -> pd.DataFrame:
+    """One line per hyperoptimized run and logged step: α₀, seed, step, the α it has learned."""
+    lines = []
+    for record in records:
+        config = record["run"]["config"]
+        if config["rnn"]["hyper"]:
+            alpha = float(config["rnn"]["alpha"])
+            for step, values in [(0, {"lr": alpha})] + hyperparameter_path(record):
+                lines.append({"alpha": alpha, "seed": config["seed"], "step": step, "learned_alpha": values["lr"]})
+    return pd.DataFrame(lines, columns=["alpha", "seed", "step", "learned_alpha"])
 
 
 def finals(records: list[dict]) -> pd.DataFrame:
@@ -56,7 +66,7 @@ def finals(records: list[dict]) -> pd.DataFrame:
     return table
 
 
-def draw(data: pd.DataFrame, out: Path, note: str = "") -> None:
+def draw(data: pd.DataFrame, learned: pd.DataFrame, out: Path, note: str = "") -> None:
     plt = pyplot()
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     alphas = sorted(data["alpha"].unique())
@@ -67,10 +77,9 @@ def draw(data: pd.DataFrame, out: Path, note: str = "") -> None:
         style = "-" if arm == "hyperoptimized" else "--"
         left.plot(mean.index, mean.values, style, marker="o", color=colours[alpha],
                   label=f"α₀ = {alpha:g}, {'Adam^α/Adam' if arm == 'hyperoptimized' else 'Adam^α fixed'}")
-        if arm == "hyperoptimized":
-            learned = part.groupby("step")["learned_alpha"].mean()
-            right.plot(learned.index, learned.values, "-", marker=".", color=colours[alpha],
-                       label=f"α₀ = {alpha:g}")
+    for alpha, part in learned.groupby("alpha"):
+        mean = part.groupby("step")["learned_alpha"].mean()
+        right.plot(mean.index, mean.values, "-", color=colours[alpha], label=f"α₀ = {alpha:g}")
     left.set_xlabel("epoch")
     left.set_ylabel("validation bits per character (mean over seeds)")
     left.set_title("char-LSTM on War and Peace")
@@ -98,7 +107,7 @@ def main() -> None:
     note = deviation_note("rnn", [protocol_run(record, (record["run"]["config"]["rnn"]["alpha"],
                                                         record["run"]["config"]["rnn"]["hyper"]),
                                                PROTOCOLS["rnn"].epochs) for record in records])
-    draw(curves(records), args.out / "figure_rnn.png", note)
+    draw(curves(records), paths(records), args.out / "figure_rnn.png", note)
     table = finals(records)
     table.to_csv(args.out / "rnn.csv", index=False)
     sample = next((r["summary"]["sample"] for r in records if r["summary"].get("sample")), "")
