@@ -76,6 +76,7 @@ RULES = {
     "optimizer": _OPTIMIZER,
     "row": _TEXT,
     "compile": _BOOLEAN,
+    "backend": _one_of("ours", "reference"),
     "precision": _one_of("fp32", "bf16"),
     "channels_last": _BOOLEAN,
     "seed": _whole(0),

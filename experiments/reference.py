@@ -71,6 +71,47 @@ def reference_step(spec: str, model: torch.nn.Module, loss_of=F.nll_loss):
     return wrapper, step
 
 
+class ReferenceBackend:
+    """The reference code as a run's optimizer (backend=reference): its ModuleWrapper around the run's model and its
+    stack, driven as its README drives them, behind what the harness asks of an optimizer. The harness's step does
+    the forward pass after `begin()` (which this calls at the end of each step), `zero_grad()`, the backward pass
+    with create_graph=True (``create_graph``) and `step()`; the data, seeds, batches and records stay the harness's.
+    It keeps no state a checkpoint could restore: a run on it starts again from its first step if stopped."""
+
+    create_graph = True
+
+    def __init__(self, spec, model: torch.nn.Module):
+        if not isinstance(spec, str):
+            raise ValueError("backend=reference takes a stack in the paper's notation (optimizer=\"SGD/Adam(0.1)\"), "
+                             "not a builder")
+        self.spec = spec
+        self.wrapper = gdtuo.ModuleWrapper(model, optimizer=reference_stack(spec))
+        self.wrapper.initialize()
+        self.wrapper.begin()
+
+    def zero_grad(self) -> None:
+        self.wrapper.zero_grad()
+
+    def step(self) -> None:
+        self.wrapper.step()
+        self.wrapper.begin()  # the next forward pass builds its graph from the updated values
+
+    def hyperparameters(self) -> list[dict]:
+        return natural_values(self.wrapper.optimizer)
+
+    def state_dict(self) -> dict:
+        return {"backend": "reference"}
+
+    def load_state_dict(self, state: dict) -> None:
+        raise RuntimeError("a run on the reference backend cannot resume from a checkpoint (the reference keeps its "
+                           "state in autograd graphs); run it again in a new folder")
+
+    def __str__(self) -> str:
+        levels = self.hyperparameters()
+        return f"{self.spec} on the reference code, ending at " + " / ".join(
+            "(" + ", ".join(f"{name}={value:.4g}" for name, value in level.items()) + ")" for level in levels)
+
+
 def run_reference(spec: str, model: torch.nn.Module, batches):
     """(losses, weights after each step, hyperparameters after each step) of the reference code."""
     model = copy.deepcopy(model)

@@ -30,11 +30,12 @@ def forward_precision(precision: str, device: torch.device):
 
 
 def train_step(model, optimizer, x, y, precision: str = "fp32") -> torch.Tensor:
-    """One step of a plain PyTorch loop; a hyperoptimizer needs nothing more."""
+    """One step of a plain PyTorch loop; a hyperoptimizer needs nothing more (the reference code, as a backend,
+    needs the graph of the backward pass: create_graph)."""
     with forward_precision(precision, x.device):
         loss = F.nll_loss(model(x), y)
     optimizer.zero_grad()
-    loss.backward()
+    loss.backward(create_graph=getattr(optimizer, "create_graph", False))
     optimizer.step()
     return loss.detach()
 
@@ -172,7 +173,7 @@ class LanguageModelling:
         self.state = tuple(s.detach() for s in state)
         loss = F.nll_loss(log_probabilities.float().flatten(0, 1), y.flatten())
         optimizer.zero_grad()
-        loss.backward()
+        loss.backward(create_graph=getattr(optimizer, "create_graph", False))
         optimizer.step()
         return loss.detach()
 

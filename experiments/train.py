@@ -96,7 +96,13 @@ def prepare(cfg: DictConfig, config: dict, record: RunRecord, directory: str):
         model = build_model(cfg.model.name, **task.model_options, **model_options).to(device)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        optimizer = build_optimizer(config["optimizer"], model.parameters(), compile=cfg.compile)
+        if cfg.backend == "reference":
+            from experiments.reference import ReferenceBackend
+            if cfg.schedule is not None:
+                raise ValueError("backend=reference runs the reference code's stacks, which take no schedule")
+            optimizer = ReferenceBackend(config["optimizer"], model)
+        else:
+            optimizer = build_optimizer(config["optimizer"], model.parameters(), compile=cfg.compile)
         schedule = build_schedule(cfg.schedule, optimizer, cfg.epochs)
         logger = make_logger(cfg.logger, config["wandb"], config, directory, name=f"{cfg.row} seed={cfg.seed}",
                              group=f"{cfg.experiment}/{cfg.row}")

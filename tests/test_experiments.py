@@ -313,3 +313,19 @@ def test_a_bad_optimizer_names_the_stacks_and_the_baselines():
     with pytest.raises(ValueError, match="unknown optimizer 'Adamw'") as error:
         build_optimizer("Adamw", torch.nn.Linear(2, 2).parameters())
     assert "ScheduleFreeAdamW" in str(error.value)
+
+
+@pytest.mark.slow
+def test_a_run_on_the_reference_backend_writes_the_record_ours_writes(tmp_path):
+    for backend in ("ours", "reference"):
+        train("+exp=mnist_sgd_adam", f"backend={backend}", "epochs=2", "data.subset=2048",
+              f"hydra.run.dir={tmp_path / backend}")
+    (ours,), (reference,) = read_records(tmp_path / "ours"), read_records(tmp_path / "reference")
+    assert reference["run"]["config"]["backend"] == "reference" and "reference code" in \
+        reference["summary"]["optimizer_final"]
+    for our_epoch, their_epoch in zip(ours["metrics"], reference["metrics"], strict=True):
+        # float32, and the two codes round in different orders: agreement to float32 rounding grown over 16 steps
+        assert our_epoch["train_loss"] == pytest.approx(their_epoch["train_loss"], rel=1e-5)
+        assert our_epoch["test_error"] == pytest.approx(their_epoch["test_error"], abs=0.05)
+        assert our_epoch["hyperparameters"][0]["lr"] == pytest.approx(their_epoch["hyperparameters"][0]["lr"], rel=1e-5)
+    assert reference["trajectory"] and reference["summary"]["status"] == "ok"

@@ -76,3 +76,23 @@ def test_weight_decay_hypergradients_are_those_of_the_l2_regularised_loss(batche
         assert_close(torch.cat([p.reshape(-1) for p in model.parameters()]),
                      torch.cat([p.detach().reshape(-1) for p in theirs.parameters()]), f"weights at step {step}")
     assert ours.hyperparameters()[0]["lr"] != 0.1 and ours.hyperparameters()[0]["momentum"] != 0.9
+
+
+@pytest.mark.parametrize("spec", ["SGD/Adam(0.1)", "Adam^α/Adam", "RMSProp/SGD(1e-4)"])
+def test_the_reference_backend_of_the_harness_computes_our_numbers(spec, synthetic_batches):
+    """backend=reference drives the reference code through the harness's own step (experiments.tasks.train_step):
+    step for step, the same numbers as our optimizer."""
+    from experiments.reference import ReferenceBackend
+
+    torch.manual_seed(0)
+    model = MLP().double()
+    theirs, ours = copy.deepcopy(model), copy.deepcopy(model)
+    backend, optimizer = ReferenceBackend(spec, theirs), hyperopt.stack(spec, ours.parameters())
+    for step, (x, y) in enumerate(synthetic_batches[:10]):
+        assert_close(train_step(theirs, backend, x, y), train_step(ours, optimizer, x, y), f"loss at step {step}")
+        for level, (reference, our_level) in enumerate(zip(backend.hyperparameters(), optimizer.hyperparameters())):
+            for name, value in reference.items():
+                assert_close(our_level[name], value, f"level {level} {name} at step {step}")
+    assert_close(torch.cat([p.reshape(-1) for p in ours.parameters()]),
+                 torch.cat([p.detach().reshape(-1) for p in theirs.parameters()]), "weights")
+    assert optimizer.hyperparameters()[0]["lr"] != hyperopt.stack(spec, MLP().parameters()).hyperparameters()[0]["lr"]
