@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from experiments.paper import PROTOCOLS
-from experiments.records import read_records
+from experiments.records import copy_record, read_records, safe_name
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -133,3 +133,12 @@ def hyperparameter_path(record: dict, level: int = 0) -> list[tuple[int, dict]]:
     """(step, that level's hyperparameters) along a run: every log_every_steps steps where its record logged them
     (hyperparameters.jsonl), else once an epoch (records made before it did)."""
     return [(point["step"], point["hyperparameters"][level]) for point in record.get("trajectory") or record["metrics"]]
+
+
+def export_records(records: list[dict], destination: Path | None, name_of, extra: tuple[str, ...] = ()) -> None:
+    """With --export-records: copy each record's small files to destination/NAME/seedS, NAME from its config."""
+    if destination is None:
+        return
+    for record in records:
+        config = record["run"]["config"]
+        copy_record(record["directory"], destination / safe_name(name_of(config)) / f"seed{config['seed']}", extra)

@@ -69,36 +69,46 @@ def mean_curve(group: list[dict], key: str) -> pd.Series:
     return frame.groupby("epoch")[key].mean() if len(frame) else pd.Series(dtype=float)
 
 
-def draw(all_runs: list[dict], out: Path, note: str = "") -> None:
-    plt = pyplot()
-    figure, axes = plt.subplots(3, 3, figsize=(14, 11), sharex=True, sharey=True)
-    he = [run for run in all_runs if run["method"] == HE]
+def cells(axes, xlabel: str, ylabel: str):
+    """(α₀, μ₀, its panel) for each cell of the 3 × 3 grid, the panel titled and labelled (log scale)."""
     for row, momentum in enumerate(MOMENTA):
         for column, alpha in enumerate(ALPHAS):
             axis = axes[row][column]
-            cell = [run for run in all_runs if run["method"] != HE
-                    and (run["alpha"], run["momentum"]) == (alpha, momentum)]
-            for method in (FIXED, HYPER, HE):
-                group = he if method == HE else [run for run in cell if run["method"] == method]
-                if not group:
-                    continue
-                loss, error = mean_curve(group, "train_loss"), mean_curve(group, "test_error") / 100.0
-                axis.plot(loss.index, loss.values, ":", color=STYLE[method], lw=1.2)
-                axis.plot(error.index, error.values, "-", color=STYLE[method], lw=1.8)
-                for run in group:
-                    if run["status"] == "diverged" and run["metrics"]:
-                        last = run["metrics"][-1]
-                        axis.plot(last["epoch"], 1.0, "x", color="red", ms=9, mew=2)
-            if not cell:
-                axis.text(0.97, 0.95, "this cell not run", transform=axis.transAxes, ha="right", va="top",
-                          color="0.4", fontsize=9)
             axis.set_yscale("log")
             axis.set_title(f"α₀ = {alpha:g}, μ₀ = {momentum:g}", fontsize=10)
             axis.grid(True, which="both", alpha=0.25)
             if row == 2:
-                axis.set_xlabel("epoch")
+                axis.set_xlabel(xlabel)
             if column == 0:
-                axis.set_ylabel("train loss (dotted), test error (solid)")
+                axis.set_ylabel(ylabel)
+            yield alpha, momentum, axis
+
+
+def not_run(axis) -> None:
+    axis.text(0.97, 0.95, "this cell not run", transform=axis.transAxes, ha="right", va="top", color="0.4",
+              fontsize=9)
+
+
+def draw(all_runs: list[dict], out: Path, note: str = "") -> None:
+    plt = pyplot()
+    figure, axes = plt.subplots(3, 3, figsize=(14, 11), sharex=True, sharey=True)
+    he = [run for run in all_runs if run["method"] == HE]
+    for alpha, momentum, axis in cells(axes, "epoch", "train loss (dotted), test error (solid)"):
+        cell = [run for run in all_runs if run["method"] != HE
+                and (run["alpha"], run["momentum"]) == (alpha, momentum)]
+        for method in (FIXED, HYPER, HE):
+            group = he if method == HE else [run for run in cell if run["method"] == method]
+            if not group:
+                continue
+            loss, error = mean_curve(group, "train_loss"), mean_curve(group, "test_error") / 100.0
+            axis.plot(loss.index, loss.values, ":", color=STYLE[method], lw=1.2)
+            axis.plot(error.index, error.values, "-", color=STYLE[method], lw=1.8)
+            for run in group:
+                if run["status"] == "diverged" and run["metrics"]:
+                    last = run["metrics"][-1]
+                    axis.plot(last["epoch"], 1.0, "x", color="red", ms=9, mew=2)
+        if not cell:
+            not_run(axis)
     handles = [plt.Line2D([], [], color=STYLE[m], lw=2, label=m) for m in (FIXED, HYPER, HE)]
     handles.append(plt.Line2D([], [], color="red", marker="x", ls="", label="diverged"))
     figure.legend(handles=handles, loc="upper center", ncol=4, frameon=False, bbox_to_anchor=(0.5, 0.99))
@@ -113,32 +123,22 @@ def draw_hyperparameters(all_runs: list[dict], out: Path, note: str = "") -> Non
     the mean over its runs."""
     plt = pyplot()
     figure, axes = plt.subplots(3, 3, figsize=(14, 11), sharex=True)
-    for row, momentum in enumerate(MOMENTA):
-        for column, alpha in enumerate(ALPHAS):
-            axis = axes[row][column]
-            group = [run for run in all_runs if run["method"] == HYPER
-                     and (run["alpha"], run["momentum"]) == (alpha, momentum)]
-            frame = pd.DataFrame([{"step": step, "lr": values["lr"], "momentum": values["momentum"]}
-                                  for run in group for step, values in [(0, {"lr": alpha, "momentum": momentum})]
-                                  + run["path"]])
-            twin = axis.twinx()
-            if len(frame):
-                mean = frame.groupby("step").mean()
-                axis.plot(mean.index, mean["lr"], "-", color=STYLE[HYPER], lw=1.8)
-                twin.plot(mean.index, mean["momentum"], "--", color="tab:green", lw=1.5)
-            else:
-                axis.text(0.97, 0.95, "this cell not run", transform=axis.transAxes, ha="right", va="top",
-                          color="0.4", fontsize=9)
-            axis.set_yscale("log")
-            twin.set_ylim(0.0, 1.0)
-            axis.set_title(f"α₀ = {alpha:g}, μ₀ = {momentum:g}", fontsize=10)
-            axis.grid(True, which="both", alpha=0.25)
-            if row == 2:
-                axis.set_xlabel("step")
-            if column == 0:
-                axis.set_ylabel("learned α (solid)")
-            if column == 2:
-                twin.set_ylabel("learned μ (dashed)")
+    for index, (alpha, momentum, axis) in enumerate(cells(axes, "step", "learned α (solid)")):
+        group = [run for run in all_runs if run["method"] == HYPER
+                 and (run["alpha"], run["momentum"]) == (alpha, momentum)]
+        frame = pd.DataFrame([{"step": step, "lr": values["lr"], "momentum": values["momentum"]}
+                              for run in group for step, values in [(0, {"lr": alpha, "momentum": momentum})]
+                              + run["path"]])
+        twin = axis.twinx()
+        if len(frame):
+            mean = frame.groupby("step").mean()
+            axis.plot(mean.index, mean["lr"], "-", color=STYLE[HYPER], lw=1.8)
+            twin.plot(mean.index, mean["momentum"], "--", color="tab:green", lw=1.5)
+        else:
+            not_run(axis)
+        twin.set_ylim(0.0, 1.0)
+        if index % 3 == 2:
+            twin.set_ylabel("learned μ (dashed)")
     figure.suptitle("ResNet-20 on CIFAR-10: the α and μ that SGD(α, μ)/SGD learns (mean over runs)", y=0.97)
     figure.tight_layout(rect=(0, 0, 1, 0.95))
     mark_deviations(figure, note)

@@ -15,9 +15,9 @@ from pathlib import Path
 import pandas as pd
 
 from experiments.paper import PROTOCOLS
-from experiments.records import copy_record, describe_commits, safe_name
-from experiments.reports import (deviation_note, figure_inputs, hyperparameter_path, mark_deviations, markdown_table,
-                                 protocol_run, pyplot, save_figure, write_table)
+from experiments.records import describe_commits
+from experiments.reports import (deviation_note, export_records, figure_inputs, hyperparameter_path, mark_deviations,
+                                 markdown_table, protocol_run, pyplot, save_figure, write_table)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,12 +98,9 @@ def draw(data: pd.DataFrame, learned: pd.DataFrame, out: Path, note: str = "") -
 
 def main() -> None:
     args, records = figure_inputs(__doc__, "rnn", "rnn", ROOT / "results")
-    if args.export_records:
-        for record in records:
-            config = record["run"]["config"]
-            name = safe_name(f"{'hyper' if config['rnn']['hyper'] else 'fixed'}_alpha{config['rnn']['alpha']:g}")
-            copy_record(record["directory"], args.export_records / name / f"seed{config['seed']}",
-                        ("sample.txt", "vocabulary.json"))
+    export_records(records, args.export_records,
+                   lambda config: f"{'hyper' if config['rnn']['hyper'] else 'fixed'}_alpha{config['rnn']['alpha']:g}",
+                   ("sample.txt", "vocabulary.json"))
     note = deviation_note("rnn", [protocol_run(record, (record["run"]["config"]["rnn"]["alpha"],
                                                         record["run"]["config"]["rnn"]["hyper"]),
                                                PROTOCOLS["rnn"].epochs) for record in records])

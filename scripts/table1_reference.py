@@ -18,8 +18,8 @@ import pandas as pd
 
 import hyperopt
 from experiments.paper import TABLE_1
-from experiments.records import copy_record, describe_commits, safe_name
-from experiments.reports import figure_inputs, markdown_table, write_table
+from experiments.records import describe_commits
+from experiments.reports import export_records, figure_inputs, markdown_table, write_table
 
 ROOT = Path(__file__).resolve().parents[1]
 SYMBOLS = hyperopt.notation.SYMBOLS
@@ -68,11 +68,7 @@ def rows(records: list[dict]) -> list[dict]:
 
 def main() -> None:
     args, records = figure_inputs(__doc__, "table1", "table1_reference", ROOT / "results")
-    if args.export_records:
-        for record in records:
-            config = record["run"]["config"]
-            name = safe_name(f"{config.get('backend', 'ours')}_{config['optimizer']}")
-            copy_record(record["directory"], args.export_records / name / f"seed{config['seed']}")
+    export_records(records, args.export_records, lambda config: f"{config.get('backend', 'ours')}_{config['optimizer']}")
     table = rows(records)
     columns = list(dict.fromkeys(key for line in table for key in line))
     pd.DataFrame(table, columns=columns).to_csv(args.out / "table1_reference.csv", index=False)

@@ -74,6 +74,33 @@ def lone_run(model, spec, batches):
     return losses, values
 
 
+def seeded(build) -> list:
+    """A model per run, each made under its own seed."""
+    models = []
+    for seed in SEEDS:
+        torch.manual_seed(seed)
+        models.append(build())
+    return models
+
+
+def batched_run(models, specs, batches, steps):
+    """Train copies of `models` as one network with a stack of runs, each run on its own batches: (the network, its
+    optimizer, each step's losses per run, each step's hyperparameters per run)."""
+    network = batch_models([copy.deepcopy(model) for model in models])
+    optimizer = hyperopt.stack(specs, network.parameters())
+    losses, values = [], []
+    for step in range(steps):
+        x = torch.stack([run_batches[step][0] for run_batches in batches])
+        y = torch.stack([run_batches[step][1] for run_batches in batches])
+        per_run = torch.stack([loss_of(output, target) for output, target in zip(forward(network, x), y)])
+        optimizer.zero_grad()
+        per_run.sum().backward()
+        optimizer.step()
+        losses.append(per_run.tolist())
+        values.append([optimizer.hyperparameters(run=run) for run in range(len(models))])
+    return network, optimizer, losses, values
+
+
 @pytest.fixture(autouse=True)
 def float64():
     previous = torch.get_default_dtype()
@@ -87,23 +114,9 @@ def float64():
 def test_every_run_of_a_batch_learns_what_it_learns_alone(architecture, stack):
     build, data, scale = ARCHITECTURES[architecture]
     specs = [notation(weights, kappas, scale) for weights, kappas in STACKS[stack]]
-    models = []
-    for seed in SEEDS:
-        torch.manual_seed(seed)
-        models.append(build())
+    models = seeded(build)
     batches = [data(seed) for seed in SEEDS]  # each run its own data order
-    batched = batch_models([copy.deepcopy(model) for model in models])
-    optimizer = hyperopt.stack(specs, batched.parameters())
-    batched_losses, batched_values = [], []
-    for step in range(STEPS):
-        x = torch.stack([run_batches[step][0] for run_batches in batches])
-        y = torch.stack([run_batches[step][1] for run_batches in batches])
-        losses = torch.stack([loss_of(output, target) for output, target in zip(forward(batched, x), y)])
-        optimizer.zero_grad()
-        losses.sum().backward()
-        optimizer.step()
-        batched_losses.append(losses.tolist())
-        batched_values.append([optimizer.hyperparameters(run=run) for run in range(len(SEEDS))])
+    batched, optimizer, batched_losses, batched_values = batched_run(models, specs, batches, STEPS)
     assert optimizer.diverged() == []
     for run, (model, spec, run_batches) in enumerate(zip(models, specs, batches)):
         losses, values = lone_run(model, spec, run_batches)
@@ -123,19 +136,8 @@ def test_a_diverging_run_is_frozen_and_reported_while_the_others_go_on():
     specs = ["SGD(0.05, 0.8)/SGD(1e-3)", "SGD(0.05, 0.9)/SGD(1e-3)", "SGD(0.02, 0.5)/SGD(1e-3)"]
     data = [images((8, 20), 10, 30, seed) for seed in SEEDS]
     data[1][9][0][0, 0] = float("nan")  # run 1's tenth batch is corrupt: its hypergradient is NaN at step 10
-    models = []
-    for seed in SEEDS:
-        torch.manual_seed(seed)
-        models.append(MLP(inputs=20, hidden=16))
-    batched = batch_models([copy.deepcopy(model) for model in models])
-    optimizer = hyperopt.stack(specs, batched.parameters())
-    for step in range(30):
-        x = torch.stack([run_data[step][0] for run_data in data])
-        y = torch.stack([run_data[step][1] for run_data in data])
-        losses = torch.stack([loss_of(output, target) for output, target in zip(batched(x), y)])
-        optimizer.zero_grad()
-        losses.sum().backward()
-        optimizer.step()
+    models = seeded(lambda: MLP(inputs=20, hidden=16))
+    batched, optimizer, _, _ = batched_run(models, specs, data, 30)
     assert optimizer.diverged() == [{"run": 1, "step": 10, "level": 0, "optimizer": "SGD", "hyperparameter": "lr"}]
     with pytest.raises(hyperopt.DivergenceError) as alone:
         lone_run(copy.deepcopy(models[1]), specs[1], data[1])
@@ -156,20 +158,9 @@ def test_runs_may_each_have_their_own_step_size_per_hyperparameter():
     build, data, _ = ARCHITECTURES["mlp"]
     specs = ["SGD(0.05, 0.9)/SGD({α: 1e-3, μ: 1e-4})", "SGD(0.02, 0.5)/SGD({α: 1e-2, μ: 1e-5})",
              "SGD(0.1, 0.7)/SGD({α: 1e-3, μ: 1e-4})"]
-    models = []
-    for seed in SEEDS:
-        torch.manual_seed(seed)
-        models.append(build())
+    models = seeded(build)
     batches = [data(seed)[:30] for seed in SEEDS]
-    batched = batch_models([copy.deepcopy(model) for model in models])
-    optimizer = hyperopt.stack(specs, batched.parameters())
-    for step in range(30):
-        x = torch.stack([run_batches[step][0] for run_batches in batches])
-        y = torch.stack([run_batches[step][1] for run_batches in batches])
-        losses = torch.stack([loss_of(output, target) for output, target in zip(batched(x), y)])
-        optimizer.zero_grad()
-        losses.sum().backward()
-        optimizer.step()
+    batched, optimizer, _, _ = batched_run(models, specs, batches, 30)
     assert optimizer.hyperparameters(run=1)[1]["lr"] == {"lr": pytest.approx(1e-2), "momentum": pytest.approx(1e-5)}
     for run, (model, spec, run_batches) in enumerate(zip(models, specs, batches)):
         _, values = lone_run(model, spec, run_batches)
