@@ -392,7 +392,8 @@ class Hyperoptimizer(torch.optim.Optimizer):
                     terms = ([self._run_dot(column, u, runs) for column in state["jac"]] if "jac" in state
                              else dots(self._shaped(h, p, runs), learned, state, u, runs))
                     sums = terms if sums is None else [a + b for a, b in zip(sums, terms)]
-                if "jac" not in first:  # the chain rule of each parameterisation, once per run
+                if "jac" not in first:  # once per group: the terms' scalars, and each parameterisation's chain rule
+                    sums = self._hypergradient_terms(self._per_run(h, runs), learned, sums)
                     sums = [total if derivative is None else total * (derivative.reshape(-1) if runs else derivative)
                             for total, derivative in zip(sums, self._chain(group))]
                 hypergradient = torch.stack(sums, dim=-1).neg_().to(raw.dtype)
@@ -401,9 +402,23 @@ class Hyperoptimizer(torch.optim.Optimizer):
         return hypergradients
 
     def _tensor_dots(self, h: dict, learned: tuple[str, ...], state: dict, u: torch.Tensor, runs: int | None):
-        """Σ ∂(last step)/∂value · u over one tensor (per run), for each learned value."""
+        """Sums over one tensor (per run) from which _hypergradient_terms makes Σ ∂(last step)/∂value · u once the
+        group's tensors are added up: here those sums themselves, one per learned value."""
         columns = self._jacobian(h, learned, state)
         return [self._run_dot(columns[name], u, runs) for name in learned]
+
+    def _hypergradient_terms(self, h: dict, learned: tuple[str, ...], sums: list) -> list:
+        """Σ ∂(last step)/∂value · u over the group, per learned value, from the sums of _tensor_dots (h: one
+        value, or one per run as (runs,))."""
+        return sums
+
+    @staticmethod
+    def _per_run(values: dict, runs: int | None) -> dict:
+        """A group of runs' (runs, 1) values as (runs,), as the per-run sums are."""
+        if runs is None:
+            return values
+        return {k: v.reshape(-1) if isinstance(v, torch.Tensor) and v.shape == (runs, 1) else v
+                for k, v in values.items()}
 
     @staticmethod
     def _run_dot(a: torch.Tensor, b: torch.Tensor, runs: int | None) -> torch.Tensor:

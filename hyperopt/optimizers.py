@@ -101,29 +101,36 @@ class Adam(Hyperoptimizer):
         return h["lr"] * direction, {"m": m, "v": v}
 
     def _tensor_dots(self, h, learned, state, u, runs):
-        # Σ column·u straight from m, v and the last gradient, the columns (_jacobian) never made: with
-        # w = u / (√v̂ + ε), α's is m·w / (1 - β1^t), and β1's and β2's follow from three more dot products. About
-        # half the passes over the tensor that making each column and its dot product takes.
-        def per_run(value):
-            return value.reshape(-1) if runs is not None and isinstance(value, torch.Tensor) else value
-        lr, c1, c2 = per_run(h["lr"]), per_run(h["beta1_correction"]), per_run(h["beta2_correction"])
+        # Dot products of m, v and the last gradient g with w = u / (√v̂ + ε), the columns (_jacobian) never made:
+        # α's term is m·w / (1 - β1^t), and β1's and β2's follow from g·w, q·v and (q g)·g with
+        # q = m w / ((√v̂ + ε) √v̂). About half the passes over the tensor that making each column takes.
         m, v = state["m"], state["v"]
         root = (v / h["beta2_correction"]) ** 0.5
         denominator = root + h["eps"]
         w = u / denominator
-        m_w = self._run_dot(m, w, runs)
-        dots = {"lr": m_w / c1}
+        sums = [self._run_dot(m, w, runs)]
         if "beta1" in learned or "beta2" in learned:
             g = state["grad_prev"]
         if "beta1" in learned:
-            dots["beta1"] = (lr / c1) * ((m_w - self._run_dot(g, w, runs)) / per_run(h["beta1"])) \
-                + (lr * per_run(h["beta1_slope"])) * dots["lr"]
+            sums.append(self._run_dot(g, w, runs))
         if "beta2" in learned:
             q = m * w / (denominator * root)
-            q_v = self._run_dot(q, v, runs)
-            dv = (q_v - self._run_dot(q * g, g, runs)) / per_run(h["beta2"]) / c2 + q_v / c2 * per_run(h["beta2_slope"])
-            dots["beta2"] = -(lr / c1) / 2.0 * dv
-        return [dots[name] for name in learned]
+            sums += [self._run_dot(q, v, runs), self._run_dot(q * g, g, runs)]
+        return sums
+
+    def _hypergradient_terms(self, h, learned, sums):
+        m_w, rest = sums[0], list(sums[1:])
+        lr, c1, c2 = h["lr"], h["beta1_correction"], h["beta2_correction"]
+        terms = {"lr": m_w / c1}
+        if "beta1" in learned:
+            # ∂m̂/∂β1 = (m_old - g) / (1 - β1^t) + m̂ t β1^(t-1) / (1 - β1^t), and m_old - g = (m - g) / β1
+            g_w = rest.pop(0)
+            terms["beta1"] = (lr / c1) * ((m_w - g_w) / h["beta1"]) + (lr * h["beta1_slope"]) * terms["lr"]
+        if "beta2" in learned:
+            # ∂step/∂β2 = -step / ((√v̂ + ε) 2√v̂) · ∂v̂/∂β2, and v_old - g² = (v - g²) / β2
+            q_v, q_gg = rest
+            terms["beta2"] = -(lr / c1) / 2.0 * ((q_v - q_gg) / h["beta2"] / c2 + q_v / c2 * h["beta2_slope"])
+        return [terms[name] for name in learned]
 
     def _keep(self, h, learned, g, state):
         return _kept_gradient(g, state) if "beta1" in learned or "beta2" in learned else {}

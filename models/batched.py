@@ -33,7 +33,8 @@ class Batched(nn.Module):
             raise ValueError("batch_models needs at least one model")
         kinds = {type(model) for model in models}
         if len(kinds) != 1:
-            raise ValueError(f"models batched together must be of one architecture, not {sorted(k.__name__ for k in kinds)}")
+            raise ValueError("models batched together must be of one architecture, not "
+                             f"{sorted(k.__name__ for k in kinds)}")
         self.runs = len(models)
         self._template = [models[0]]  # static structure (strides, sizes), not a submodule: its weights are unused
         for name, _ in models[0].named_parameters():
@@ -81,9 +82,9 @@ class BatchedResNet(Batched):
     def _norm(self, x: torch.Tensor, name: str, norm: nn.BatchNorm2d) -> torch.Tensor:
         if self.training:
             self.weight(f"{name}.num_batches_tracked").add_(1)
-        return F.batch_norm(x, self.weight(f"{name}.running_mean").view(-1), self.weight(f"{name}.running_var").view(-1),
-                            self.weight(f"{name}.weight").reshape(-1), self.weight(f"{name}.bias").reshape(-1),
-                            self.training, norm.momentum, norm.eps)
+        running_mean, running_var = (self.weight(f"{name}.{key}").view(-1) for key in ("running_mean", "running_var"))
+        return F.batch_norm(x, running_mean, running_var, self.weight(f"{name}.weight").reshape(-1),
+                            self.weight(f"{name}.bias").reshape(-1), self.training, norm.momentum, norm.eps)
 
     def _shortcut(self, x: torch.Tensor, block: BasicBlock) -> torch.Tensor:
         if block.stride != 1:

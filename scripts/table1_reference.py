@@ -68,7 +68,8 @@ def rows(records: list[dict]) -> list[dict]:
 
 def main() -> None:
     args, records = figure_inputs(__doc__, "table1", "table1_reference", ROOT / "results")
-    export_records(records, args.export_records, lambda config: f"{config.get('backend', 'ours')}_{config['optimizer']}")
+    export_records(records, args.export_records,
+                   lambda config: f"{config.get('backend', 'ours')}_{config['optimizer']}")
     table = rows(records)
     columns = list(dict.fromkeys(key for line in table for key in line))
     pd.DataFrame(table, columns=columns).to_csv(args.out / "table1_reference.csv", index=False)

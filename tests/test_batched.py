@@ -16,7 +16,8 @@ RELATIVE = 1e-9
 STACKS = {  # per run: the weights' optimizer and the step sizes of the SGD levels above it; the same structure
     "SGD-momentum/SGD": [("SGD(0.05, 0.9)", [1e-3]), ("SGD(0.02, 0.5)", [1e-3]), ("SGD(0.1, 0.7)", [1e-4])],
     "Adam/SGD": [("Adam(1e-3)", [1e-5]), ("Adam(3e-3, 0.8, 0.99)", [1e-5]), ("Adam(5e-4)", [1e-4])],
-    "height 3": [("SGD(0.05)", [1e-3, 1e-3, 1e-3]), ("SGD(0.02)", [1e-2, 1e-3, 1e-4]), ("SGD(0.1)", [1e-3, 1e-4, 1e-2])],
+    "height 3": [("SGD(0.05)", [1e-3, 1e-3, 1e-3]), ("SGD(0.02)", [1e-2, 1e-3, 1e-4]),
+                 ("SGD(0.1)", [1e-3, 1e-4, 1e-2])],
 }
 
 
