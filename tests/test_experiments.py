@@ -318,7 +318,7 @@ def test_a_bad_optimizer_names_the_stacks_and_the_baselines():
 @pytest.mark.slow
 def test_a_run_on_the_reference_backend_writes_the_record_ours_writes(tmp_path):
     for backend in ("ours", "reference"):
-        train("+exp=mnist_sgd_adam", f"backend={backend}", "epochs=2", "data.subset=2048",
+        train("+exp=mnist_sgd_adam", f"backend={backend}", "epochs=2", "data.subset=2048", "log_every_steps=4",
               f"hydra.run.dir={tmp_path / backend}")
     (ours,), (reference,) = read_records(tmp_path / "ours"), read_records(tmp_path / "reference")
     assert reference["run"]["config"]["backend"] == "reference" and "reference code" in \
@@ -328,4 +328,8 @@ def test_a_run_on_the_reference_backend_writes_the_record_ours_writes(tmp_path):
         assert our_epoch["train_loss"] == pytest.approx(their_epoch["train_loss"], rel=1e-5)
         assert our_epoch["test_error"] == pytest.approx(their_epoch["test_error"], abs=0.05)
         assert our_epoch["hyperparameters"][0]["lr"] == pytest.approx(their_epoch["hyperparameters"][0]["lr"], rel=1e-5)
-    assert reference["trajectory"] and reference["summary"]["status"] == "ok"
+    assert reference["summary"]["status"] == "ok"
+    for record in (ours, reference):  # every level's hyperparameters every 4 of the 16 steps
+        assert [point["step"] for point in record["trajectory"]] == [4, 8, 12, 16]
+        assert len(record["trajectory"][-1]["hyperparameters"]) == 2
+    assert ours["trajectory"][-1]["hyperparameters"][0]["lr"] == ours["metrics"][-1]["hyperparameters"][0]["lr"]

@@ -109,6 +109,7 @@ def test_a_batched_sweep_writes_the_records_of_the_same_sweep_run_alone(tmp_path
     train("-m", *BATCHABLE, f"hydra.sweep.dir={tmp_path / 'alone'}")
     records = records_by_run(tmp_path / "batched")
     assert all(r["summary"]["batched"]["runs"] == 6 for r in records.values())
+    assert all([point["step"] for point in r["trajectory"]] == list(range(1, 17)) for r in records.values())
     assert_same_metrics(records, records_by_run(tmp_path / "alone"))
     assert (tmp_path / "batched" / "0" / "train.log").read_text().count("epoch ") == 2
     again = train("-m", *BATCHABLE, "hydra/launcher=batched", f"hydra.sweep.dir={tmp_path / 'batched'}")

@@ -19,8 +19,10 @@ RESULTS = [
     ("figure3", ["results/figure3/runs", "--runtime", "results/bench_height_cpu.json"],
      ["figure3.md", "figure3.csv", "figure3_runtime.csv"]),
     ("figure_rnn", ["results/rnn/runs"], ["rnn.md", "rnn.csv"]),
+    ("table1_reference", ["results/table1_reference/runs"], ["table1_reference.md", "table1_reference.csv"]),
 ]
-README_BLOCKS = {"table1.md": "table1", "figure2.md": "figure2", "figure3.md": "figure3", "rnn.md": "rnn"}
+README_BLOCKS = {"table1.md": "table1", "figure2.md": "figure2", "figure3.md": "figure3", "rnn.md": "rnn",
+                 "table1_reference.md": "table1_reference"}
 
 
 @pytest.mark.parametrize("name, arguments, files", RESULTS, ids=[name for name, _, _ in RESULTS])
@@ -38,12 +40,12 @@ def test_committed_results_regenerate_from_their_committed_records(tmp_path, nam
 
 
 def test_committed_records_are_small_and_complete():
-    folders = [ROOT / "results" / name / "runs" for name in ("table1", "figure2", "figure3", "rnn")]
+    folders = [ROOT / "results" / name / "runs" for name in ("table1", "figure2", "figure3", "rnn", "table1_reference")]
     assert all(folder.is_dir() for folder in folders)
     files = [path for folder in folders for path in folder.rglob("*") if path.is_file()]
     assert sum(path.stat().st_size for path in files) < 8 * 2 ** 20  # a few MB: no checkpoints, no weights
-    assert {path.name for path in files} <= {"run.json", "summary.json", "metrics.jsonl", "sample.txt",
-                                             "vocabulary.json"}
+    assert {path.name for path in files} <= {"run.json", "summary.json", "metrics.jsonl", "hyperparameters.jsonl",
+                                             "sample.txt", "vocabulary.json"}
     for summary in (path for path in files if path.name == "summary.json"):
         assert json.loads(summary.read_text())["status"] in ("ok", "diverged"), summary
 
@@ -76,6 +78,24 @@ def test_the_rnn_figure_takes_any_number_of_initial_step_sizes(tmp_path):
     assert sorted(set(table["alpha"])) == alphas and len(table) == 12
     assert (tmp_path / "out" / "rnn.md").read_text().startswith("**Not the paper's protocol:** epochs: 2 instead "
                                                                  "of 50.")
+
+
+def test_the_figures_draw_the_hyperparameters_every_logged_step(tmp_path):
+    """A record's hyperparameters.jsonl, not its per-epoch metrics, is what the learned-value curves are drawn
+    from; records made before it existed still draw, from their epochs."""
+    from experiments.records import read_records
+    from experiments.reports import hyperparameter_path
+
+    rnn_records(tmp_path / "runs", [1e-3])
+    folder = tmp_path / "runs" / "0.001_True"
+    (folder / "hyperparameters.jsonl").write_text("".join(
+        json.dumps({"step": step, "hyperparameters": [{"lr": 1e-3 * (1 + step / 100)}]}) + "\n"
+        for step in range(1, 101)))
+    records = {record["directory"]: record for record in read_records(tmp_path / "runs")}
+    assert [step for step, _ in hyperparameter_path(records[str(folder)])] == list(range(1, 101))
+    assert [step for step, _ in hyperparameter_path(records[str(tmp_path / "runs" / "0.001_False")])] == [10, 20]
+    script("figure_rnn", str(tmp_path / "runs"), "--out", str(tmp_path / "out"))
+    assert (tmp_path / "out" / "figure_rnn.png").stat().st_size > 0
 
 
 def sensitivity_records(root):

@@ -47,7 +47,7 @@ def without_timings(record: dict) -> tuple:
     summary = {k: v for k, v in record["summary"].items()
                if k not in ("wall_seconds", "started", "attempt", "attempt_started", "seconds_per_epoch",
                             "earlier_attempts")}
-    return metrics, summary
+    return metrics, record["trajectory"], summary
 
 
 @pytest.mark.parametrize("name", RUNS)
