@@ -58,7 +58,7 @@ def rows(records: list[dict]) -> list[dict]:
             runs = [r for r in by_stack[row.stack].get(backend, []) if r["summary"].get("status") == "ok"]
             line[f"{label} error %"] = spread([r["summary"]["test_error"] for r in runs], 3) + f" ({len(runs)})"
         for name in learned_names(row.stack):
-            line[f"{SYMBOLS[name]}: paper"] = paper[name]
+            line[f"{SYMBOLS[name]}: paper"] = f"{paper[name]:g}"
             for backend, label in (("reference", "reference code"), ("ours", "ours")):
                 runs = [r for r in by_stack[row.stack].get(backend, []) if r["summary"].get("hyperparameters")]
                 line[f"{SYMBOLS[name]}: {label}"] = spread([r["summary"]["hyperparameters"][0][name] for r in runs])
