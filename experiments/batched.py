@@ -5,7 +5,8 @@ augmentation), its optimizer's values, and what only labels it. The network is m
 own model (built under its own seed, as a lone run builds it), the optimizer one hyperopt stack of runs; each step
 stacks every run's own batch. Each run's record is the one a lone run writes, with `batched` in its summary (the
 group's size and its members). What differs from a lone run: the epoch's seconds are the whole group's, and a
-group keeps no checkpoint (a group stopped before its end trains its unfinished runs again from their first step).
+group checkpoints at each epoch's end only, into its first run's folder (the same sweep run again resumes the group
+from it; what it had trained of an unfinished epoch is trained again).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import hyperopt
+from experiments.checkpoints import Checkpoints
 from experiments.config import validate
 from experiments.loggers import make_logger
 from experiments.optimizers import stack_levels
@@ -125,16 +127,31 @@ def _train(runs: list[OpenRun]) -> None:
                for run in runs]
     run_logs = [_run_log(run.directory) for run in runs]
     initial = [hyperopt.format_stack(optimizer, run=i) for i in range(count)]
-    for run, stack in zip(runs, initial):
-        run.record.forget_from(1, 0)
-        run.record.summary["optimizer_initial"] = stack
-    log.info("%d runs as one network on %s: %s, %s", count, device, task.description, cfg.experiment)
     shuffles = [torch.Generator().manual_seed(run.cfg.seed) for run in runs]
     outcomes: dict[int, dict] = {}
     last: dict[int, dict] = {}
-    step, epoch_seconds = 0, []
+    step, epoch_seconds, first_epoch = 0, [], 1
+    # The group's checkpoint, at each epoch's end, lives in its first run's folder and names every member.
+    checkpoints = Checkpoints(runs[0].directory)
+    saved = checkpoints.load() if any(run.record.attempt > 1 for run in runs) else None
+    if saved is not None and saved["members"] == members:
+        network.load_state_dict(saved["network"])
+        optimizer.load_state_dict(saved["optimizer"])
+        for shuffle, state in zip(shuffles, saved["shuffles"]):
+            shuffle.set_state(state)
+        torch.set_rng_state(saved["torch_rng"])
+        initial, outcomes, last = saved["initial"], saved["outcomes"], saved["last"]
+        step, epoch_seconds, first_epoch = saved["step"], saved["epoch_seconds"], saved["epoch"] + 1
+        log.info("%d runs as one network resumed from the checkpoint after epoch %d", count, saved["epoch"])
+    elif saved is not None:
+        log.warning("the checkpoint in %s is of another group of runs: this group starts from its first step",
+                    runs[0].directory)
+    for run, stack in zip(runs, initial):
+        run.record.forget_from(first_epoch, step)
+        run.record.summary["optimizer_initial"] = stack
+    log.info("%d runs as one network on %s: %s, %s", count, device, task.description, cfg.experiment)
     every = log_every(cfg.log_every_steps, task.steps_per_epoch * cfg.epochs)
-    for epoch in range(1, cfg.epochs + 1):
+    for epoch in range(first_epoch, cfg.epochs + 1):
         start = time.perf_counter()
         first_step = step + 1
         losses = []
@@ -188,6 +205,10 @@ def _train(runs: list[OpenRun]) -> None:
                  f", {done} diverged" if done else "")
         if done == count:
             break
+        checkpoints.save({"members": members, "epoch": epoch, "step": step, "network": network.state_dict(),
+                          "optimizer": optimizer.state_dict(), "shuffles": [g.get_state() for g in shuffles],
+                          "torch_rng": torch.get_rng_state(), "initial": initial, "outcomes": outcomes,
+                          "last": last, "epoch_seconds": epoch_seconds})
     for i, run in enumerate(runs):
         metrics = last[i]
         finished = task.finish(network.run_model(i).eval(), run.record.directory, run.cfg.seed)
@@ -200,3 +221,5 @@ def _train(runs: list[OpenRun]) -> None:
             seconds_per_epoch=statistics.median(epoch_seconds), batched={"runs": count, "members": members})
         loggers[i].finish(summary)
         report(run.cfg.row, summary, run.directory)
+    if not cfg.checkpoint.keep:
+        checkpoints.remove()

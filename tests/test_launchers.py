@@ -132,3 +132,20 @@ def test_runs_that_cannot_share_a_network_run_alone(tmp_path):
                    "hydra/launcher=batched", f"hydra.sweep.dir={tmp_path}")
     assert "Launching 3 jobs as 0 groups trained together and 3 alone" in result.stdout + result.stderr
     assert all(r["summary"]["status"] == "ok" and "batched" not in r["summary"] for r in read_records(tmp_path))
+
+
+def test_a_batched_sweep_killed_after_an_epoch_resumes_to_the_same_records(tmp_path):
+    run = ["-m", "+exp=mnist_adam_sgd", "epochs=3", "data.subset=16384", "seed=0,1", "hydra/launcher=batched"]
+    train(*run, f"hydra.sweep.dir={tmp_path / 'straight'}")
+    process = start(*run, f"hydra.sweep.dir={tmp_path / 'killed'}")
+    wait_for_first_epoch(tmp_path / "killed" / "0", process)  # the group's checkpoint is in its first run's folder
+    process.kill()
+    process.wait()
+    resumed = train(*run, f"hydra.sweep.dir={tmp_path / 'killed'}")
+    assert "2 runs: 0 new, 0 skipped, 2 resumed" in resumed.stdout + resumed.stderr
+    assert "resumed from the checkpoint after epoch" in resumed.stdout + resumed.stderr
+    straight, killed = read_records(tmp_path / "straight"), read_records(tmp_path / "killed")
+    for a, b in zip(straight, killed, strict=True):
+        assert without_timings(a)[:2] == without_timings(b)[:2]
+        assert a["summary"]["test_error"] == b["summary"]["test_error"]
+    assert not (tmp_path / "killed" / "0" / "checkpoint.pt").exists()
