@@ -100,6 +100,8 @@ class Hyperoptimizer(torch.optim.Optimizer):
       _keep(h, learned, g, state) -> {name: tensor}: what the Jacobian will need beyond the new state.
       _jacobian(h, learned, state) -> {learned name: ∂step/∂value}: the last update's Jacobian, from the state
           after it (and what _keep kept), with ``h`` the values that update used.
+      Optionally, _tensor_dots and _hypergradient_terms: the hypergradient's terms from dot products that need
+          not make the Jacobian's columns (Adam), tested equal to the columns.
     """
 
     NAME: str
