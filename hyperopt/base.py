@@ -386,15 +386,15 @@ class Hyperoptimizer(torch.optim.Optimizer):
                 hypergradient = torch.zeros_like(raw)
             else:
                 learned = self._learned(group)
-                h = self._values(group, first["step"])
-                dots = self._compiled_or("_tensor_dots", self._tensor_dots)
-                sums = None
-                for p, u in zip(group["params"], us):
-                    state = self.state[p]
-                    terms = ([self._run_dot(column, u, runs) for column in state["jac"]] if "jac" in state
-                             else dots(self._shaped(h, p, runs), learned, state, u, runs))
-                    sums = terms if sums is None else [a + b for a, b in zip(sums, terms)]
-                if "jac" not in first:  # once per group: the terms' scalars, and each parameterisation's chain rule
+                states = [self.state[p] for p in group["params"]]
+                if "jac" in first:  # the autograd path stored the columns, its chain rule in them
+                    sums = [sum(self._run_dot(column, u, runs) for column, u in zip(columns, us))
+                            for columns in zip(*(state["jac"] for state in states))]
+                else:
+                    h = self._values(group, first["step"])
+                    hs = [self._shaped(h, p, runs) for p in group["params"]]
+                    sums = self._compiled_or("_group_dots", self._group_dots)(hs, learned, states, list(us), runs)
+                    # once per group: the terms' scalars, and each parameterisation's chain rule
                     sums = self._hypergradient_terms(self._per_run(h, runs), learned, sums)
                     sums = [total if derivative is None else total * (derivative.reshape(-1) if runs else derivative)
                             for total, derivative in zip(sums, self._chain(group))]
@@ -402,6 +402,15 @@ class Hyperoptimizer(torch.optim.Optimizer):
             raw.grad = hypergradient
             hypergradients.append(hypergradient)
         return hypergradients
+
+    def _group_dots(self, hs: list[dict], learned: tuple[str, ...], states: list[dict], us: list[torch.Tensor],
+                    runs: int | None) -> list:
+        """_tensor_dots summed over the group's tensors: one function, so that compile=True fuses the group."""
+        sums = None
+        for h, state, u in zip(hs, states, us):
+            terms = self._tensor_dots(h, learned, state, u, runs)
+            sums = terms if sums is None else [a + b for a, b in zip(sums, terms)]
+        return sums
 
     def _tensor_dots(self, h: dict, learned: tuple[str, ...], state: dict, u: torch.Tensor, runs: int | None):
         """Sums over one tensor (per run) from which _hypergradient_terms makes Σ ∂(last step)/∂value · u once the
@@ -495,38 +504,50 @@ class Hyperoptimizer(torch.optim.Optimizer):
         learned = self._learned(group)
         runs = group["runs"]
         h = self._values(group, t)
-        update = self._compiled_or("_update", self._update) if "step" in first else self._update
-        for p, g in zip(group["params"], grads):
-            state = self.state[p]
-            previous = {k: v for k, v in state.items() if k not in ("jac", "step")}
-            hp = self._shaped(h, p, runs)
-            if learned and self.hypergradient == "autograd":
-                def step_of(raw, p=p, g=g, previous=previous):
-                    values = self._values(group, t, raw)
-                    step, new_state = self._update(values, g, previous)
+        params = group["params"]
+        previous = [{k: v for k, v in self.state[p].items() if k not in ("jac", "step")} for p in params]
+        if learned and self.hypergradient == "autograd":
+            updates = []
+            for p, g, before in zip(params, grads, previous):
+                def step_of(raw, g=g, before=before):
+                    step, new_state = self._update(self._values(group, t, raw), g, before)
                     return step, (step, new_state)
-                jacobian, (step, new_state) = jacfwd(step_of, has_aux=True)(group["hyper_raw"].detach())
-                state["jac"] = [jacobian[..., i] for i in range(len(learned))]
-            else:
-                step, new_state = update(hp, g, previous)
-                if learned:
-                    new_state.update(self._keep(hp, learned, g, previous))
+                jacobian, update = jacfwd(step_of, has_aux=True)(group["hyper_raw"].detach())
+                self.state[p]["jac"] = [jacobian[..., i] for i in range(len(learned))]
+                updates.append(update)
+        else:
+            update = self._compiled_or("_group_update", self._group_update) if "step" in first else self._group_update
+            updates = update([self._shaped(h, p, runs) for p in params], list(grads), previous, learned)
+        for p, (step, new_state) in zip(params, updates):
             if active is not None:
                 step = torch.where(active.reshape((runs,) + (1,) * (p.dim() - 1)), step, 0.0)
             p.sub_(step)
-            state.update(new_state)
+            self.state[p].update(new_state)
         first["step"] = t
+
+    def _group_update(self, hs: list[dict], grads: list[torch.Tensor], previous: list[dict],
+                      learned: tuple[str, ...]) -> list[tuple]:
+        """(step, new state) of every tensor of a group, with what the next hypergradient keeps: one function, so
+        that compile=True fuses the group."""
+        updates = []
+        for h, g, state in zip(hs, grads, previous):
+            step, new_state = self._update(h, g, state)
+            if learned:
+                new_state.update(self._keep(h, learned, g, state))
+            updates.append((step, new_state))
+        return updates
 
     def _keep(self, h: dict, learned: tuple[str, ...], g: torch.Tensor, state: dict) -> dict:
         return {}
 
     def _compiled_or(self, name: str, function: Callable) -> Callable:
-        # With compile=True the weights' optimizer fuses its per-tensor update and hypergradient terms, dozens of
-        # element-wise operations, into a few loops (compiled once, shapes dynamic); the first step runs eagerly.
+        # With compile=True the weights' optimizer fuses its group's update and hypergradient terms, dozens of
+        # element-wise operations on each tensor, into a few loops (compiled once per group layout); the first step,
+        # which makes the state, runs eagerly.
         if not self.compile or self._owner is not None:
             return function
         if name not in self._compiled:
-            self._compiled[name] = torch.compile(function, dynamic=True)
+            self._compiled[name] = torch.compile(function)
         return self._compiled[name]
 
     # ----------------------------------------------------------------- reading the stack
