@@ -28,8 +28,9 @@ from experiments.loggers import make_logger
 from experiments.optimizers import stack_levels
 from experiments.provenance import machine
 from experiments.tasks import make_task
-from experiments.train import BeforeTraining, OpenRun, TrainingDiverged, failed, log_every, report, resolve_device
-from models import batch_models, build_model
+from experiments.train import (BeforeTraining, OpenRun, TrainingDiverged, failed, log_every, report, resolve_device,
+                               seeded_model)
+from models import batch_models
 
 log = logging.getLogger("train")
 
@@ -111,13 +112,9 @@ def _train(runs: list[OpenRun]) -> None:
     cfg = runs[0].cfg
     device = resolve_device(cfg.device)
     task = make_task(cfg, device)
-    models = []
     for run in runs:
         run.record.amend(machine=machine(device))
-        torch.manual_seed(run.cfg.seed)
-        options = {k: v for k, v in run.config["model"].items() if k != "name"}
-        models.append(build_model(cfg.model.name, **task.model_options, **options).to(device))
-    network = batch_models(models).to(device)
+    network = batch_models([seeded_model(run.cfg, run.config, task, device) for run in runs]).to(device)
     optimizer = hyperopt.stack([stack_levels(run.config["optimizer"]) for run in runs], network.parameters(),
                                compile=cfg.compile)
     count = len(runs)

@@ -83,6 +83,13 @@ def show_progress(setting, multirun: bool) -> bool:
     return bool(setting)
 
 
+def seeded_model(cfg: DictConfig, config: dict, task, device: torch.device) -> torch.nn.Module:
+    """The run's model, its initial weights drawn under the run's seed (alone or as one of a batched group)."""
+    torch.manual_seed(cfg.seed)
+    options = {k: v for k, v in config["model"].items() if k != "name"}
+    return build_model(cfg.model.name, **task.model_options, **options).to(device)
+
+
 def prepare(cfg: DictConfig, config: dict, record: RunRecord, directory: str):
     """Everything a run needs before its first step: the device, the data, the model, the optimizer, the
     schedule and the logger. Any failure here is the run's input, raised as BeforeTraining."""
@@ -90,10 +97,8 @@ def prepare(cfg: DictConfig, config: dict, record: RunRecord, directory: str):
         validate(config)
         device = resolve_device(cfg.device)
         record.amend(machine=machine(device))
-        torch.manual_seed(cfg.seed)
         task = make_task(cfg, device)
-        model_options = {k: v for k, v in config["model"].items() if k != "name"}
-        model = build_model(cfg.model.name, **task.model_options, **model_options).to(device)
+        model = seeded_model(cfg, config, task, device)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if cfg.backend == "reference":

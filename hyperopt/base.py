@@ -192,12 +192,12 @@ class Hyperoptimizer(torch.optim.Optimizer):
         else:
             group["hyper_raw"] = self._per_run_values(group, runs, dtype, first.device)
             if self._owner is None and self.divergence is None:
-                self._frozen = torch.zeros(runs, dtype=torch.bool, device=first.device)
+                # A run is frozen from the step its hypergradient diverged at (0: not diverged).
                 self.divergence = {key: torch.zeros(runs, dtype=torch.long, device=first.device)
                                    for key in ("step", "level", "hyperparameter")}
-            elif self._owner is None and self._frozen.shape[0] != runs:
+            elif self._owner is None and len(self.divergence["step"]) != runs:
                 raise ValueError(f"{self.NAME}: every param group of a stack of runs has the same number of runs "
-                                 f"({self._frozen.shape[0]}), not {runs}")
+                                 f"({len(self.divergence['step'])}), not {runs}")
         if self.hyper is not None:
             hyper_group = {"params": [group["hyper_raw"]], "runs": runs,
                            **self.hyper._per_hyperparameter_values(learned, group["hyper_raw"])}
@@ -327,17 +327,14 @@ class Hyperoptimizer(torch.optim.Optimizer):
         return {}
 
     @staticmethod
-    def _shaped(values: dict, p: torch.Tensor, runs: int | None) -> dict:
-        """A group of runs holds a value per run as (runs, 1): made to broadcast against a parameter of any rank."""
+    def _shaped(values: dict, runs: int | None, rank: int) -> dict:
+        """A group of runs holds a value per run as (runs, 1): made (runs, 1, ..., 1) of `rank` dimensions, to
+        broadcast against a parameter of that rank (rank 1: against the per-run sums)."""
         if runs is None:
             return values
-        shape = (runs,) + (1,) * (p.dim() - 1)
+        shape = (runs,) + (1,) * (rank - 1)
         return {k: v.reshape(shape) if isinstance(v, torch.Tensor) and v.shape == (runs, 1) else v
                 for k, v in values.items()}
-
-    @staticmethod
-    def _run_sum(x: torch.Tensor, runs: int | None) -> torch.Tensor:
-        return x.sum() if runs is None else x.reshape(runs, -1).sum(1)
 
     def _gradient(self, group: dict, p: torch.Tensor) -> torch.Tensor:
         """A parameter's gradient, with weight decay added as torch.optim.SGD adds it: the update and the
@@ -345,7 +342,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
         g = p.grad if p.grad is not None else torch.zeros_like(p)
         decay = group.get("weight_decay", 0.0)
         if isinstance(decay, torch.Tensor):  # one per run
-            return g + self._shaped({"decay": decay}, p, group["runs"])["decay"] * p
+            return g + self._shaped({"decay": decay}, group["runs"], p.dim())["decay"] * p
         return g + decay * p if decay else g
 
     # ----------------------------------------------------------------- one step of the whole stack
@@ -392,10 +389,10 @@ class Hyperoptimizer(torch.optim.Optimizer):
                             for columns in zip(*(state["jac"] for state in states))]
                 else:
                     h = self._values(group, first["step"])
-                    hs = [self._shaped(h, p, runs) for p in group["params"]]
+                    hs = [self._shaped(h, runs, p.dim()) for p in group["params"]]
                     sums = self._compiled_or("_group_dots", self._group_dots)(hs, learned, states, list(us), runs)
                     # once per group: the terms' scalars, and each parameterisation's chain rule
-                    sums = self._hypergradient_terms(self._per_run(h, runs), learned, sums)
+                    sums = self._hypergradient_terms(self._shaped(h, runs, 1), learned, sums)
                     sums = [total if derivative is None else total * (derivative.reshape(-1) if runs else derivative)
                             for total, derivative in zip(sums, self._chain(group))]
                 hypergradient = torch.stack(sums, dim=-1).neg_().to(raw.dtype)
@@ -424,14 +421,6 @@ class Hyperoptimizer(torch.optim.Optimizer):
         return sums
 
     @staticmethod
-    def _per_run(values: dict, runs: int | None) -> dict:
-        """A group of runs' (runs, 1) values as (runs,), as the per-run sums are."""
-        if runs is None:
-            return values
-        return {k: v.reshape(-1) if isinstance(v, torch.Tensor) and v.shape == (runs, 1) else v
-                for k, v in values.items()}
-
-    @staticmethod
     def _run_dot(a: torch.Tensor, b: torch.Tensor, runs: int | None) -> torch.Tensor:
         if runs is None:
             return torch.dot(a.reshape(-1), b.reshape(-1))
@@ -442,9 +431,9 @@ class Hyperoptimizer(torch.optim.Optimizer):
         state = self.state[p]
         if "jac" in state:  # the autograd path stored them
             return list(state["jac"])
-        closed_form = self._jacobian(self._shaped(h, p, group["runs"]), learned, state)
+        closed_form = self._jacobian(self._shaped(h, group["runs"], p.dim()), learned, state)
         return [closed_form[name] if derivative is None
-                else closed_form[name] * self._shaped({"d": derivative}, p, group["runs"])["d"]
+                else closed_form[name] * self._shaped({"d": derivative}, group["runs"], p.dim())["d"]
                 for name, derivative in zip(learned, chain)]
 
     def jacobian(self, group: int = 0) -> list[list[torch.Tensor]]:
@@ -475,13 +464,12 @@ class Hyperoptimizer(torch.optim.Optimizer):
         for k, groups in enumerate(hypergradients):
             for hypergradient in groups:
                 bad = ~torch.isfinite(hypergradient)  # (runs, learned)
-                newly = bad.any(1) & ~self._frozen
+                newly = bad.any(1) & (self.divergence["step"] == 0)
                 which = bad.int().argmax(1)
                 self.divergence["step"] = torch.where(newly, step, self.divergence["step"])
                 self.divergence["level"] = torch.where(newly, k, self.divergence["level"])
                 self.divergence["hyperparameter"] = torch.where(newly, which, self.divergence["hyperparameter"])
-                self._frozen |= newly
-        return ~self._frozen
+        return self.divergence["step"] == 0
 
     def diverged(self) -> list[dict]:
         """The runs of a stack of runs that diverged and were frozen: run, step, level, hyperparameter (reads the
@@ -517,7 +505,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
                 updates.append(update)
         else:
             update = self._compiled_or("_group_update", self._group_update) if "step" in first else self._group_update
-            updates = update([self._shaped(h, p, runs) for p in params], list(grads), previous, learned)
+            updates = update([self._shaped(h, runs, p.dim()) for p in params], list(grads), previous, learned)
         for p, (step, new_state) in zip(params, updates):
             if active is not None:
                 step = torch.where(active.reshape((runs,) + (1,) * (p.dim() - 1)), step, 0.0)
@@ -589,13 +577,12 @@ class Hyperoptimizer(torch.optim.Optimizer):
             state["hyper"] = self.hyper.state_dict()
         if self.divergence is not None:
             state["divergence"] = {key: value.clone() for key, value in self.divergence.items()}
-            state["frozen"] = self._frozen.clone()
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
         state_dict = dict(state_dict)
         hyper_state = state_dict.pop("hyper", None)
-        divergence, frozen = state_dict.pop("divergence", None), state_dict.pop("frozen", None)
+        divergence = state_dict.pop("divergence", None)
         if (hyper_state is None) != (self.hyper is None):
             raise ValueError("the saved stack and this one differ in height; rebuild the stack the state came from")
         # The level above holds each group's hyper_raw as its parameter: restore values in place, keep the objects.
@@ -609,6 +596,5 @@ class Hyperoptimizer(torch.optim.Optimizer):
         if divergence is not None and self.divergence is not None:
             for key, value in divergence.items():
                 self.divergence[key].copy_(value)
-            self._frozen.copy_(frozen)
         if self.hyper is not None:
             self.hyper.load_state_dict(hyper_state)
