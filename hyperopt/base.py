@@ -95,13 +95,18 @@ class Hyperoptimizer(torch.optim.Optimizer):
       HYPERPARAMETERS: {name: (default, Parameterisation, learnable)}, in the notation's positional order.
       _default_learn(values) -> the names the reference learns for these initial values.
       _step_scalars(h, t) -> {name: value}: quantities of step t (Adam's bias corrections), added to h.
-      _update(h, g, state) -> (step, new state): the update ``x_new = x - step`` of one tensor, written with
-          differentiable operations in the learned values of ``h`` (the autograd path differentiates it).
-      _keep(h, learned, g, state) -> {name: tensor}: what the Jacobian will need beyond the new state.
+      _update(h, learned, g, state) -> (direction, scale): the update ``x_new = x - scale · direction`` of one
+          tensor, ``scale`` a value of ``h`` or 1 (so that the update is one pass over x); it changes ``state`` in place
+          (making its buffers at the first step), as torch.optim does, and is written with differentiable
+          operations in the learned values of ``h`` (the autograd path differentiates it on copies of the state).
+      _keep(h, learned, g, state) -> {name: tensor}: what the Jacobian will need beyond the new state, read before
+          the update changes the state; kept in the state as copies (in buffers kept from step to step).
       _jacobian(h, learned, state) -> {learned name: ∂step/∂value}: the last update's Jacobian, from the state
           after it (and what _keep kept), with ``h`` the values that update used.
       Optionally, _tensor_dots and _hypergradient_terms: the hypergradient's terms from dot products that need
           not make the Jacobian's columns (Adam), tested equal to the columns.
+    A value of ``h`` is a Python number or a tensor (of one element, or one per run; see _as_numbers and
+    _per_tensor): each of these is written for both.
     """
 
     NAME: str
@@ -305,26 +310,60 @@ class Hyperoptimizer(torch.optim.Optimizer):
                 fixed[name] = parameterisation.to_value(parameterisation.to_raw(fixed[name]))
         return fixed
 
-    def _values(self, group: dict, t: int | None = None, raw: torch.Tensor | None = None) -> dict:
-        """The hyperparameters the update of step t uses (and the quantities of step t derived from them, as
-        tensors, so that a compiled update sees the step number only through its inputs): tensors for the
-        learned ones, one per run in a group of runs."""
-        raw = group["hyper_raw"].detach() if raw is None else raw
+    def _values(self, group: dict, t: int | None = None, raw: torch.Tensor | None = None,
+                numbers: bool | None = None) -> dict:
+        """The hyperparameters the update of step t uses, and the quantities of step t derived from them: Python
+        numbers where _as_numbers says so (unless numbers=False, or raw is given), else tensors for the learned ones
+        (one per run in a group of runs) and for the step's quantities (so that a compiled update sees the step
+        number only through its inputs)."""
+        if raw is None and (self._as_numbers(group) if numbers is None else numbers):
+            try:
+                return self._evaluate(group, t, group["hyper_raw"].tolist(), True)
+            except ArithmeticError:  # see _closed_form_hypergradient
+                pass
+        return self._evaluate(group, t, group["hyper_raw"].detach() if raw is None else raw, False)
+
+    def _evaluate(self, group: dict, t: int | None, raw, numbers: bool) -> dict:
         values = self._fixed(group)
         for i, name in enumerate(self._learned(group)):
             values[name] = self.HYPERPARAMETERS[name][1].to_value(raw[..., i:i + 1] if group["runs"] else raw[i])
         if t is not None:
             for name, value in self._step_scalars(values, t).items():
-                values[name] = value if isinstance(value, torch.Tensor) else raw.new_tensor(value)
+                values[name] = value if numbers or isinstance(value, torch.Tensor) else raw.new_tensor(value)
         return values
+
+    def _as_numbers(self, group: dict) -> bool:
+        """Whether a group's hyperparameters are read as Python numbers: on the CPU, where reading them back costs
+        no synchronisation and their arithmetic (bias corrections, parameterisations, the hypergradient's scalars)
+        costs nothing, against a microsecond for each operation on a one-element tensor; not for a stack of runs
+        (a value per run). The tensor operations take them as one-element tensors (_per_tensor)."""
+        return group["runs"] is None and group["hyper_raw"].is_cpu
 
     def _chain(self, group: dict) -> list:
         raw = group["hyper_raw"].detach()
+        raw = raw.tolist() if self._as_numbers(group) else raw
         return [self.HYPERPARAMETERS[name][1].derivative(raw[..., i:i + 1] if group["runs"] else raw[i])
                 for i, name in enumerate(self._learned(group))]
 
     def _step_scalars(self, h: dict, t: int) -> dict:
         return {}
+
+    def _per_tensor(self, h: dict, group: dict) -> list[dict]:
+        """h for each tensor of the group as tensor operations take it: in a stack of runs shaped to broadcast
+        against the tensor's rank; on the CPU, for a group of several tensors, its numbers made one-element tensors
+        once for all of them (an operation on a small tensor costs about three times as much with a Python number
+        as with a one-element tensor, while arithmetic on the numbers themselves costs nothing). A fixed 0 stays a
+        number: it switches a term off (SGD without momentum)."""
+        params = group["params"]
+        if group["runs"] is not None:
+            return [self._shaped(h, group["runs"], p.dim()) for p in params]
+        # a compiled update takes them as tensors too, or it would be compiled anew for each value
+        if (len(params) > 1 or self._compiles()) and self._as_numbers(group):
+            names = [name for name, value in h.items() if isinstance(value, float) and value != 0.0]
+            if names:
+                tensors = torch.tensor([h[name] for name in names], dtype=group["hyper_raw"].dtype).unbind()
+                h = {**h, **dict(zip(names, tensors))}
+        return [h] * len(params)
 
     @staticmethod
     def _shaped(values: dict, runs: int | None, rank: int) -> dict:
@@ -381,33 +420,45 @@ class Hyperoptimizer(torch.optim.Optimizer):
             first = self.state[group["params"][0]]
             if "step" not in first:  # first step: there was no update yet, so the loss does not depend on h
                 hypergradient = torch.zeros_like(raw)
-            else:
-                learned = self._learned(group)
-                states = [self.state[p] for p in group["params"]]
-                if "jac" in first:  # the autograd path stored the columns, its chain rule in them
-                    sums = [sum(self._run_dot(column, u, runs) for column, u in zip(columns, us))
-                            for columns in zip(*(state["jac"] for state in states))]
-                else:
-                    h = self._values(group, first["step"])
-                    hs = [self._shaped(h, runs, p.dim()) for p in group["params"]]
-                    sums = self._compiled_or("_group_dots", self._group_dots)(hs, learned, states, list(us), runs)
-                    # once per group: the terms' scalars, and each parameterisation's chain rule
-                    sums = self._hypergradient_terms(self._shaped(h, runs, 1), learned, sums)
-                    sums = [total if derivative is None else total * (derivative.reshape(-1) if runs else derivative)
-                            for total, derivative in zip(sums, self._chain(group))]
+            elif "jac" in first:  # the autograd path stored the columns, its chain rule in them
+                sums = [sum(self._run_dot(column, u, runs) for column, u in zip(columns, us))
+                        for columns in zip(*(self.state[p]["jac"] for p in group["params"]))]
                 hypergradient = torch.stack(sums, dim=-1).neg_().to(raw.dtype)
+            else:
+                try:
+                    hypergradient = self._closed_form_hypergradient(group, us, self._as_numbers(group))
+                except ArithmeticError:
+                    hypergradient = self._closed_form_hypergradient(group, us, False)
             raw.grad = hypergradient
             hypergradients.append(hypergradient)
         return hypergradients
 
+    def _closed_form_hypergradient(self, group: dict, us: list[torch.Tensor], numbers: bool) -> torch.Tensor:
+        """The group's hypergradient from the dot products of its tensors, its scalars in Python numbers or in
+        tensors. Where Python raises on a number (1 / (1 - β^t) at β = 1) a tensor holds inf or NaN, which the
+        divergence check then finds: so a caller redoes it in tensors."""
+        runs, raw = group["runs"], group["hyper_raw"]
+        learned = self._learned(group)
+        h = self._values(group, self.state[group["params"][0]]["step"], numbers=numbers)
+        sums = self._compiled_or("_group_dots", self._group_dots)(
+            self._per_tensor(h, group), learned, [self.state[p] for p in group["params"]], list(us), runs)
+        # once per group: the terms' scalars, and each parameterisation's chain rule
+        terms = self._hypergradient_terms(self._shaped(h, runs, 1), learned,
+                                          sums.tolist() if numbers else sums.unbind(0))
+        terms = [total if derivative is None else total * (derivative.reshape(-1) if runs else derivative)
+                 for total, derivative in zip(terms, self._chain(group))]
+        if numbers:
+            return raw.new_tensor([-term for term in terms])
+        return torch.stack(terms, dim=-1).to(raw.dtype).neg_()
+
     def _group_dots(self, hs: list[dict], learned: tuple[str, ...], states: list[dict], us: list[torch.Tensor],
-                    runs: int | None) -> list:
-        """_tensor_dots summed over the group's tensors: one function, so that compile=True fuses the group."""
-        sums = None
-        for h, state, u in zip(hs, states, us):
-            terms = self._tensor_dots(h, learned, state, u, runs)
-            sums = terms if sums is None else [a + b for a, b in zip(sums, terms)]
-        return sums
+                    runs: int | None) -> torch.Tensor:
+        """_tensor_dots summed over the group's tensors, (terms,) or (terms, runs): one function, so that
+        compile=True fuses the group."""
+        dots = [self._tensor_dots(h, learned, state, u, runs) for h, state, u in zip(hs, states, us)]
+        if len(dots) == 1:
+            return torch.stack(dots[0])
+        return torch.stack([dot for terms in dots for dot in terms]).unflatten(0, (len(dots), -1)).sum(0)
 
     def _tensor_dots(self, h: dict, learned: tuple[str, ...], state: dict, u: torch.Tensor, runs: int | None):
         """Sums over one tensor (per run) from which _hypergradient_terms makes Σ ∂(last step)/∂value · u once the
@@ -423,7 +474,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
     @staticmethod
     def _run_dot(a: torch.Tensor, b: torch.Tensor, runs: int | None) -> torch.Tensor:
         if runs is None:
-            return torch.dot(a.reshape(-1), b.reshape(-1))
+            return torch.dot(a.flatten(), b.flatten())
         return torch.bmm(a.reshape(runs, 1, -1), b.reshape(runs, -1, 1)).reshape(runs)
 
     def _columns(self, group: dict, p: torch.Tensor, h: dict, learned: tuple[str, ...], chain: list):
@@ -491,39 +542,49 @@ class Hyperoptimizer(torch.optim.Optimizer):
         t = first.get("step", 0) + 1
         learned = self._learned(group)
         runs = group["runs"]
-        h = self._values(group, t)
         params = group["params"]
-        previous = [{k: v for k, v in self.state[p].items() if k not in ("jac", "step")} for p in params]
         if learned and self.hypergradient == "autograd":
-            updates = []
-            for p, g, before in zip(params, grads, previous):
-                def step_of(raw, g=g, before=before):
-                    step, new_state = self._update(self._values(group, t, raw), g, before)
-                    return step, (step, new_state)
-                jacobian, update = jacfwd(step_of, has_aux=True)(group["hyper_raw"].detach())
-                self.state[p]["jac"] = [jacobian[..., i] for i in range(len(learned))]
-                updates.append(update)
+            steps = [self._differentiated_update(group, t, learned, g, self.state[p]) for p, g in zip(params, grads)]
         else:
             update = self._compiled_or("_group_update", self._group_update) if "step" in first else self._group_update
-            updates = update([self._shaped(h, runs, p.dim()) for p in params], list(grads), previous, learned)
-        for p, (step, new_state) in zip(params, updates):
+            steps = update(self._per_tensor(self._values(group, t), group), learned, list(grads),
+                           [self.state[p] for p in params])
+        for p, (direction, scale) in zip(params, steps):
             if active is not None:
-                step = torch.where(active.reshape((runs,) + (1,) * (p.dim() - 1)), step, 0.0)
-            p.sub_(step)
-            self.state[p].update(new_state)
+                direction = torch.where(active.reshape((runs,) + (1,) * (p.dim() - 1)), direction, 0.0)
+            if isinstance(scale, torch.Tensor):
+                p.addcmul_(direction, scale, value=-1.0)
+            else:
+                p.add_(direction, alpha=-scale)
         first["step"] = t
 
-    def _group_update(self, hs: list[dict], grads: list[torch.Tensor], previous: list[dict],
-                      learned: tuple[str, ...]) -> list[tuple]:
-        """(step, new state) of every tensor of a group, with what the next hypergradient keeps: one function, so
-        that compile=True fuses the group."""
-        updates = []
-        for h, g, state in zip(hs, grads, previous):
-            step, new_state = self._update(h, g, state)
+    def _differentiated_update(self, group: dict, t: int, learned: tuple[str, ...], g: torch.Tensor,
+                               state: dict) -> tuple:
+        """The autograd path: the update of one tensor and its Jacobian by forward-mode autograd (kept in the
+        state, for the next hypergradient), the update working on copies of the state."""
+        def step_of(raw):
+            scratch = {k: v.clone() for k, v in state.items() if isinstance(v, torch.Tensor)}
+            direction, scale = self._update(self._values(group, t, raw), learned, g, scratch)
+            step = direction * scale
+            return step, (step, scratch)
+        jacobian, (step, new_state) = jacfwd(step_of, has_aux=True)(group["hyper_raw"].detach())
+        state.update(new_state, jac=[jacobian[..., i] for i in range(len(learned))])
+        return step, 1.0
+
+    def _group_update(self, hs: list[dict], learned: tuple[str, ...], grads: list[torch.Tensor],
+                      states: list[dict]) -> list[tuple]:
+        """(direction, scale) of every tensor of a group, its state updated in place with what the next
+        hypergradient keeps: one function, so that compile=True fuses the group."""
+        steps = []
+        for h, g, state in zip(hs, grads, states):
             if learned:
-                new_state.update(self._keep(h, learned, g, state))
-            updates.append((step, new_state))
-        return updates
+                for name, tensor in self._keep(h, learned, g, state).items():
+                    if name in state:  # a caller's in-place zero_grad, or the update, must not change it
+                        state[name].copy_(tensor)
+                    else:
+                        state[name] = tensor.clone()
+            steps.append(self._update(h, learned, g, state))
+        return steps
 
     def _keep(self, h: dict, learned: tuple[str, ...], g: torch.Tensor, state: dict) -> dict:
         return {}
@@ -532,11 +593,14 @@ class Hyperoptimizer(torch.optim.Optimizer):
         # With compile=True the weights' optimizer fuses its group's update and hypergradient terms, dozens of
         # element-wise operations on each tensor, into a few loops (compiled once per group layout); the first step,
         # which makes the state, runs eagerly.
-        if not self.compile or self._owner is not None:
+        if not self._compiles():
             return function
         if name not in self._compiled:
             self._compiled[name] = torch.compile(function)
         return self._compiled[name]
+
+    def _compiles(self) -> bool:
+        return self.compile and self._owner is None
 
     # ----------------------------------------------------------------- reading the stack
     def hyperparameters(self, group: int = 0, run: int | None = None) -> list[dict[str, float]]:

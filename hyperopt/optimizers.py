@@ -1,9 +1,9 @@
 """SGD, Adam, AdaGrad and RMSProp as the reference code defines them (README, "What the reference code does").
 
-Each writes its update of one tensor once, in the reference's order of operations (so float64 runs agree to
-rounding), and the Jacobian of that update with respect to each learnable hyperparameter in closed form, rebuilt at
-the next step from the state the update leaves (and the last gradient where it needs it); the tests check every
-closed form against autograd of the update itself.
+Each writes its update of one tensor once, in place on its state as torch.optim does (so float64 runs agree with
+the reference to rounding), and the Jacobian of that update with respect to each learnable hyperparameter in closed
+form, rebuilt at the next step from the state the update leaves (and the last gradient where it needs it); the
+tests check every closed form against autograd of the update itself.
 """
 
 from __future__ import annotations
@@ -11,13 +11,6 @@ from __future__ import annotations
 import torch
 
 from .base import IDENTITY, SQUARE, UNIT_INTERVAL, Hyperoptimizer
-
-
-def _kept_gradient(g: torch.Tensor, state: dict) -> dict:
-    """The gradient a Jacobian of the next step needs, copied into the buffer of the last one (a caller's in-place
-    zero_grad must not change it)."""
-    kept = state.get("grad_prev")
-    return {"grad_prev": kept.copy_(g) if kept is not None else g.clone()}
 
 
 class SGD(Hyperoptimizer):
@@ -34,21 +27,25 @@ class SGD(Hyperoptimizer):
         return ("lr", "momentum") if values["momentum"] != 0.0 else ("lr",)
 
     @staticmethod
-    def _uses_momentum(h) -> bool:
-        # A learned (or per-run) momentum is a tensor: it is in use even while its value is 0.
-        return isinstance(h["momentum"], torch.Tensor) or h["momentum"] != 0.0
+    def _uses_momentum(h, learned) -> bool:
+        # A learned (or per-run) momentum is in use even while its value is 0.
+        return "momentum" in learned or isinstance(h["momentum"], torch.Tensor) or h["momentum"] != 0.0
 
-    def _update(self, h, g, state):
-        if not self._uses_momentum(h):
-            return g * h["lr"], {}
-        buf = g.clone() if "buf" not in state else state["buf"] * h["momentum"] + g
-        return buf * h["lr"], {"buf": buf}
+    def _update(self, h, learned, g, state):
+        if not self._uses_momentum(h, learned):
+            return g, h["lr"]
+        if "buf" in state:
+            state["buf"].mul_(h["momentum"]).add_(g)
+        else:
+            state["buf"] = g.clone()
+        return state["buf"], h["lr"]
 
     def _keep(self, h, learned, g, state):
-        if not self._uses_momentum(h):
-            return _kept_gradient(g, state)
-        # μ's column is α·(the buffer before the last update): the object the update replaced, not a copy.
-        return {"buf_prev": state["buf"]} if "momentum" in learned and "buf" in state else {}
+        if not self._uses_momentum(h, learned):
+            return {"grad_prev": g}
+        if "momentum" in learned and "buf" in state:  # μ's column is α·(the buffer before the update)
+            return {"buf_prev": state["buf"]}
+        return {}
 
     def _jacobian(self, h, learned, state):
         if "buf" not in state:
@@ -69,12 +66,15 @@ class Adam(Hyperoptimizer):
                        "beta2": (0.999, UNIT_INTERVAL, True), "eps": (1e-8, IDENTITY, False)}
 
     def _step_scalars(self, h, t):
-        # The bias corrections 1 - β^t and their slopes t β^(t-1) / (1 - β^t), as the reference computes them.
+        # The bias corrections 1 - β^t and their slopes t β^(t-1) / (1 - β^t), as the reference computes them; the
+        # weights 1 - β of the new gradient in m and v, and α / (1 - β1^t): once per group rather than per tensor.
         scalars = {}
         for beta in ("beta1", "beta2"):
             correction = 1.0 - h[beta] ** float(t)
             scalars[f"{beta}_correction"] = correction
             scalars[f"{beta}_slope"] = t * h[beta] ** (t - 1) / correction
+            scalars[f"{beta}_weight"] = 1.0 - h[beta]
+        scalars["step_size"] = h["lr"] / scalars["beta1_correction"]
         return scalars
 
     @staticmethod
@@ -84,28 +84,22 @@ class Adam(Hyperoptimizer):
         root = v_hat ** 0.5
         return m / h["beta1_correction"] / (root + h["eps"]), root, v_hat
 
-    def _update(self, h, g, state):
-        m = state["m"] if "m" in state else torch.zeros_like(g)
-        v = state["v"] if "v" in state else torch.zeros_like(g) + h["eps"]
-        beta1, beta2 = h["beta1"], h["beta2"]
-        # β m + (1 - β) g and β v + (1 - β) g², each in two passes over the tensor rather than three or four
-        if isinstance(beta1, torch.Tensor):
-            m = torch.addcmul(beta1 * m, g, 1.0 - beta1)
-        else:
-            m = torch.add(beta1 * m, g, alpha=1.0 - beta1)
-        if isinstance(beta2, torch.Tensor):
-            v = torch.addcmul(beta2 * v, g, g * (1.0 - beta2))
-        else:
-            v = torch.addcmul(beta2 * v, g, g, value=1.0 - beta2)
-        direction, _, _ = self._direction(h, m, v)
-        return h["lr"] * direction, {"m": m, "v": v}
+    def _update(self, h, learned, g, state):
+        if "m" not in state:
+            state["m"], state["v"] = torch.zeros_like(g), torch.zeros_like(g) + h["eps"]
+        m, v = state["m"], state["v"]
+        # β m + (1 - β) g as m + (1 - β)(g - m), one pass over the tensor (as torch.optim.Adam), likewise for v
+        m.lerp_(g, h["beta1_weight"])
+        v.lerp_(g * g, h["beta2_weight"])
+        denominator = (v / h["beta2_correction"]).sqrt_().add_(h["eps"])
+        return m / denominator, h["step_size"]
 
     def _tensor_dots(self, h, learned, state, u, runs):
         # Dot products of m, v and the last gradient g with w = u / (√v̂ + ε), the columns (_jacobian) never made:
         # α's term is m·w / (1 - β1^t), and β1's and β2's follow from g·w, q·v and (q g)·g with
         # q = m w / ((√v̂ + ε) √v̂). About half the passes over the tensor that making each column takes.
         m, v = state["m"], state["v"]
-        root = (v / h["beta2_correction"]) ** 0.5
+        root = (v / h["beta2_correction"]).sqrt_()
         denominator = root + h["eps"]
         w = u / denominator
         sums = [self._run_dot(m, w, runs)]
@@ -114,8 +108,8 @@ class Adam(Hyperoptimizer):
         if "beta1" in learned:
             sums.append(self._run_dot(g, w, runs))
         if "beta2" in learned:
-            q = m * w / (denominator * root)
-            sums += [self._run_dot(q, v, runs), self._run_dot(q * g, g, runs)]
+            q = w.mul_(m).div_(denominator.mul_(root))
+            sums += [self._run_dot(q, v, runs), self._run_dot(q.mul_(g), g, runs)]
         return sums
 
     def _hypergradient_terms(self, h, learned, sums):
@@ -133,7 +127,7 @@ class Adam(Hyperoptimizer):
         return [terms[name] for name in learned]
 
     def _keep(self, h, learned, g, state):
-        return _kept_gradient(g, state) if "beta1" in learned or "beta2" in learned else {}
+        return {"grad_prev": g} if "beta1" in learned or "beta2" in learned else {}
 
     def _jacobian(self, h, learned, state):
         m, v = state["m"], state["v"]
@@ -162,12 +156,14 @@ class AdaGrad(Hyperoptimizer):
     HYPERPARAMETERS = {"lr": (0.01, IDENTITY, True)}
     EPS = 1e-10
 
-    def _update(self, h, g, state):
-        accumulator = (state["sum"] if "sum" in state else torch.zeros_like(g) + 0.1) + torch.square(g)
-        return h["lr"] * g / torch.sqrt(accumulator + self.EPS), {"sum": accumulator}
+    def _update(self, h, learned, g, state):
+        if "sum" not in state:
+            state["sum"] = torch.zeros_like(g) + 0.1
+        accumulator = state["sum"].add_(g * g)
+        return (h["lr"] * g).div_((accumulator + self.EPS).sqrt_()), 1.0  # α·g first, as the reference (RMSProp)
 
     def _keep(self, h, learned, g, state):
-        return _kept_gradient(g, state)
+        return {"grad_prev": g}
 
     def _jacobian(self, h, learned, state):
         return {"lr": state["grad_prev"] / torch.sqrt(state["sum"] + self.EPS)}
@@ -181,14 +177,19 @@ class RMSProp(Hyperoptimizer):
     HYPERPARAMETERS = {"lr": (0.01, SQUARE, True), "gamma": (0.99, UNIT_INTERVAL, True)}
     EPS = 1e-8
 
-    def _update(self, h, g, state):
-        gamma = h["gamma"]
-        previous = state["square_avg"] if "square_avg" in state else torch.zeros_like(g)
-        square_average = gamma * previous + (1.0 - gamma) * torch.square(g)
-        return h["lr"] * g / torch.sqrt(square_average + self.EPS), {"square_avg": square_average}
+    def _step_scalars(self, h, t):
+        return {"gamma_weight": 1.0 - h["gamma"]}  # the weight of the new g², once per group
+
+    def _update(self, h, learned, g, state):
+        if "square_avg" not in state:
+            state["square_avg"] = torch.zeros_like(g)
+        square_average = state["square_avg"].mul_(h["gamma"]).add_(h["gamma_weight"] * (g * g))
+        # α·g first, as the reference: its first steps are near α·sign(g) (s starts at 0), which amplifies the last
+        # bit of (g / √s)·α against (α·g) / √s past 1e-9 of the weights within 30 steps on MNIST
+        return (h["lr"] * g).div_((square_average + self.EPS).sqrt_()), 1.0
 
     def _keep(self, h, learned, g, state):
-        return _kept_gradient(g, state)
+        return {"grad_prev": g}
 
     def _jacobian(self, h, learned, state):
         g, square_average = state["grad_prev"], state["square_avg"]

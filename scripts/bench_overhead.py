@@ -54,6 +54,12 @@ MODELS = {
         # family: (plain torch.optim factory, bottom of the stack, each further level)
         "SGD": (lambda params: torch.optim.SGD(params, lr=0.01), "SGD(0.01)", "SGD(0.01)"),
         "Adam": (lambda params: torch.optim.Adam(params, lr=1e-3), "Adam", "SGD(1e-5)"),
+        # torch's with the reference's initial accumulator and ε (its RMSprop adds ε outside the root, a timing
+        # counterpart all the same)
+        "AdaGrad": (lambda params: torch.optim.Adagrad(params, lr=0.01, initial_accumulator_value=0.1, eps=1e-10),
+                    "AdaGrad", "SGD(0.01)"),
+        "RMSProp": (lambda params: torch.optim.RMSprop(params, lr=0.01, alpha=0.99, eps=1e-8), "RMSProp",
+                    "SGD(1e-4)"),
     }),
     "resnet20": (resnet20, cifar_batch, classification_loss, 128, {
         "SGD(α, μ)": (lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9), "SGD(0.1, 0.9)", "SGD(1e-5)"),

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import hyperopt
+from experiments.paper import TABLE_1_STACKS
 from experiments.tasks import train_step
 from models import MLP
 from tests.closeness import assert_relative_close
@@ -32,8 +33,8 @@ def test_height_zero_sgd_equals_torch_sgd(momentum, dtype, batches):
     data = [(x.to(dtype), y) for x, y in batches]
     train(ours, hyperopt.SGD(ours.parameters(), lr=0.1, momentum=momentum), data)
     train(theirs, torch.optim.SGD(theirs.parameters(), lr=0.1, momentum=momentum, foreach=False), data)
-    # torch.optim.SGD updates with one fused multiply-add (p + (-lr)·g, rounded once); the reference code, which we
-    # follow, rounds g·lr and then p - g·lr. So the two agree to rounding, not to the bit.
+    # torch.optim.SGD adds -lr·g with alpha=-lr; with several tensors we multiply by lr as a one-element tensor
+    # (addcmul), whose kernel rounds in its own order. So the two agree to rounding, not to the bit.
     eps = torch.finfo(dtype).eps
     for a, b in zip(ours.parameters(), theirs.parameters()):
         torch.testing.assert_close(a, b, rtol=50 * eps, atol=50 * eps * float(b.detach().abs().max()))
@@ -326,6 +327,35 @@ def test_a_stack_of_runs_says_what_is_wrong():
         "[SGD(0.1)/SGD(0.01); SGD(0.2)/SGD(0.01); SGD(0.3)/SGD(0.01)]"
 
 
+HYPEROPTIMIZERS = [spec for spec in TABLE_1_STACKS if "/" in spec] + ["SGD(0.1, 0.9)/SGD(1e-3)/SGD(1e-4)"]
+
+
+@pytest.mark.parametrize("spec", HYPEROPTIMIZERS)
+def test_hyperparameters_as_numbers_and_as_tensors_compute_the_same_numbers(spec, batches):
+    """On the CPU a lone run's hyperparameters are Python numbers (one-element tensors in its tensor operations);
+    a stack of runs holds them as tensors throughout, as a GPU does. A stack of one run learns what the lone run
+    learns, for every optimizer of Table 1 (float64)."""
+    from models import batch_models
+
+    torch.manual_seed(0)
+    model = MLP().double()
+    network = batch_models([copy.deepcopy(model)])
+    alone, as_tensors = hyperopt.stack(spec, model.parameters()), hyperopt.stack([spec], network.parameters())
+    for x, y in batches:
+        x = x.double()
+        for net, optimizer in ((model, alone), (network, as_tensors)):
+            optimizer.zero_grad()
+            output = net(x.unsqueeze(0))[0] if net is network else net(x)
+            F.nll_loss(output, y).backward()
+            optimizer.step()
+    for name, weight in model.state_dict().items():
+        assert_relative_close(network.run_state_dict(0)[name], weight, 1e-9, name)
+    for level, (ours, theirs) in enumerate(zip(as_tensors.hyperparameters(run=0), alone.hyperparameters())):
+        for name, value in theirs.items():
+            assert_relative_close(torch.tensor(ours[name]), torch.tensor(value), 1e-9, f"level {level} {name}")
+    assert alone.hyperparameters()[0]["lr"] != hyperopt.stack(spec, MLP().parameters()).hyperparameters()[0]["lr"]
+
+
 @pytest.mark.parametrize("spec", ["Adam/SGD", "Adam^α/SGD", "Adam^{β1}/SGD", "Adam^{β2}/SGD"])
 def test_adams_hypergradient_from_dot_products_equals_its_jacobian_columns(spec, batches):
     """Adam forms its hypergradient from dot products of m, v and the last gradient, never making the columns of
@@ -347,3 +377,23 @@ def test_adams_hypergradient_from_dot_products_equals_its_jacobian_columns(spec,
     from_dots = [float(term) for term in optimizer._hypergradient_terms(h, learned, sums)]
     chain = [1.0 if d is None else float(d) for d in optimizer._chain(group)]
     assert from_dots == pytest.approx([c / d for c, d in zip(from_columns, chain)], rel=1e-10)
+
+
+def test_a_bias_correction_of_zero_is_a_divergence_as_numbers_and_as_tensors(batches):
+    """A huge step size drives Adam's β to 1, where 1 / (1 - β^t) is a division by zero: Python raises on the
+    numbers a lone run on the CPU computes with, a tensor holds inf. Both end in the same divergence, at the same
+    step: DivergenceError alone, the run frozen in a stack of runs."""
+    from models import batch_models
+
+    torch.manual_seed(0)
+    model = MLP().double()
+    network = batch_models([copy.deepcopy(model)])
+    alone, as_tensors = hyperopt.stack("Adam/SGD(1e10)", model.parameters()), \
+        hyperopt.stack(["Adam/SGD(1e10)"], network.parameters())
+    with pytest.raises(hyperopt.DivergenceError) as error:
+        train(model, alone, [(x.double(), y) for x, y in batches])
+    for x, y in batches[:error.value.step]:
+        as_tensors.zero_grad()
+        F.nll_loss(network(x.double().unsqueeze(0))[0], y).backward()
+        as_tensors.step()
+    assert [run["step"] for run in as_tensors.diverged()] == [error.value.step]
