@@ -28,13 +28,26 @@ class Loop:
         return (time.perf_counter() - start) / steps
 
 
-def interleaved(loops: list[Loop], steps: int, rounds: int, warmup: int, device: torch.device) -> dict[str, float]:
-    """{loop name: median over `rounds` interleaved rounds of the mean seconds per step}, after `warmup` untimed
-    steps of each loop."""
+def interleaved_rounds(loops: list[Loop], steps: int, rounds: int, warmup: int,
+                       device: torch.device) -> dict[str, list[float]]:
+    """{loop name: its mean seconds per step in each of `rounds` interleaved rounds}, after `warmup` untimed steps of
+    each loop."""
     for loop in loops:
         loop.run(warmup, device)
     times = {loop.name: [] for loop in loops}
     for _ in range(rounds):
         for loop in loops:
             times[loop.name].append(loop.run(steps, device))
+    return times
+
+
+def interleaved(loops: list[Loop], steps: int, rounds: int, warmup: int, device: torch.device) -> dict[str, float]:
+    """{loop name: median over `rounds` interleaved rounds of the mean seconds per step}."""
+    times = interleaved_rounds(loops, steps, rounds, warmup, device)
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def paired_ratio(times: list[float], baseline: list[float]) -> float:
+    """The median over rounds of each round's time over the baseline's in the same round: drift in the machine's
+    speed between rounds (a shared machine's speed wanders by tens of percent) cancels in each round's ratio."""
+    return statistics.median(a / b for a, b in zip(times, baseline))

@@ -3,7 +3,8 @@ reference code's, side by side in one process. Prints JSON (and writes it with -
 
 Method: every configuration trains the same model on the same fixed batches; rounds interleave the configurations
 (so drift in the machine's speed hits all of them alike) and each round times `--steps` steps after a warm-up;
-the figure reported is the median over rounds of the mean step time. A step is forward, backward and the
+the times reported are medians over rounds of the mean step time, the ratios medians over rounds of each round's
+ratio (paired, so that the machine's drift between rounds cancels). A step is forward, backward and the
 optimizer's update, as in a training loop. Ratios are against the plain torch.optim optimizer of the family.
 """
 
@@ -12,13 +13,14 @@ from __future__ import annotations
 import argparse
 import copy
 import itertools
+import statistics
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 import hyperopt
-from experiments.benchmark import Loop, interleaved
+from experiments.benchmark import Loop, interleaved_rounds, paired_ratio
 from experiments.provenance import provenance
 from experiments.reports import publish
 from models import MLP, CharRNN, resnet20
@@ -121,8 +123,8 @@ def main():
                         help="the MNIST MLP, ResNet-20 (Figure 2) or the character-level LSTM of the RNN experiment")
     parser.add_argument("--heights", default="0,1,2,3,4", help="stack heights to time, comma-separated")
     parser.add_argument("--families", help="comma-separated; by default every family timed with the model")
-    parser.add_argument("--steps", type=int, default=50, help="timed steps per configuration per round")
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per configuration per round")
+    parser.add_argument("--rounds", type=int, default=41)
     parser.add_argument("--batch-size", type=int, help="by default 256 for the MLP, 128 for the LSTM")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-reference", action="store_true", help="leave out the reference code")
@@ -154,22 +156,23 @@ def main():
                 trainers.append(reference_trainer(f"{family}/reference/{height}", copy.deepcopy(base_model),
                                                   spec, batches, loss))
 
-    median = interleaved(trainers, args.steps, args.rounds, warmup=5, device=device)
+    times = interleaved_rounds(trainers, args.steps, args.rounds, warmup=5, device=device)
+    median = {name: statistics.median(values) for name, values in times.items()}
     memory = {loop.name: (state_bytes(loop.optimizer) if hasattr(loop, "optimizer") else None,
                           peak_bytes(loop, device)) for loop in trainers}
 
     results = []
     for family in families:
-        plain = median[f"{family}/torch.optim"]
+        plain = f"{family}/torch.optim"
         plain_state, plain_peak = memory[f"{family}/torch.optim"]
         for height in heights:
             row = {"family": family, "height": height, "stack": spec_of(families, family, height),
-                   "torch_optim_ms": plain * 1e3}
+                   "torch_optim_ms": median[plain] * 1e3}
             for who in ("ours", "ours_compiled", "reference"):
                 name = f"{family}/{who}/{height}"
                 if name in median:
                     row[f"{who}_ms"] = median[name] * 1e3
-                    row[f"{who}_vs_torch_optim"] = median[name] / plain
+                    row[f"{who}_vs_torch_optim"] = paired_ratio(times[name], times[plain])
             ours_state, ours_peak = memory[f"{family}/ours/{height}"]
             row.update(torch_optim_state_MB=plain_state / 2 ** 20, ours_state_MB=ours_state / 2 ** 20,
                        ours_state_vs_torch_optim=ours_state / plain_state if plain_state else None)
@@ -179,7 +182,8 @@ def main():
     report = {
         "benchmark": f"per-step time of hyperoptimizer stacks, {DESCRIPTIONS[args.model]}, random inputs",
         "model": args.model, "batch_size": batch_size,
-        "method": f"median over {args.rounds} interleaved rounds of the mean of {args.steps} steps; "
+        "method": f"median over {args.rounds} interleaved rounds of the mean of {args.steps} steps; ratios: median "
+                  "over rounds of each round's ratio; "
                   "ours_compiled is compile=True (the update and hypergradient terms fused by torch.compile); "
                   "state_MB is every tensor the optimizer keeps between steps (all levels), peak_MB the device's "
                   "peak allocation over 3 steps of that configuration alone (a GPU only)",
