@@ -356,10 +356,12 @@ def test_hyperparameters_as_numbers_and_as_tensors_compute_the_same_numbers(spec
     assert alone.hyperparameters()[0]["lr"] != hyperopt.stack(spec, MLP().parameters()).hyperparameters()[0]["lr"]
 
 
-@pytest.mark.parametrize("spec", ["Adam/SGD", "Adam^α/SGD", "Adam^{β1}/SGD", "Adam^{β2}/SGD"])
-def test_adams_hypergradient_from_dot_products_equals_its_jacobian_columns(spec, batches):
-    """Adam forms its hypergradient from dot products of m, v and the last gradient, never making the columns of
-    its Jacobian: the same numbers as the columns (checked against autograd above) times the gradient."""
+@pytest.mark.parametrize("spec", ["Adam/SGD", "Adam^α/SGD", "Adam^{β1}/SGD", "Adam^{β2}/SGD", "RMSProp/SGD",
+                                  "RMSProp^α/SGD"])
+def test_a_hypergradient_from_dot_products_equals_the_jacobian_columns(spec, batches):
+    """Adam and RMSProp form their hypergradients from dot products of their state, the last gradient and the new
+    one, never making the columns of their Jacobians: the same numbers as the columns (checked against autograd
+    above) times the gradient."""
     torch.manual_seed(0)
     model = MLP().double()
     optimizer = hyperopt.stack(spec, model.parameters())
