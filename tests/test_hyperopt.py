@@ -333,26 +333,36 @@ HYPEROPTIMIZERS = [spec for spec in TABLE_1_STACKS if "/" in spec] + ["SGD(0.1, 
 @pytest.mark.parametrize("spec", HYPEROPTIMIZERS)
 def test_hyperparameters_as_numbers_and_as_tensors_compute_the_same_numbers(spec, batches):
     """On the CPU a lone run's hyperparameters are Python numbers (one-element tensors in its tensor operations);
-    a stack of runs holds them as tensors throughout, as a GPU does. A stack of one run learns what the lone run
-    learns, for every optimizer of Table 1 (float64)."""
+    on a GPU they stay tensors, and a stack of runs holds them as tensors throughout. A lone run made to read them
+    as tensors (the GPU's path) and a stack of one run learn what the lone run learns, for every optimizer of
+    Table 1 (float64)."""
     from models import batch_models
 
     torch.manual_seed(0)
     model = MLP().double()
-    network = batch_models([copy.deepcopy(model)])
-    alone, as_tensors = hyperopt.stack(spec, model.parameters()), hyperopt.stack([spec], network.parameters())
+    as_tensors_model, network = copy.deepcopy(model), batch_models([copy.deepcopy(model)])
+    alone = hyperopt.stack(spec, model.parameters())
+    as_tensors = hyperopt.stack(spec, as_tensors_model.parameters())
+    for level in as_tensors.levels():
+        level._as_numbers = lambda group: False
+    one_run = hyperopt.stack([spec], network.parameters())
+    group = alone.param_groups[0]
+    assert isinstance(alone._values(group, 1)["lr"], float)
+    assert isinstance(as_tensors._values(as_tensors.param_groups[0], 1)["lr"], torch.Tensor)
     for x, y in batches:
         x = x.double()
-        for net, optimizer in ((model, alone), (network, as_tensors)):
+        for net, optimizer in ((model, alone), (as_tensors_model, as_tensors), (network, one_run)):
             optimizer.zero_grad()
             output = net(x.unsqueeze(0))[0] if net is network else net(x)
             F.nll_loss(output, y).backward()
             optimizer.step()
     for name, weight in model.state_dict().items():
+        assert_relative_close(as_tensors_model.state_dict()[name], weight, 1e-9, name)
         assert_relative_close(network.run_state_dict(0)[name], weight, 1e-9, name)
-    for level, (ours, theirs) in enumerate(zip(as_tensors.hyperparameters(run=0), alone.hyperparameters())):
-        for name, value in theirs.items():
-            assert_relative_close(torch.tensor(ours[name]), torch.tensor(value), 1e-9, f"level {level} {name}")
+    for other in (as_tensors.hyperparameters(), one_run.hyperparameters(run=0)):
+        for level, (ours, theirs) in enumerate(zip(other, alone.hyperparameters())):
+            for name, value in theirs.items():
+                assert_relative_close(torch.tensor(ours[name]), torch.tensor(value), 1e-9, f"level {level} {name}")
     assert alone.hyperparameters()[0]["lr"] != hyperopt.stack(spec, MLP().parameters()).hyperparameters()[0]["lr"]
 
 
