@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import hyperopt
 from experiments.paper import TABLE_1_STACKS
 from experiments.tasks import train_step
-from models import MLP
+from models import MLP, batch_models
 from tests.closeness import assert_relative_close
 
 
@@ -336,8 +336,6 @@ def test_hyperparameters_as_numbers_and_as_tensors_compute_the_same_numbers(spec
     on a GPU they stay tensors, and a stack of runs holds them as tensors throughout. A lone run made to read them
     as tensors (the GPU's path) and a stack of one run learn what the lone run learns, for every optimizer of
     Table 1 (float64)."""
-    from models import batch_models
-
     torch.manual_seed(0)
     model = MLP().double()
     as_tensors_model, network = copy.deepcopy(model), batch_models([copy.deepcopy(model)])
@@ -395,8 +393,6 @@ def test_a_bias_correction_of_zero_is_a_divergence_as_numbers_and_as_tensors(bat
     """A huge step size drives Adam's β to 1, where 1 / (1 - β^t) is a division by zero: Python raises on the
     numbers a lone run on the CPU computes with, a tensor holds inf. Both end in the same divergence, at the same
     step: DivergenceError alone, the run frozen in a stack of runs."""
-    from models import batch_models
-
     torch.manual_seed(0)
     model = MLP().double()
     network = batch_models([copy.deepcopy(model)])
