@@ -14,7 +14,7 @@ except ImportError:
                       "gradient-descent-the-ultimate-optimizer==1.0)") from None
 
 import hyperopt
-from experiments.tasks import train_step
+from experiments.step import train_step
 
 
 def reference_stack(spec: str):
@@ -22,7 +22,7 @@ def reference_stack(spec: str):
     above = gdtuo.NoOpOptimizer()
     for cls, values, learned in reversed(hyperopt.parse(spec)):
         v = {name: default for name, (default, _, _) in cls.HYPERPARAMETERS.items()} | values
-        learn = learned if learned is not None else cls._default_learn(v)
+        learn = learned if learned is not None else cls.default_learn(v)
         if cls is hyperopt.SGD:
             above = gdtuo.SGD(alpha=v["lr"], mu=v["momentum"], optimizer=above)
         elif cls is hyperopt.AdaGrad:

@@ -3,7 +3,6 @@ gives the batches of an epoch, takes a step, evaluates, and adds what it alone h
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 from pathlib import Path
@@ -13,31 +12,8 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from experiments.data import load_dataset
+from experiments.step import forward_precision, train_step
 from experiments.text import load_text, windows
-
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
-
-
-def forward_precision(precision: str, device: torch.device):
-    """The context of a forward pass: bf16 autocast, or nothing. Weights, gradients, hyperparameters and
-    hypergradients stay in float32 either way: the optimizer steps outside it."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision={precision!r}; choose one of {sorted(PRECISIONS)}")
-    if PRECISIONS[precision] is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=PRECISIONS[precision])
-
-
-def train_step(model, optimizer, x, y, precision: str = "fp32") -> torch.Tensor:
-    """One step of a plain PyTorch loop; a hyperoptimizer needs nothing more (the reference code, as a backend,
-    needs the graph of the backward pass: create_graph)."""
-    with forward_precision(precision, x.device):
-        loss = F.nll_loss(model(x), y)
-    optimizer.zero_grad()
-    loss.backward(create_graph=getattr(optimizer, "create_graph", False))
-    optimizer.step()
-    return loss.detach()
 
 
 def _nll_per_run(log_probabilities: torch.Tensor, y: torch.Tensor, reduction: str) -> torch.Tensor:

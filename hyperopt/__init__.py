@@ -5,13 +5,17 @@
     opt = hyperopt.Adam(model.parameters(), hyper=hyperopt.SGD(lr=1e-5))   # the same, spelled out
     loss.backward(); opt.step(); opt.zero_grad()
 
-The hypergradient is in `hyperopt/base.py` (`Hyperoptimizer._write_hypergradients`); the update rules and their
-closed-form Jacobians are in `hyperopt/optimizers.py`.
+The hypergradient is `hyperopt/hypergradient.py: hypergradient` (the chain rule between levels); each optimizer's
+module (sgd.py, adam.py, adagrad.py, rmsprop.py) holds its update and its hypergradient's dot products and terms.
 """
 
-from .base import DivergenceError, Hyperoptimizer
+from .adagrad import AdaGrad
+from .adam import Adam
+from .divergence import DivergenceError
+from .hyperoptimizer import Hyperoptimizer
 from .notation import GRAMMAR, format_stack, parse, stack
-from .optimizers import SGD, AdaGrad, Adam, RMSProp
+from .rmsprop import RMSProp
+from .sgd import SGD
 
 __all__ = ["SGD", "Adam", "AdaGrad", "RMSProp", "Hyperoptimizer", "DivergenceError", "stack", "parse",
            "format_stack", "GRAMMAR"]

@@ -7,8 +7,11 @@ import re
 import struct
 from typing import Iterable, Sequence
 
-from .base import Hyperoptimizer
-from .optimizers import SGD, AdaGrad, Adam, RMSProp
+from .adagrad import AdaGrad
+from .adam import Adam
+from .hyperoptimizer import Hyperoptimizer
+from .rmsprop import RMSProp
+from .sgd import SGD
 
 OPTIMIZERS = {cls.NAME.lower(): cls for cls in (SGD, Adam, AdaGrad, RMSProp)}
 SYMBOLS = {"lr": "α", "momentum": "μ", "beta1": "β1", "beta2": "β2", "gamma": "γ", "eps": "ε",
@@ -125,7 +128,7 @@ Levels = list[tuple[type[Hyperoptimizer], dict, tuple[str, ...] | None]]
 
 def stack(spec: str | Levels | Sequence[str | Levels], params: Iterable | None = None, **options) -> Hyperoptimizer:
     """Build a stack from the paper's notation: ``stack("Adam/SGD(1e-5)", model.parameters())``, or from its
-    levels as `parse` gives them. ``options`` (check_finite, hypergradient, compile) apply to every level.
+    levels as `parse` gives them. ``options`` (check_finite, compile) apply to every level.
 
     A list of stacks, one per run, builds one stack that trains them together (``runs=len(spec)``): ``params``
     then hold every run's parameters stacked on a leading dimension (models.batch_models), the stacks must share
@@ -156,7 +159,7 @@ def structure(levels: Levels) -> list[tuple[type[Hyperoptimizer], tuple[str, ...
     for cls, values, learned in levels:
         full = {name: default for name, (default, _, _) in cls.HYPERPARAMETERS.items()} | values
         per_hyperparameter = tuple(sorted(name for name, value in values.items() if isinstance(value, dict)))
-        shape.append((cls, tuple(learned) if learned is not None else cls._default_learn(full), per_hyperparameter))
+        shape.append((cls, tuple(learned) if learned is not None else cls.default_learn(full), per_hyperparameter))
     return shape
 
 
@@ -209,7 +212,7 @@ def _shortest_float32(value: float) -> str:
 def format_level(level: Hyperoptimizer, values: dict[str, float], learned: tuple[str, ...],
                  single_precision: bool = False) -> str:
     text = level.NAME
-    if tuple(learned) != tuple(level._default_learn(values)):
+    if tuple(learned) != tuple(level.default_learn(values)):
         symbols = [SYMBOLS[name] for name in learned]
         text += "^" + (symbols[0] if len(symbols) == 1 else "{" + ",".join(symbols) + "}")
     numbers = [_format_number(values[name], single_precision) for name in level.HYPERPARAMETERS]
@@ -226,10 +229,10 @@ def format_stack(optimizer: Hyperoptimizer, group: int = 0, run: int | None = No
     values = optimizer.hyperparameters(group, run)
     texts = []
     for level, level_values in zip(levels, values):
-        if level._attached:
+        if level.attached:
             g = level.param_groups[group]
             single = g["hyper_raw"].dtype.itemsize <= 4
             texts.append(format_level(level, level_values, g["learn"], single))
         else:
-            texts.append(format_level(level, level_values, level._config["learn"]))
+            texts.append(format_level(level, level_values, level.defaults["learn"]))
     return "/".join(texts)

@@ -22,7 +22,7 @@ import hyperopt
 from experiments.benchmark import Loop, interleaved
 from experiments.provenance import provenance
 from experiments.reports import publish
-from experiments.tasks import forward_precision
+from experiments.step import forward_precision
 from models import CharRNN, MLP, batch_models, resnet20
 
 

@@ -26,7 +26,7 @@ from experiments.benchmark import Loop, interleaved
 from experiments.cifar import MEAN, STD, AugmentedImages
 from experiments.provenance import provenance
 from experiments.reports import publish
-from experiments.tasks import train_step
+from experiments.step import train_step
 from models import resnet20
 
 IMAGES, BATCH = 50_000, 128

@@ -36,7 +36,7 @@ def learned_notation(runs: list[dict]) -> str | None:
     bottom = runs[0]["optimizer"].split("/")[0].split("(")[0].strip()
     cls, values, learned = hyperopt.parse(runs[0]["optimizer"])[0]
     defaults = {name: default for name, (default, _, _) in cls.HYPERPARAMETERS.items()}
-    learn = learned if learned is not None else cls._default_learn({**defaults, **values})
+    learn = learned if learned is not None else cls.default_learn({**defaults, **values})
     mean = {name: statistics.fmean(final[name] for final in finals) for name in learn}
     return f"{bottom}(" + ", ".join(f"{mean[name]:.4g}" for name in learn) + ")"
 

@@ -4,24 +4,24 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments.data import DATA_ROOT_VARIABLE, load_mnist
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def data_root() -> Path:
     """$HYPEROPT_DATA_ROOT, else the shared data folder beside the checkout, else data/ in it."""
-    root = os.environ.get(DATA_ROOT_VARIABLE)
+    root = os.environ.get("HYPEROPT_DATA_ROOT")  # experiments.data.DATA_ROOT_VARIABLE (not imported: torch alone here)
     if root is None:
         candidates = [ROOT.parent / "shared" / "data", ROOT / "data"]
         root = next((candidate for candidate in candidates if candidate.is_dir()), None)
         if root is None:
-            raise RuntimeError(f"set {DATA_ROOT_VARIABLE} to the folder that holds MNIST/raw to run the slow tests")
+            raise RuntimeError("set HYPEROPT_DATA_ROOT to the folder that holds MNIST/raw to run the slow tests")
     return Path(root)
 
 
 @pytest.fixture(scope="session")
 def mnist():
+    from experiments.data import load_mnist
+
     return load_mnist(data_root(), download=False, dtype=torch.float64)
 
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import hyperopt
 from models import CharRNN, MLP, batch_models, resnet20
-from tests.closeness import assert_relative_close
+from tests.library.closeness import assert_relative_close
 
 STEPS = 100
 RELATIVE = 1e-9
@@ -111,7 +111,8 @@ def float64():
 
 
 @pytest.mark.parametrize("stack", list(STACKS))
-@pytest.mark.parametrize("architecture", list(ARCHITECTURES))
+@pytest.mark.parametrize("architecture", [pytest.param(name, marks=pytest.mark.slow) if name == "resnet20" else name
+                                          for name in ARCHITECTURES])  # ResNet-20: ten seconds a stack
 def test_every_run_of_a_batch_learns_what_it_learns_alone(architecture, stack):
     build, data, scale = ARCHITECTURES[architecture]
     specs = [notation(weights, kappas, scale) for weights, kappas in STACKS[stack]]

@@ -18,9 +18,9 @@ from experiments.cifar import BINARY, PICKLE, crop_and_flip, load_cifar10, md5_m
 from experiments.optimizers import build_optimizer, build_schedule
 from experiments.paper import FIGURE_2
 from experiments.records import read_records
-from experiments.tasks import train_step
+from experiments.step import train_step
 from models import MLP, resnet20
-from tests.closeness import assert_relative_close
+from tests.library.closeness import assert_relative_close
 from tests.conftest import data_root
 from tests.harness import compose_experiment, script, train
 from tests.pictures import share_in_colour

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 import hyperopt
-from experiments.tasks import forward_precision
+from experiments.step import forward_precision
 from models import CharRNN, MLP, batch_models, resnet20
-from tests.closeness import assert_relative_close
+from tests.library.closeness import assert_relative_close
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -137,3 +137,69 @@ def test_a_stack_of_runs_steps_without_synchronising_the_device():
         finally:
             torch.cuda.set_sync_debug_mode("default")
     assert optimizer.diverged() == []
+
+
+def _stepped(spec, runs, steps=2):
+    """A CUDA MLP (or network of runs) with its stack, `steps` steps in, and a function computing the gradient of
+    a batch into the same .grad tensors (zero_grad(set_to_none=False)), as a captured step needs."""
+    torch.manual_seed(0)
+    model = (MLP() if runs is None else batch_models([MLP() for _ in range(runs)])).cuda()
+    optimizer = hyperopt.stack(spec if runs is None else [spec] * runs, model.parameters())
+    generator = torch.Generator().manual_seed(1)
+    batches = [(torch.rand((runs or 1) * 16, 784, generator=generator).cuda(),
+                torch.randint(10, ((runs or 1) * 16,), generator=generator).cuda()) for _ in range(8)]
+
+    def gradient(x, y):
+        optimizer.zero_grad(set_to_none=False)
+        x = x if runs is None else x.unflatten(0, (runs, -1))
+        F.nll_loss(model(x).reshape(-1, 10), y).backward()
+    for x, y in batches[:steps]:
+        gradient(x, y)
+        optimizer.step()
+    return model, optimizer, gradient, batches[steps:]
+
+
+@pytest.mark.parametrize("spec, runs", [("Adam/SGD(1e-5)", None), ("SGD(0.05, 0.9)/SGD(1e-4)/SGD(1e-4)", 4)])
+def test_the_whole_step_is_captured_as_a_cuda_graph(spec, runs):
+    """torch.compile(opt.step, mode="reduce-overhead") captures the whole step (hypergradients and updates of
+    every level) in a CUDA graph and replays it: the numbers of the eager step, step for step."""
+    eager_model, eager, eager_gradient, batches = _stepped(spec, runs)
+    model, optimizer, gradient, _ = _stepped(spec, runs)
+    step = torch.compile(optimizer.step, mode="reduce-overhead")
+    for number, (x, y) in enumerate(batches, 3):
+        eager_gradient(x, y)
+        eager.step()
+        gradient(x, y)
+        step()
+        for a, b in zip(model.parameters(), eager_model.parameters()):
+            assert_relative_close(a, b, FLOAT32, f"weights at step {number}")
+    assert optimizer.hyperparameters(run=0)[0]["lr"] == pytest.approx(eager.hyperparameters(run=0)[0]["lr"],
+                                                                       rel=FLOAT32)
+    assert optimizer.diverged() == []
+
+
+def test_a_stack_of_runs_step_is_captured_by_torch_cuda_graph():
+    """The eager step of a stack of runs reads nothing back, so torch.cuda.graph captures it as it is."""
+    eager_model, eager, eager_gradient, batches = _stepped("Adam/SGD(1e-5)/SGD(1e-4)", 4)
+    model, optimizer, gradient, _ = _stepped("Adam/SGD(1e-5)/SGD(1e-4)", 4)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm up on a side stream, as capture needs
+        gradient(*batches[0])
+        optimizer.step()
+        eager_gradient(*batches[0])
+        eager.step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    gradient(*batches[1])
+    with torch.cuda.graph(graph):
+        optimizer.step()
+    eager_gradient(*batches[1])
+    for x, y in batches[1:]:
+        if x is not batches[1][0]:
+            gradient(x, y)
+            eager_gradient(x, y)
+        graph.replay()
+        eager.step()
+    for a, b in zip(model.parameters(), eager_model.parameters()):
+        assert_relative_close(a, b, FLOAT32, "weights")

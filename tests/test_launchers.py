@@ -143,7 +143,7 @@ def test_a_batched_sweep_killed_after_an_epoch_resumes_to_the_same_records(tmp_p
     process.wait()
     resumed = train(*run, f"hydra.sweep.dir={tmp_path / 'killed'}")
     assert "2 runs: 0 new, 0 skipped, 2 resumed" in resumed.stdout + resumed.stderr
-    assert "resumed from the checkpoint after epoch" in resumed.stdout + resumed.stderr
+    assert "resumed from the checkpoint at epoch 2, step" in resumed.stdout + resumed.stderr
     straight, killed = read_records(tmp_path / "straight"), read_records(tmp_path / "killed")
     for a, b in zip(straight, killed, strict=True):
         assert without_timings(a)[:2] == without_timings(b)[:2]

@@ -4,7 +4,7 @@
 
 The runs that share the model, the data, the batch size, the number of epochs, the device and precision and the
 structure of their optimizer stack (seeds, initial hyperparameter values and so data order may differ) form a group,
-trained as one network with a stack of runs (experiments/batched.py); each run still gets its own folder and the
+trained as one network with a stack of runs (experiments/loop.py); each run still gets its own folder and the
 record a lone run writes. Runs that cannot share one (a learning-rate-free optimizer, a step schedule, a group of
 one) run alone, as the basic launcher runs them.
 """
@@ -53,8 +53,9 @@ class BatchedLauncher(Launcher):
         return returned
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from experiments.batched import group_jobs, train_together
-        from experiments.train import open_run
+        from experiments.batched import group_jobs
+        from experiments.loop import train_group
+        from experiments.runs import open_run
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
@@ -80,5 +81,6 @@ class BatchedLauncher(Launcher):
                 returns[index] = self._run(jobs[index], open_run)
                 if returns[index].status.name == "COMPLETED" and returns[index].return_value is not None:
                     opened.append(returns[index].return_value)
-            train_together(opened)
+            if opened:
+                train_group(opened, as_one_network=True)
         return [returns[index] for index in range(len(jobs))]

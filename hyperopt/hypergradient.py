@@ -1,0 +1,190 @@
+"""The step of a whole stack: hypergradients bottom-up, then updates top-down, and the chain rule between levels.
+
+After step t-1 the parameters of level k are ``x_t = x_{t-1} - step_k(h_k)``, where the step is built from detached
+gradients and state but the current hyperparameters ``h_k``. So
+
+    ∂L(w_t)/∂h_0 = -Jac_0ᵀ ∇L(w_t),    ∂L(w_t)/∂h_k = -Jac_kᵀ ∂L(w_t)/∂h_{k-1}
+
+which is exactly what the reference code gets from ``loss.backward(create_graph=True)`` (it detaches every gradient
+inside the update, so nothing of second order survives): a plain ``loss.backward()`` and a few dot products per
+learned hyperparameter and level. `hypergradient` below is that chain rule; each optimizer's module (sgd.py,
+adam.py, adagrad.py, rmsprop.py) writes its ``Jacᵀ u`` as dot products (``hypergradient_dots``) and the scalars that
+combine them (``hypergradient_terms``), from the state its update keeps, never making the Jacobian's columns.
+
+Every value the step uses is a tensor on the parameters' device, the step count included, and nothing is read back
+to the host while the step is compiled: divergence is recorded on the device (hyperopt.divergence). A lone run in
+eager mode reads one flag before its updates, to raise DivergenceError with nothing changed, and on the CPU does its
+scalar arithmetic in Python numbers (`on_host`).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+from .divergence import DivergenceError
+
+
+def run_dot(a: torch.Tensor, b: torch.Tensor, runs: int | None) -> torch.Tensor:
+    """Σ a·b over each run's slice: a scalar for a lone run's tensor (or a tensor of one run), (runs,) for a tensor
+    of runs."""
+    if runs is None or runs == 1:
+        return torch.dot(a.flatten(), b.flatten())
+    return torch.bmm(a.reshape(runs, 1, -1), b.reshape(runs, -1, 1)).reshape(runs)
+
+
+def on_host(weights) -> bool:
+    """The one switch between two ways of doing a step's scalar arithmetic. A lone run on the CPU in eager mode
+    does it in Python numbers, read off its hyperparameter tensors (reading costs no synchronisation there, and an
+    operation on a one-element tensor costs about a microsecond, on a number nothing; bench_overhead.py measures
+    it); everything else (a GPU, a stack of runs, a compiled step) keeps them as tensors on the device."""
+    group = weights.param_groups[0]
+    return group["runs"] is None and group["hyper_raw"].is_cpu and not torch.compiler.is_compiling()
+
+
+def operands(h: dict, runs: int | None, ranks, dtype) -> dict:
+    """h as the tensor operations of each rank take it. A value per run, held as (runs, 1), is made to broadcast
+    against a tensor of that rank: a scalar for a lone run, (runs, 1, ..., 1) for a stack of runs (rank 1: against
+    the per-run sums). For a group of several tensors, numbers become one-element tensors once for all of them: an operation on
+    a small tensor costs about three times as much with a Python number; a fixed 0 stays a number, since it
+    switches a term off (SGD without momentum)."""
+    numbers = [name for name, value in h.items() if isinstance(value, float) and value != 0.0]
+    if numbers and len(ranks) > 1:
+        h = {**h, **dict(zip(numbers, torch.tensor([h[name] for name in numbers], dtype=dtype).unbind()))}
+    count = 1 if runs is None else runs
+    by_rank = {}
+    for rank in set(ranks):
+        shape = () if runs is None else (runs,) + (1,) * (rank - 1)
+        by_rank[rank] = {k: v.reshape(shape) if isinstance(v, torch.Tensor) and v.shape == (count, 1) else v
+                         for k, v in h.items()}
+    return [by_rank[rank] for rank in ranks]
+
+
+def hypergradient(level, group: dict, upstream: list[torch.Tensor], host: bool) -> torch.Tensor:
+    """∂L/∂(the group's raw hyperparameters), (runs, learned), from u = ∂L/∂(each of its parameters)."""
+    raw, runs = group["hyper_raw"], group["runs"]
+    first = level.state[group["params"][0]]
+    if "step" not in first:  # the first step: there was no update yet, so the loss does not depend on h
+        return torch.zeros_like(raw)
+    learned = level.learned(group)
+    h = level.values(group, first["step"], host=host)
+    states = [level.state[p] for p in group["params"]]
+    ranks = [p.dim() for p in group["params"]]
+    sums = level.compiled("group_dots", group_dots)(level, operands(h, runs, ranks, raw.dtype), learned, states,
+                                                    upstream, runs)
+    if host:
+        terms = level.hypergradient_terms(h, learned, torch.stack(sums).reshape(-1).tolist())
+        raw_values = raw.tolist()[0]
+    else:
+        terms = level.hypergradient_terms(operands(h, runs, [1], raw.dtype)[0], learned, sums)
+        raw_values = raw.detach().unbind(1)
+    columns = []
+    for name, term, value in zip(learned, terms, raw_values):  # the chain rule through each parameterisation
+        derivative = level.HYPERPARAMETERS[name][1].derivative(value)
+        columns.append(term if derivative is None else term * derivative)
+    if host:
+        return raw.new_tensor([[-column for column in columns]])
+    count = raw.shape[0]
+    return torch.stack([column.reshape(count) for column in columns], dim=-1).to(raw.dtype).neg_()
+
+
+def group_dots(level, hs: list[dict], learned: tuple[str, ...], states: list[dict], upstream: list[torch.Tensor],
+               runs: int | None) -> list[torch.Tensor]:
+    """Each optimizer's dot products summed over the group's tensors: one function, so that compile=True fuses
+    the group."""
+    dot = functools.partial(run_dot, runs=runs)
+    per_tensor = [level.hypergradient_dots(h, learned, state, u, dot) for h, state, u in zip(hs, states, upstream)]
+    return [sum(terms[1:], terms[0]) for terms in zip(*per_tensor)]
+
+
+def group_update(level, hs: list[dict], learned: tuple[str, ...], grads: list[torch.Tensor],
+                 states: list[dict]) -> list[tuple]:
+    """(direction, scale) of every tensor of a group, its state updated in place with what the next
+    hypergradient keeps: one function, so that compile=True fuses the group."""
+    steps = []
+    for h, g, state in zip(hs, grads, states):
+        if learned:
+            for name, tensor in level.keep(h, learned, g, state).items():
+                if name in state:  # a caller's in-place zero_grad, or the update, must not change it
+                    state[name].copy_(tensor)
+                else:
+                    state[name] = tensor.clone()
+        steps.append(level.update(h, learned, g, state))
+    return steps
+
+
+def update(level, group: dict, grads: list[torch.Tensor], active: torch.Tensor | None, host: bool) -> None:
+    """One update of a group's parameters; a run not active (diverged) keeps its parameters."""
+    params, runs, raw = group["params"], group["runs"], group["hyper_raw"]
+    first = level.state[params[0]]
+    made = "step" in first
+    if not made:
+        first["step"] = torch.zeros((), dtype=raw.dtype, device=raw.device)
+    first["step"].add_(1)
+    h = level.values(group, first["step"], host=host)
+    run = level.compiled("group_update", group_update) if made else group_update  # the first step makes state
+    steps = run(level, operands(h, runs, [p.dim() for p in params], raw.dtype), level.learned(group), list(grads),
+                [level.state[p] for p in params])
+    for p, (direction, scale) in zip(params, steps):
+        if active is not None:
+            direction = torch.where(active.reshape((-1,) + (1,) * (p.dim() - 1)) if runs else active.reshape(()),
+                                    direction, 0.0)
+        if isinstance(scale, torch.Tensor):
+            p.addcmul_(direction, scale, value=-1.0)
+        else:
+            p.add_(direction, alpha=-scale)
+
+
+def gradient(group: dict, p: torch.Tensor) -> torch.Tensor:
+    """A parameter's gradient, with weight decay added as torch.optim.SGD adds it: the update and the
+    hypergradient are then those of the loss plus (weight_decay / 2)·|w|²."""
+    g = p.grad if p.grad is not None else torch.zeros_like(p)
+    decay = group.get("weight_decay", 0.0)
+    if isinstance(decay, torch.Tensor):  # one per run
+        return g + operands({"decay": decay}, group["runs"], [p.dim()], p.dtype)[0]["decay"] * p
+    return g + decay * p if decay else g
+
+
+def step_stack(weights) -> None:
+    """One step of the stack whose weights' optimizer is `weights`: each level's hyperparameters are updated by
+    the level above before they update the level below (the reference code's order)."""
+    levels = weights.levels()
+    host = on_host(weights)
+    grads = [[[gradient(group, p) for p in group["params"]] for group in weights.param_groups]]
+    for level in levels[:-1]:
+        grads.append([[hypergradient(level, group, us, host)] for group, us in zip(level.param_groups, grads[-1])])
+        for group, (h,) in zip(level.param_groups, grads[-1]):
+            group["hyper_raw"].grad = h  # the level above's gradient, as torch.optim would see it
+    active = None
+    if weights.check_finite and len(levels) > 1:
+        active = check(weights, levels, grads[1:])
+    for level, level_grads in reversed(list(zip(levels, grads))):
+        for group, g in zip(level.param_groups, level_grads):
+            update(level, group, g, active, host)
+
+
+def check(weights, levels, hypergradients) -> torch.Tensor | None:
+    """Record, on the device, the runs whose hypergradient is not finite and return which go on. A lone run in
+    eager mode instead reads one flag and raises DivergenceError before anything changes."""
+    first = weights.state[weights.param_groups[0]["params"][0]]
+    step = first["step"] + 1 if "step" in first else torch.ones((), dtype=torch.long)
+    if weights.param_groups[0]["runs"] is None and not torch.compiler.is_compiling():
+        raise_if_not_finite(levels, hypergradients, step)
+        return None
+    for k, groups in enumerate(hypergradients):
+        for (hypergradient,) in groups:
+            weights.divergence.note(step.to(hypergradient.device), k, hypergradient)
+    return weights.divergence.active()
+
+
+def raise_if_not_finite(levels, hypergradients, step: torch.Tensor) -> None:
+    flat = [g[0].reshape(-1) for groups in hypergradients for g in groups]
+    if math.isfinite(float(torch.cat(flat).sum())):  # NaN and ±inf survive a sum (an overflow is looked into)
+        return
+    for k, (level, groups) in enumerate(zip(levels, hypergradients)):
+        for group, (hypergradient,) in zip(level.param_groups, groups):
+            for name, value in zip(level.learned(group), hypergradient.reshape(-1).tolist()):
+                if not math.isfinite(value):
+                    raise DivergenceError(k, level.NAME, name, int(step), value)

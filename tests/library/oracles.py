@@ -1,0 +1,34 @@
+"""The tests' oracle for the closed forms: the hypergradient by forward-mode autograd through an optimizer's own
+update, which the library never computes."""
+
+import torch
+from torch.func import jacfwd
+
+from hyperopt.hypergradient import operands
+
+
+def snapshot(level, group: dict):
+    """What the group's next update starts from: its state and its parameters' gradients (before the step)."""
+    state = [{k: v.clone() for k, v in level.state[p].items() if isinstance(v, torch.Tensor)}
+             for p in group["params"]]
+    return state, [p.grad.clone() for p in group["params"]]
+
+
+def autograd_hypergradient(level, group: dict, before, upstream: list[torch.Tensor]) -> torch.Tensor:
+    """-Σ ⟨∂(last step)/∂raw, u⟩ over the group's tensors, (runs, learned): the Jacobian of the update the group
+    made from `before` (snapshot) with the raw values it used, by autograd, dotted with u."""
+    states, grads = before
+    raw = group["hyper_raw"].detach()
+    t = level.state[group["params"][0]]["step"]
+    learned, runs = level.learned(group), group["runs"]
+
+    def steps(raw):
+        h = level.values(group, t, raw=raw)
+        hs = operands(h, runs, [p.dim() for p in group["params"]], raw.dtype)
+        taken = []
+        for h_p, g, state in zip(hs, grads, states):
+            direction, scale = level.update(h_p, learned, g, {k: v.clone() for k, v in state.items()})
+            taken.append(direction * scale)
+        return taken
+    jacobians = jacfwd(steps)(raw)  # each: the parameter's shape + raw's shape
+    return -sum(torch.tensordot(u, jacobian, dims=u.dim()) for u, jacobian in zip(upstream, jacobians))

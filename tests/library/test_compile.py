@@ -1,0 +1,83 @@
+"""The step as one graph: no graph breaks under torch.compile for any stack, and a compiled step computes what the
+eager step computes, step for step."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import hyperopt
+from experiments.paper import TABLE_1_STACKS
+from models import MLP, batch_models
+from tests.library.closeness import assert_relative_close
+
+TALL = ["SGD(0.1, 0.9)/SGD(1e-3)/SGD(1e-4)/SGD(1e-4)", "Adam/SGD(1e-5)/Adam(1e-3)/SGD(1e-4)",
+        "AdaGrad/AdaGrad/AdaGrad(1e-3)/SGD(1e-4)", "RMSProp^{α,γ}/RMSProp(1e-4)/RMSProp(1e-4)/SGD(1e-4)"]
+RUNS = 3
+
+
+def prepared(spec: str, runs: int | None, steps: int = 2):
+    """A float64 MLP (or a network of runs) and its stack, `steps` steps in, the next gradient computed."""
+    torch.manual_seed(0)
+    if runs is None:
+        model = MLP().double()
+        optimizer = hyperopt.stack(spec, model.parameters())
+    else:
+        model = batch_models([MLP().double() for _ in range(runs)])
+        optimizer = hyperopt.stack([spec] * runs, model.parameters())
+    generator = torch.Generator().manual_seed(1)
+    batches = [(torch.rand((runs or 1) * 32, 1, 28, 28, generator=generator, dtype=torch.float64),
+                torch.randint(0, 10, ((runs or 1) * 32,), generator=generator)) for _ in range(8)]
+
+    def gradient(x, y):
+        x = x if runs is None else x.unflatten(0, (runs, -1))
+        optimizer.zero_grad()
+        F.nll_loss(model(x).reshape(-1, 10), y).backward()
+    for x, y in batches[:steps]:
+        gradient(x, y)
+        optimizer.step()
+    return model, optimizer, gradient, batches[steps:]
+
+
+def graph_breaks(step) -> int:
+    return torch._dynamo.explain(step)().graph_break_count
+
+
+CASES = [(spec, None) for spec in TABLE_1_STACKS + TALL] + [("Adam/SGD(1e-5)", RUNS), (TALL[0], RUNS)]
+
+
+@pytest.mark.slow  # dynamo traces each step: a second or two each
+@pytest.mark.parametrize("spec, runs", CASES)
+def test_the_step_compiles_without_graph_breaks(spec, runs):
+    model = MLP()
+    adam = torch.optim.Adam(model.parameters())
+    F.nll_loss(model(torch.rand(4, 1, 28, 28)), torch.zeros(4, dtype=torch.long)).backward()
+    adam.step()
+    _, optimizer, gradient, batches = prepared(spec, runs)
+    gradient(*batches[0])
+    assert graph_breaks(optimizer.step) <= graph_breaks(adam.step) == 0
+
+
+@pytest.mark.slow  # compiling takes seconds (aot_eager) to tens of seconds (inductor)
+@pytest.mark.parametrize("spec, runs, backend", [(spec, runs, "aot_eager") for spec, runs in CASES]
+                         + [("Adam/SGD(1e-5)", None, "inductor"), (TALL[3], RUNS, "inductor")])
+def test_a_compiled_step_computes_the_eager_numbers(spec, runs, backend):
+    """torch.compile(opt.step) against opt.step from the same state, float64: a lone run's eager step does its
+    scalars in Python numbers and the compiled one in tensors; inductor also fuses and reorders the arithmetic."""
+    eager_model, eager, eager_gradient, batches = prepared(spec, runs)
+    compiled_model, optimizer, compiled_gradient, _ = prepared(spec, runs)
+    step = torch.compile(optimizer.step, backend=backend)
+    for number, (x, y) in enumerate(batches, 3):
+        eager_gradient(x, y)
+        eager.step()
+        compiled_gradient(x, y)
+        step()
+        for (name, a), b in zip(compiled_model.named_parameters(), eager_model.parameters()):
+            assert_relative_close(a, b, 1e-10, f"{name} at step {number}")
+    for run in range(runs or 1):
+        pairs = zip(optimizer.hyperparameters(run=run), eager.hyperparameters(run=run))
+        for level, (ours, theirs) in enumerate(pairs):
+            for name, value in theirs.items():
+                assert ours[name] == pytest.approx(value, rel=1e-10), f"level {level} {name}"
+    assert eager.hyperparameters(run=0) != prepared(spec, runs, steps=0)[1].hyperparameters(run=0) or "/" not in spec
