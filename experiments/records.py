@@ -89,6 +89,7 @@ class RunRecord:
                             "attempt_started": self.started}
             self.run.setdefault("later_attempts", []).append(provenance)
         self.earlier_seconds = self.summary.get("wall_seconds", 0.0) if earlier else 0.0
+        self._trajectory = None  # hyperparameters.jsonl, open for appending while the run logs into it
         write_json_atomically(self.directory / RUN, self.run)
         write_json_atomically(self.directory / SUMMARY, self.summary)
 
@@ -116,6 +117,7 @@ class RunRecord:
     def forget_from(self, epoch: int, step: int) -> None:
         """Drop the metrics of `epoch` and later and the hyperparameters logged after `step`: a resumed run logs
         them again from its checkpoint."""
+        self._close_trajectory()
         for name, keep in ((METRICS, lambda line: _field(line, "epoch") < epoch),
                            (TRAJECTORY, lambda line: _field(line, "step") <= step)):
             path = self.directory / name
@@ -123,8 +125,17 @@ class RunRecord:
                 path.write_text("".join(line for line in path.read_text().splitlines(keepends=True) if keep(line)))
 
     def log_hyperparameters(self, step: int, hyperparameters: list[dict]) -> None:
-        with open(self.directory / TRAJECTORY, "a") as file:
-            file.write(json.dumps({"step": step, "hyperparameters": hyperparameters}, default=_jsonable) + "\n")
+        # A short run logs every step: the file stays open, and each line is handed to the system as it is written
+        # (a killed process loses none of them; fsync is for the epoch's lines).
+        if self._trajectory is None:
+            self._trajectory = open(self.directory / TRAJECTORY, "a", buffering=1)
+        self._trajectory.write(json.dumps({"step": step, "hyperparameters": hyperparameters}, default=_jsonable)
+                               + "\n")
+
+    def _close_trajectory(self) -> None:
+        if self._trajectory is not None:
+            self._trajectory.close()
+            self._trajectory = None
 
     def amend(self, **fields) -> None:
         """Add what is known only once the attempt has started (the device it got) to run.json."""
@@ -143,6 +154,7 @@ class RunRecord:
         return json.loads(lines[-1]) if lines else None
 
     def finish(self, status: str, **fields) -> dict:
+        self._close_trajectory()
         self.progress(**fields, status=status)
         return self.summary
 

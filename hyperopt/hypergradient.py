@@ -52,7 +52,7 @@ def operands(h: dict, runs: int | None, ranks, dtype) -> dict:
     switches a term off (SGD without momentum)."""
     numbers = [name for name, value in h.items() if isinstance(value, float) and value != 0.0]
     if numbers and len(ranks) > 1:
-        h = {**h, **dict(zip(numbers, torch.tensor([h[name] for name in numbers], dtype=dtype).unbind()))}
+        h = {**h, **dict(zip(numbers, one_element_tensors(tuple(h[name] for name in numbers), dtype)))}
     count = 1 if runs is None else runs
     by_rank = {}
     for rank in set(ranks):
@@ -60,6 +60,13 @@ def operands(h: dict, runs: int | None, ranks, dtype) -> dict:
         by_rank[rank] = {k: v.reshape(shape) if isinstance(v, torch.Tensor) and v.shape == (count, 1) else v
                          for k, v in h.items()}
     return [by_rank[rank] for rank in ranks]
+
+
+@functools.lru_cache(maxsize=64)
+def one_element_tensors(numbers: tuple[float, ...], dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    # A fixed value (every value of a plain optimizer) is the same at every step: made once, not once a step. The
+    # tensors are only read.
+    return torch.tensor(numbers, dtype=dtype).unbind()
 
 
 def hypergradient(level, group: dict, upstream: list[torch.Tensor], host: bool) -> torch.Tensor:

@@ -11,7 +11,7 @@ from experiments.config import ConfigError, validate
 from experiments.optimizers import BASELINES, build_optimizer, set_mode
 from experiments.paper import TABLE_1
 from experiments.records import copy_record, read_records
-from tests.conftest import ROOT
+from tests.conftest import ROOT, data_root
 from tests.harness import SMOKE, compose_experiment, script, train
 from tests.pictures import share_in_colour
 from tests.wandb_file import read_run
@@ -333,3 +333,13 @@ def test_a_run_on_the_reference_backend_writes_the_record_ours_writes(tmp_path):
         assert [point["step"] for point in record["trajectory"]] == [4, 8, 12, 16]
         assert len(record["trajectory"][-1]["hyperparameters"]) == 2
     assert ours["trajectory"][-1]["hyperparameters"][0]["lr"] == ours["metrics"][-1]["hyperparameters"][0]["lr"]
+
+
+@pytest.mark.slow
+def test_the_mnist_epoch_benchmark_times_the_harness_against_a_bare_loop(tmp_path):
+    result = script("bench_mnist_epoch", "--epochs", "1", "--harness-epochs", "2", "--subset", "512",
+                    "--no-reference", "--data-root", str(data_root()), "--out", str(tmp_path / "bench.json"))
+    rows = {row["optimizer"]: row for row in json.loads((tmp_path / "bench.json").read_text())["results"]}
+    harness = rows["SGD(0.01), whole epoch: harness vs bare torch loop"]
+    assert harness["ours_seconds_per_epoch"] > 0 and harness["torch_optim_seconds_per_epoch"] > 0, result.stdout
+    assert set(rows) == {"SGD(0.01)", "Adam/SGD(1e-5)", "SGD(0.01), whole epoch: harness vs bare torch loop"}
