@@ -52,7 +52,9 @@ def operands(h: dict, runs: int | None, ranks, dtype) -> dict:
     switches a term off (SGD without momentum)."""
     numbers = [name for name, value in h.items() if isinstance(value, float) and value != 0.0]
     if numbers and len(ranks) > 1:
-        h = {**h, **dict(zip(numbers, one_element_tensors(tuple(h[name] for name in numbers), dtype)))}
+        # (compiled, they are the graph's constants: dynamo would trace through the cache)
+        make = one_element_tensors.__wrapped__ if torch.compiler.is_compiling() else one_element_tensors
+        h = {**h, **dict(zip(numbers, make(tuple(h[name] for name in numbers), dtype)))}
     count = 1 if runs is None else runs
     by_rank = {}
     for rank in set(ranks):
@@ -82,10 +84,10 @@ def hypergradient(level, group: dict, upstream: list[torch.Tensor], host: bool) 
     sums = level.compiled("group_dots", group_dots)(level, operands(h, runs, ranks, raw.dtype), learned, states,
                                                     upstream, runs)
     if host:
-        terms = level.hypergradient_terms(h, learned, torch.stack(sums).reshape(-1).tolist())
+        terms = level.hypergradient_terms(h, learned, sums.reshape(-1).tolist())
         raw_values = raw.tolist()[0]
     else:
-        terms = level.hypergradient_terms(operands(h, runs, [1], raw.dtype)[0], learned, sums)
+        terms = level.hypergradient_terms(operands(h, runs, [1], raw.dtype)[0], learned, sums.unbind(0))
         raw_values = raw.detach().unbind(1)
     columns = []
     for name, term, value in zip(learned, terms, raw_values):  # the chain rule through each parameterisation
@@ -98,12 +100,14 @@ def hypergradient(level, group: dict, upstream: list[torch.Tensor], host: bool) 
 
 
 def group_dots(level, hs: list[dict], learned: tuple[str, ...], states: list[dict], upstream: list[torch.Tensor],
-               runs: int | None) -> list[torch.Tensor]:
-    """Each optimizer's dot products summed over the group's tensors: one function, so that compile=True fuses
-    the group."""
+               runs: int | None) -> torch.Tensor:
+    """Each optimizer's dot products summed over the group's tensors, (sums,) or (sums, runs): one function, so
+    that compile=True fuses the group."""
     dot = functools.partial(run_dot, runs=runs)
     per_tensor = [level.hypergradient_dots(h, learned, state, u, dot) for h, state, u in zip(hs, states, upstream)]
-    return [sum(terms[1:], terms[0]) for terms in zip(*per_tensor)]
+    if len(per_tensor) == 1:
+        return torch.stack(per_tensor[0])
+    return torch.stack([dot for sums in per_tensor for dot in sums]).unflatten(0, (len(per_tensor), -1)).sum(0)
 
 
 def group_update(level, hs: list[dict], learned: tuple[str, ...], grads: list[torch.Tensor],
@@ -176,22 +180,25 @@ def check(weights, levels, hypergradients) -> torch.Tensor | None:
     """Record, on the device, the runs whose hypergradient is not finite and return which go on. A lone run in
     eager mode instead reads one flag and raises DivergenceError before anything changes."""
     first = weights.state[weights.param_groups[0]["params"][0]]
-    step = first["step"] + 1 if "step" in first else torch.ones((), dtype=torch.long)
     if weights.param_groups[0]["runs"] is None and not torch.compiler.is_compiling():
-        raise_if_not_finite(levels, hypergradients, step)
+        raise_if_not_finite(levels, hypergradients, first)
         return None
+    step = first["step"] + 1 if "step" in first else torch.ones((), dtype=torch.long)
     for k, groups in enumerate(hypergradients):
         for (hypergradient,) in groups:
             weights.divergence.note(step.to(hypergradient.device), k, hypergradient)
     return weights.divergence.active()
 
 
-def raise_if_not_finite(levels, hypergradients, step: torch.Tensor) -> None:
-    flat = [g[0].reshape(-1) for groups in hypergradients for g in groups]
-    if math.isfinite(float(torch.cat(flat).sum())):  # NaN and ±inf survive a sum (an overflow is looked into)
+def raise_if_not_finite(levels, hypergradients, first: dict) -> None:
+    """DivergenceError for the first hypergradient that is not finite (`first`: the weights' first state)."""
+    flat = [g[0] for groups in hypergradients for g in groups]
+    total = flat[0].sum() if len(flat) == 1 else torch.cat([g.reshape(-1) for g in flat]).sum()
+    if math.isfinite(float(total)):  # NaN and ±inf survive a sum (a finite sum that overflows is looked into)
         return
     for k, (level, groups) in enumerate(zip(levels, hypergradients)):
         for group, (hypergradient,) in zip(level.param_groups, groups):
             for name, value in zip(level.learned(group), hypergradient.reshape(-1).tolist()):
                 if not math.isfinite(value):
-                    raise DivergenceError(k, level.NAME, name, int(step), value)
+                    raise DivergenceError(k, level.NAME, name, int(first["step"]) + 1 if "step" in first else 1,
+                                          value)
