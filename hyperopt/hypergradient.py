@@ -44,23 +44,25 @@ def on_host(weights) -> bool:
     return group["runs"] is None and group["hyper_raw"].is_cpu and not torch.compiler.is_compiling()
 
 
-def operands(h: dict, runs: int | None, ranks, dtype) -> dict:
+def operands(h: dict, runs: int | None, ranks, dtype) -> list[dict]:
     """h as the tensor operations of each rank take it. A value per run, held as (runs, 1), is made to broadcast
     against a tensor of that rank: a scalar for a lone run, (runs, 1, ..., 1) for a stack of runs (rank 1: against
-    the per-run sums). For a group of several tensors, numbers become one-element tensors once for all of them: an operation on
-    a small tensor costs about three times as much with a Python number; a fixed 0 stays a number, since it
-    switches a term off (SGD without momentum)."""
+    the per-run sums). For a group of several tensors, numbers become one-element tensors once for all of them:
+    an operation on a small tensor costs about three times as much with a Python number; a fixed 0 stays a number,
+    since it switches a term off (SGD without momentum)."""
     numbers = [name for name, value in h.items() if isinstance(value, float) and value != 0.0]
     if numbers and len(ranks) > 1:
         # (compiled, they are the graph's constants: dynamo would trace through the cache)
         make = one_element_tensors.__wrapped__ if torch.compiler.is_compiling() else one_element_tensors
         h = {**h, **dict(zip(numbers, make(tuple(h[name] for name in numbers), dtype)))}
     count = 1 if runs is None else runs
+    per_run = [k for k, v in h.items() if isinstance(v, torch.Tensor) and v.shape == (count, 1)]
+    if not per_run:
+        return [h] * len(ranks)
     by_rank = {}
     for rank in set(ranks):
         shape = () if runs is None else (runs,) + (1,) * (rank - 1)
-        by_rank[rank] = {k: v.reshape(shape) if isinstance(v, torch.Tensor) and v.shape == (count, 1) else v
-                         for k, v in h.items()}
+        by_rank[rank] = {**h, **{k: h[k].reshape(shape) for k in per_run}}
     return [by_rank[rank] for rank in ranks]
 
 
