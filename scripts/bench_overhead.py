@@ -128,6 +128,8 @@ def main():
     parser.add_argument("--batch-size", type=int, help="by default 256 for the MLP, 128 for the LSTM")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-reference", action="store_true", help="leave out the reference code")
+    parser.add_argument("--no-compiled", action="store_true",
+                        help="leave out compile=True (compiling costs a minute on a CPU: the GPU suite's dry run)")
     parser.add_argument("--readme", type=Path, help="also put the Markdown table into this file's block")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args()
@@ -148,7 +150,7 @@ def main():
         trainers.append(torch_trainer(f"{family}/torch.optim", model, plain(model.parameters()), batches, loss))
         for height in heights:
             spec = spec_of(families, family, height)
-            for who, options in (("ours", {}), ("ours_compiled", {"compile": True})):
+            for who, options in (("ours", {}), ("ours_compiled", {"compile": True}))[:1 if args.no_compiled else 2]:
                 model = copy.deepcopy(base_model)
                 trainers.append(torch_trainer(f"{family}/{who}/{height}", model,
                                               hyperopt.stack(spec, model.parameters(), **options), batches, loss))

@@ -38,7 +38,7 @@ fi
 if [ "$dry" = --dry-run ]; then
     limits=(0 0 0 0 0 0)  # timeout 0: no limit
     bench=(--runs 2 --steps 1 --rounds 1 --batch-size 4)
-    overhead=(--heights 0,1 --steps 1 --rounds 1 --batch-size 4 --no-reference)
+    overhead=(--heights 0,1 --steps 1 --rounds 1 --batch-size 4 --no-reference --no-compiled)
     rnn=(epochs=1 data.subset=3000 rnn.alpha=2e-3 seed=0,1)
     table1=(epochs=1 data.subset=512 'optimizer="SGD(0.01)/SGD(1e-4)","SGD(0.02)/SGD(1e-3)"' seed=0)
     figure2=(epochs=1 data.subset=256 data.test_subset=256 cifar.alpha=0.1 cifar.momentum=0.9,0.99)
