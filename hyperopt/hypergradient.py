@@ -50,11 +50,12 @@ def operands(h: dict, runs: int | None, ranks, dtype) -> list[dict]:
     the per-run sums). For a group of several tensors, numbers become one-element tensors once for all of them:
     an operation on a small tensor costs about three times as much with a Python number; a fixed 0 stays a number,
     since it switches a term off (SGD without momentum)."""
-    numbers = [name for name, value in h.items() if isinstance(value, float) and value != 0.0]
-    if numbers and len(ranks) > 1:
-        # (compiled, they are the graph's constants: dynamo would trace through the cache)
-        make = one_element_tensors.__wrapped__ if torch.compiler.is_compiling() else one_element_tensors
-        h = {**h, **dict(zip(numbers, make(tuple(h[name] for name in numbers), dtype)))}
+    if len(ranks) > 1:
+        numbers = [name for name, value in h.items() if isinstance(value, float) and value != 0.0]
+        if numbers:
+            # (compiled, they are the graph's constants: dynamo would trace through the cache)
+            make = one_element_tensors.__wrapped__ if torch.compiler.is_compiling() else one_element_tensors
+            h = {**h, **dict(zip(numbers, make(tuple(h[name] for name in numbers), dtype)))}
     count = 1 if runs is None else runs
     per_run = [k for k, v in h.items() if isinstance(v, torch.Tensor) and v.shape == (count, 1)]
     if not per_run:
@@ -73,23 +74,24 @@ def one_element_tensors(numbers: tuple[float, ...], dtype: torch.dtype) -> tuple
     return torch.tensor(numbers, dtype=dtype).unbind()
 
 
-def hypergradient(level, group: dict, upstream: list[torch.Tensor], host: bool) -> torch.Tensor:
-    """∂L/∂(the group's raw hyperparameters), (runs, learned), from u = ∂L/∂(each of its parameters)."""
+def hypergradient(level, group: dict, upstream: list[torch.Tensor], t, host: bool) -> torch.Tensor:
+    """∂L/∂(the group's raw hyperparameters), (runs, learned), from u = ∂L/∂(each of its parameters), t updates
+    after the first (None before it: the loss does not depend on h yet)."""
     raw, runs = group["hyper_raw"], group["runs"]
-    first = level.state[group["params"][0]]
-    if "step" not in first:  # the first step: there was no update yet, so the loss does not depend on h
+    if t is None:
         return torch.zeros_like(raw)
     learned = level.learned(group)
-    h = level.values(group, first["step"], host=host)
+    h = level.values(group, t, host=host)
     states = [level.state[p] for p in group["params"]]
     ranks = [p.dim() for p in group["params"]]
     sums = level.compiled("group_dots", group_dots)(level, operands(h, runs, ranks, raw.dtype), learned, states,
                                                     upstream, runs)
     if host:
-        terms = level.hypergradient_terms(h, learned, sums.reshape(-1).tolist())
+        totals = sums.tolist() if isinstance(sums, torch.Tensor) else [float(total) for total in sums]
+        terms = level.hypergradient_terms(h, learned, totals)  # (a lone run's sums are scalars)
         raw_values = raw.tolist()[0]
     else:
-        terms = level.hypergradient_terms(operands(h, runs, [1], raw.dtype)[0], learned, sums.unbind(0))
+        terms = level.hypergradient_terms(operands(h, runs, [1], raw.dtype)[0], learned, list(sums))
         raw_values = raw.detach().unbind(1)
     columns = []
     for name, term, value in zip(learned, terms, raw_values):  # the chain rule through each parameterisation
@@ -102,13 +104,13 @@ def hypergradient(level, group: dict, upstream: list[torch.Tensor], host: bool) 
 
 
 def group_dots(level, hs: list[dict], learned: tuple[str, ...], states: list[dict], upstream: list[torch.Tensor],
-               runs: int | None) -> torch.Tensor:
-    """Each optimizer's dot products summed over the group's tensors, (sums,) or (sums, runs): one function, so
-    that compile=True fuses the group."""
+               runs: int | None):
+    """Each optimizer's dot products summed over the group's tensors, each a scalar or (runs,): the one tensor's
+    own, or for several one (sums, ...) tensor. One function, so that compile=True fuses the group."""
     dot = functools.partial(run_dot, runs=runs)
     per_tensor = [level.hypergradient_dots(h, learned, state, u, dot) for h, state, u in zip(hs, states, upstream)]
     if len(per_tensor) == 1:
-        return torch.stack(per_tensor[0])
+        return per_tensor[0]
     return torch.stack([dot for sums in per_tensor for dot in sums]).unflatten(0, (len(per_tensor), -1)).sum(0)
 
 
@@ -128,16 +130,13 @@ def group_update(level, hs: list[dict], learned: tuple[str, ...], grads: list[to
     return steps
 
 
-def update(level, group: dict, grads: list[torch.Tensor], active: torch.Tensor | None, host: bool) -> None:
-    """One update of a group's parameters; a run not active (diverged) keeps its parameters."""
+def update(level, group: dict, grads: list[torch.Tensor], active: torch.Tensor | None, t, first: bool,
+           host: bool) -> None:
+    """Update t of a group's parameters (`first`: the group's first); a run not active (diverged) keeps its
+    parameters."""
     params, runs, raw = group["params"], group["runs"], group["hyper_raw"]
-    first = level.state[params[0]]
-    made = "step" in first
-    if not made:
-        first["step"] = torch.zeros((), dtype=raw.dtype, device=raw.device)
-    first["step"].add_(1)
-    h = level.values(group, first["step"], host=host)
-    run = level.compiled("group_update", group_update) if made else group_update  # the first step makes state
+    h = level.values(group, t, host=host)
+    run = group_update if first else level.compiled("group_update", group_update)  # the first makes the state
     steps = run(level, operands(h, runs, [p.dim() for p in params], raw.dtype), level.learned(group), list(grads),
                 [level.state[p] for p in params])
     for p, (direction, scale) in zip(params, steps):
@@ -162,38 +161,50 @@ def gradient(group: dict, p: torch.Tensor) -> torch.Tensor:
 
 def step_stack(weights) -> None:
     """One step of the stack whose weights' optimizer is `weights`: each level's hyperparameters are updated by
-    the level above before they update the level below (the reference code's order)."""
+    the level above before they update the level below (the reference code's order). Every level of a param group
+    steps once a step, so the group's step count, kept by the weights' optimizer, is every level's."""
     levels = weights.levels()
     host = on_host(weights)
+    states = [weights.state[group["params"][0]] for group in weights.param_groups]
+    counts = [state.get("step") for state in states]  # updates so far; None before the first
+    ts = [None if count is None else float(count) if host else count for count in counts]
     grads = [[[gradient(group, p) for p in group["params"]] for group in weights.param_groups]]
     for level in levels[:-1]:
-        grads.append([[hypergradient(level, group, us, host)] for group, us in zip(level.param_groups, grads[-1])])
+        grads.append([[hypergradient(level, group, us, t, host)]
+                      for group, us, t in zip(level.param_groups, grads[-1], ts)])
         for group, (h,) in zip(level.param_groups, grads[-1]):
             group["hyper_raw"].grad = h  # the level above's gradient, as torch.optim would see it
     active = None
     if weights.check_finite and len(levels) > 1:
-        active = check(weights, levels, grads[1:])
+        active = check(weights, levels, grads[1:], counts)
+    for group, state, count in zip(weights.param_groups, states, counts):
+        if count is None:
+            raw = group["hyper_raw"]
+            state["step"] = torch.zeros((), dtype=raw.dtype, device=raw.device)
+        state["step"].add_(1)
+    ts = [float(state["step"]) if host else state["step"] for state in states]
     for level, level_grads in reversed(list(zip(levels, grads))):
-        for group, g in zip(level.param_groups, level_grads):
-            update(level, group, g, active, host)
+        for group, g, t, count in zip(level.param_groups, level_grads, ts, counts):
+            update(level, group, g, active, t, count is None, host)
 
 
-def check(weights, levels, hypergradients) -> torch.Tensor | None:
-    """Record, on the device, the runs whose hypergradient is not finite and return which go on. A lone run in
-    eager mode instead reads one flag and raises DivergenceError before anything changes."""
-    first = weights.state[weights.param_groups[0]["params"][0]]
+def check(weights, levels, hypergradients, counts) -> torch.Tensor | None:
+    """Record, on the device, the runs whose hypergradient is not finite and return which go on (counts: each
+    group's updates so far). A lone run in eager mode instead reads one flag and raises DivergenceError before
+    anything changes."""
+    count = counts[0]
     if weights.param_groups[0]["runs"] is None and not torch.compiler.is_compiling():
-        raise_if_not_finite(levels, hypergradients, first)
+        raise_if_not_finite(levels, hypergradients, count)
         return None
-    step = first["step"] + 1 if "step" in first else torch.ones((), dtype=torch.long)
+    step = torch.ones((), dtype=torch.long) if count is None else count + 1
     for k, groups in enumerate(hypergradients):
         for (hypergradient,) in groups:
             weights.divergence.note(step.to(hypergradient.device), k, hypergradient)
     return weights.divergence.active()
 
 
-def raise_if_not_finite(levels, hypergradients, first: dict) -> None:
-    """DivergenceError for the first hypergradient that is not finite (`first`: the weights' first state)."""
+def raise_if_not_finite(levels, hypergradients, count: torch.Tensor | None) -> None:
+    """DivergenceError for the first hypergradient that is not finite, at the step after `count` updates."""
     flat = [g[0] for groups in hypergradients for g in groups]
     total = flat[0].sum() if len(flat) == 1 else torch.cat([g.reshape(-1) for g in flat]).sum()
     if math.isfinite(float(total)):  # NaN and ±inf survive a sum (a finite sum that overflows is looked into)
@@ -202,5 +213,4 @@ def raise_if_not_finite(levels, hypergradients, first: dict) -> None:
         for group, (hypergradient,) in zip(level.param_groups, groups):
             for name, value in zip(level.learned(group), hypergradient.reshape(-1).tolist()):
                 if not math.isfinite(value):
-                    raise DivergenceError(k, level.NAME, name, int(first["step"]) + 1 if "step" in first else 1,
-                                          value)
+                    raise DivergenceError(k, level.NAME, name, 1 if count is None else int(count) + 1, value)

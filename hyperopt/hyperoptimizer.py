@@ -230,12 +230,12 @@ class Hyperoptimizer(torch.optim.Optimizer):
     def values(self, group: dict, t: torch.Tensor | None = None, raw: torch.Tensor | None = None,
                host: bool = False) -> dict:
         """The hyperparameters a group's update uses: each learned one a (runs, 1) tensor, each fixed one as the
-        group holds it; with the step t (a tensor), also the quantities of that step (Adam's bias corrections).
+        group holds it; with the step t, also the quantities of that step (Adam's bias corrections).
         ``raw`` stands in for the group's raw values (the tests differentiate the update through it). With
-        ``host`` (a lone run on the CPU: hypergradient.on_host), all of them Python numbers."""
+        ``host`` (a lone run on the CPU: hypergradient.on_host), all of them Python numbers (t one too)."""
         values = self._fixed(group)
         if host:
-            raw, t = group["hyper_raw"].tolist()[0], None if t is None else float(t)
+            raw = group["hyper_raw"].tolist()[0]
         else:
             raw = group["hyper_raw"].detach().unbind(1) if raw is None else raw.unbind(1)
         for name, value in zip(self.learned(group), raw):

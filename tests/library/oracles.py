@@ -19,7 +19,7 @@ def autograd_hypergradient(level, group: dict, before, upstream: list[torch.Tens
     made from `before` (snapshot) with the raw values it used, by autograd, dotted with u."""
     states, grads = before
     raw = group["hyper_raw"].detach()
-    t = level.state[group["params"][0]]["step"]
+    t = level.state[group["params"][0]]["step"]  # (the weights' optimizer's: its group's step count)
     learned, runs = level.learned(group), group["runs"]
 
     def steps(raw):
