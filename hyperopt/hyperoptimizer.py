@@ -20,7 +20,15 @@ import torch
 from . import hypergradient
 from .checks import check_learn, check_values, numbers, per_hyperparameter
 from .divergence import Divergence, DivergenceError
-from .parameterisations import Parameterisation
+from .parameterisations import SQUARE, Parameterisation
+
+
+def _number_or_values(value):
+    """A hyperparameter's value as the optimizer holds it: a number (a one-element tensor too, as torch.optim takes
+    a tensor step size), or as given (one per run, one per hyperparameter below)."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0:
+        return float(value)
+    return value if isinstance(value, (dict, list, tuple, torch.Tensor)) else float(value)
 
 
 class Hyperoptimizer(torch.optim.Optimizer):
@@ -52,17 +60,16 @@ class Hyperoptimizer(torch.optim.Optimizer):
                  runs: int | None = None, **values):
         unknown = set(values) - set(self.HYPERPARAMETERS)
         if unknown:
-            raise TypeError(f"{self.NAME} has no hyperparameter {sorted(unknown)}; "
-                            f"it has {list(self.HYPERPARAMETERS)}")
+            raise TypeError(self._no_such_hyperparameter(unknown))
         defaults = {name: float(default) for name, (default, _, _) in self.HYPERPARAMETERS.items()}
-        defaults.update({k: v if isinstance(v, (dict, list, tuple, torch.Tensor)) else float(v)
-                         for k, v in values.items() if v is not None})
+        defaults.update({k: _number_or_values(v) for k, v in values.items() if v is not None})
         check_values(self.NAME, self.HYPERPARAMETERS, defaults)
         given_per_hyperparameter = sorted(k for k, v in defaults.items() if per_hyperparameter(v))
         if given_per_hyperparameter and (params is not None or hyper is not None):
             raise ValueError(
                 f"{self.NAME}: a value per hyperparameter of the level below ({', '.join(given_per_hyperparameter)}"
                 "={...}) is for a level above another optimizer, at the top of the stack where values are fixed")
+        self._learn_given = learn is not None  # else each param group learns what its own values call for
         learn = self.default_learn(defaults) if learn is None else tuple(learn)
         check_learn(self.NAME, self.HYPERPARAMETERS, learn)
         defaults["learn"] = learn
@@ -98,11 +105,35 @@ class Hyperoptimizer(torch.optim.Optimizer):
         self.attached = True
         super().__init__(params, dict(self.defaults))
 
+    def _no_such_hyperparameter(self, names) -> str:
+        hint = ""
+        if "weight_decay" in names:
+            hint = (f" ({self.NAME} takes no weight decay, as in the reference code: SGD(lr, momentum, weight_decay)"
+                    " does, or add (λ/2)·|w|² to the loss)")
+        return f"{self.NAME} has no hyperparameter {sorted(names)}; it has {list(self.HYPERPARAMETERS)}{hint}"
+
+    # Keys a param group may hold beyond the hyperparameters: torch.optim's own, and a scheduler's.
+    GROUP_KEYS = {"params", "param_names", "name", "learn", "runs", "initial_lr"}
+
     def add_param_group(self, param_group: dict) -> None:
+        if not isinstance(param_group, dict):
+            raise TypeError(f"a param group is a dict, not {type(param_group).__name__}")
+        unknown = set(param_group) - set(self.HYPERPARAMETERS) - self.GROUP_KEYS
+        if unknown:
+            raise ValueError(f"a param group holds a key {self.NAME} would not use: "
+                             + self._no_such_hyperparameter(unknown))
+        param_group = {**param_group, **{k: _number_or_values(v) for k, v in param_group.items()
+                                          if k in self.HYPERPARAMETERS}}
+        if "learn" not in param_group and not self._learn_given:
+            param_group["learn"] = self.default_learn({**self.defaults, **param_group})
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         first = group["params"][0]
         runs = group["runs"]
+        complex_ = [tuple(p.shape) for p in group["params"] if p.is_complex()]
+        if complex_:
+            raise ValueError(f"{self.NAME}: complex parameters (of shape {complex_}) are not supported; optimize "
+                             "torch.view_as_real of them, whose real and imaginary parts are two real parameters")
         if runs is not None:
             if not isinstance(runs, int) or isinstance(runs, bool) or runs < 1:
                 raise ValueError(f"{self.NAME}: runs must be a whole number ≥ 1 (the leading dimension every "
@@ -113,6 +144,11 @@ class Hyperoptimizer(torch.optim.Optimizer):
                                  f"leading dimension of {runs}, but has parameters of shape {bad}")
         check_values(self.NAME, self.HYPERPARAMETERS, group)
         check_learn(self.NAME, self.HYPERPARAMETERS, group["learn"])
+        for name in self.learned(group) if self.hyper is not None else ():
+            if self.HYPERPARAMETERS[name][1] is SQUARE and 0.0 in numbers(group[name]):
+                raise ValueError(f"{self.NAME}: a learned {name} is stored as its square root (as the reference "
+                                 f"stores it), whose hypergradient is 0 at {name}=0: it would stay 0; start it "
+                                 "above 0")
         if any(p.device != first.device or p.dtype != first.dtype for p in group["params"]):
             raise ValueError("all parameters of a param group must share one device and dtype (their "
                              "hyperparameters are one set of tensors); put the others in a param group of their own")
@@ -314,8 +350,14 @@ class Hyperoptimizer(torch.optim.Optimizer):
         return f"{type(self).__module__}.{type(self).__name__}({str(self)!r})"
 
     # ----------------------------------------------------------------- saving and resuming
+    def __getstate__(self) -> dict:
+        # torch.optim pickles only defaults, state and param_groups; a level also needs the stack around it (copy,
+        # deepcopy, pickle, torch.save of the optimizer). Compiled functions are made again where needed.
+        return {**self.__dict__, "_compiled": {}}
+
     def state_dict(self) -> dict:
         state = super().state_dict()
+        state["optimizer"] = self.NAME
         if self.hyper is not None:
             state["hyper"] = self.hyper.state_dict()
         if self.divergence is not None:
@@ -323,17 +365,16 @@ class Hyperoptimizer(torch.optim.Optimizer):
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
+        if self._owner is None:
+            self._refuse_unless_alike(state_dict, 0)  # before anything changes, at any level
         state_dict = dict(state_dict)
         hyper_state = state_dict.pop("hyper", None)
         divergence = state_dict.pop("divergence", None)
-        if (hyper_state is None) != (self.hyper is None):
-            raise ValueError("the saved stack and this one differ in height; rebuild the stack the state came from")
+        state_dict.pop("optimizer")
         # The level above holds each group's hyper_raw as its parameter: restore values in place, keep the objects.
         raws = [group["hyper_raw"] for group in self.param_groups]
         super().load_state_dict(state_dict)
         for group, raw in zip(self.param_groups, raws):
-            if group["hyper_raw"].shape != raw.shape:
-                raise ValueError("the saved stack learns other hyperparameters than this one")
             raw.copy_(group["hyper_raw"])
             group["hyper_raw"] = raw
             state = self.state[group["params"][0]]
@@ -343,6 +384,34 @@ class Hyperoptimizer(torch.optim.Optimizer):
             self.divergence.load_state_dict(divergence)
         if self.hyper is not None:
             self.hyper.load_state_dict(hyper_state)
+
+    def _refuse_unless_alike(self, state_dict: dict, level: int) -> None:
+        """One line saying what differs, where a state dict is not of a stack like this one from this level up."""
+        where = f"level {level} of this stack is {self.NAME}"
+        groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
+        if not isinstance(groups, list) or any(not isinstance(g, dict) or "hyper_raw" not in g for g in groups):
+            raise ValueError(f"this state dict is not a hyperopt stack's (a torch.optim optimizer's?): its param "
+                             f"groups hold no learned values; {where}")
+        if state_dict.get("optimizer") != self.NAME:
+            raise ValueError(f"the saved state's level {level} is {state_dict.get('optimizer')}, but {where}: "
+                             "rebuild the stack the state came from")
+        if len(groups) != len(self.param_groups):
+            raise ValueError(f"the saved state's level {level} has {len(groups)} param groups, this one "
+                             f"{len(self.param_groups)}")
+        for index, (saved, ours) in enumerate(zip(groups, self.param_groups)):
+            for key, same in (("learn", tuple(saved.get("learn") or ()) == tuple(ours["learn"])),
+                              ("runs", saved.get("runs") == ours["runs"])):
+                if not same:
+                    raise ValueError(f"the saved state's level {level} ({self.NAME}), param group {index}, has "
+                                     f"{key}={saved.get(key)!r}, this one {key}={ours[key]!r}")
+            if len(saved["params"]) != len(ours["params"]):
+                raise ValueError(f"the saved state's level {level}, param group {index}, has "
+                                 f"{len(saved['params'])} parameters, this one {len(ours['params'])}")
+        if (state_dict.get("hyper") is None) != (self.hyper is None):
+            raise ValueError(f"the saved stack and this one differ in height (at level {level + 1}); rebuild the "
+                             "stack the state came from")
+        if self.hyper is not None:
+            self.hyper._refuse_unless_alike(state_dict["hyper"], level + 1)
 
 
 __all__ = ["Hyperoptimizer", "DivergenceError"]

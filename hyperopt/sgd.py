@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from .checks import numbers
 from .hyperoptimizer import Hyperoptimizer
 from .parameterisations import IDENTITY
 
@@ -62,4 +63,4 @@ class SGD(Hyperoptimizer):
 
     @classmethod
     def default_learn(cls, values):
-        return ("lr", "momentum") if values["momentum"] != 0.0 else ("lr",)
+        return ("lr", "momentum") if any(numbers(values["momentum"])) else ("lr",)

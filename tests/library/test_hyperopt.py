@@ -3,6 +3,7 @@ divergence, param groups, torch.compile."""
 
 import copy
 import io
+import re
 
 import pytest
 import torch
@@ -181,10 +182,27 @@ def test_resume_continues_bitwise(spec, batches, tmp_path):
         assert torch.equal(a, b)
 
 
-def test_load_state_dict_rejects_another_stack():
-    state = hyperopt.stack("Adam/SGD", MLP().parameters()).state_dict()
-    with pytest.raises(ValueError, match="height"):
-        hyperopt.stack("Adam", MLP().parameters()).load_state_dict(state)
+@pytest.mark.parametrize("saved, message", [
+    (lambda p: hyperopt.stack("Adam", p), "differ in height (at level 1)"),
+    (lambda p: hyperopt.stack("Adam/SGD/SGD", p), "differ in height (at level 2)"),
+    (lambda p: hyperopt.stack("SGD(0.1, 0.9)/SGD", p), "level 0 is SGD, but level 0 of this stack is Adam"),
+    (lambda p: hyperopt.stack("Adam/Adam", p), "level 1 is Adam, but level 1 of this stack is SGD"),
+    (lambda p: hyperopt.stack("Adam^α/SGD", p), "has learn=('lr',), this one learn=('lr', 'beta1', 'beta2')"),
+    (lambda p: torch.optim.Adam(p), "not a hyperopt stack's"),
+])
+def test_a_state_dict_of_another_stack_is_refused_before_anything_changes(saved, message, batches):
+    torch.manual_seed(0)
+    model = MLP()
+    optimizer = hyperopt.stack("Adam/SGD", model.parameters())
+    train(model, optimizer, batches[:2])
+    before = copy.deepcopy(optimizer.state_dict())
+    with pytest.raises(ValueError, match=re.escape(message)):
+        optimizer.load_state_dict(saved(MLP().parameters()).state_dict())
+    after = optimizer.state_dict()
+    assert after["state"].keys() == before["state"].keys()
+    assert all(torch.equal(after["state"][k][name], value) for k, state in before["state"].items()
+               for name, value in state.items())
+    assert train(model, optimizer, batches[2:4])  # it still steps
 
 
 def test_nonfinite_hypergradient_raises_and_changes_nothing(batches):
@@ -375,3 +393,64 @@ def test_a_bias_correction_of_zero_is_a_divergence_as_numbers_and_as_tensors(bat
         F.nll_loss(network(x.double().unsqueeze(0))[0], y).backward()
         as_tensors.step()
     assert [run["step"] for run in as_tensors.diverged()] == [error.value.step]
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle", "torch.save"])
+def test_a_copied_stack_trains_on_as_the_original_does(how, batches):
+    """A copy of the model and its whole stack (every level, its state, its divergence record) takes the same steps
+    as the original."""
+    import pickle
+
+    torch.manual_seed(0)
+    model = MLP()
+    optimizer = hyperopt.stack("Adam/SGD(1e-5)/SGD(1e-4)", model.parameters())
+    train(model, optimizer, batches[:3])
+    if how == "deepcopy":
+        model_copy, optimizer_copy = copy.deepcopy((model, optimizer))
+    elif how == "pickle":
+        model_copy, optimizer_copy = pickle.loads(pickle.dumps((model, optimizer)))
+    else:
+        buffer = io.BytesIO()
+        torch.save((model, optimizer), buffer)
+        buffer.seek(0)
+        model_copy, optimizer_copy = torch.load(buffer, weights_only=False)  # (our own object, just written)
+    assert train(model_copy, optimizer_copy, batches[3:]) == train(model, optimizer, batches[3:])
+    assert optimizer_copy.hyperparameters() == optimizer.hyperparameters()
+    assert optimizer_copy.hyper.hyper.param_groups[0]["params"][0] is optimizer_copy.hyper.param_groups[0]["hyper_raw"]
+
+
+def test_a_param_group_with_its_own_momentum_learns_it(batches):
+    """Built with momentum 0, a group given momentum 0.9 learns μ, as it would built with 0.9 (the reference's rule
+    applied to each group's own values); a learn= given to the optimizer still holds for every group."""
+    torch.manual_seed(0)
+    model = MLP()
+    optimizer = hyperopt.SGD([{"params": model.layer1.parameters(), "momentum": 0.9},
+                              {"params": model.layer2.parameters()}], lr=0.05, hyper=hyperopt.SGD(lr=1e-3))
+    assert [group["learn"] for group in optimizer.param_groups] == [("lr", "momentum"), ("lr",)]
+    train(model, optimizer, batches[:5])
+    assert optimizer.hyperparameters(0)[0]["momentum"] != 0.9
+    fixed = hyperopt.SGD([{"params": MLP().parameters(), "momentum": 0.9}], lr=0.05, learn=("lr",),
+                         hyper=hyperopt.SGD(lr=1e-3))
+    assert fixed.param_groups[0]["learn"] == ("lr",)
+
+
+@pytest.mark.parametrize("build, error, message", [
+    (lambda p: hyperopt.Adam(p, weight_decay=0.01), TypeError, "Adam takes no weight decay"),
+    (lambda p: hyperopt.Adam([{"params": p, "weight_decay": 0.01}]), ValueError, "Adam takes no weight decay"),
+    (lambda p: hyperopt.SGD([{"params": p, "nesterov": True}]), ValueError, "SGD has no hyperparameter ['nesterov']"),
+    (lambda p: hyperopt.SGD([torch.zeros(3, dtype=torch.complex64, requires_grad=True)]), ValueError,
+     "complex parameters"),
+    (lambda p: hyperopt.stack("RMSProp(0)/SGD", p), ValueError, "would stay 0"),
+])
+def test_what_a_level_would_not_use_is_refused_with_the_reason(build, error, message):
+    with pytest.raises(error, match=re.escape(message)):
+        build(MLP().parameters())
+
+
+def test_a_tensor_step_size_is_a_step_size(batches):
+    torch.manual_seed(0)
+    model = MLP()
+    twin = copy.deepcopy(model)
+    ours = hyperopt.SGD(model.parameters(), lr=torch.tensor(0.1), hyper=hyperopt.SGD(lr=torch.tensor(1e-3)))
+    plain = hyperopt.SGD(twin.parameters(), lr=0.1, hyper=hyperopt.SGD(lr=1e-3))
+    assert train(model, ours, batches[:4]) == train(twin, plain, batches[:4])
