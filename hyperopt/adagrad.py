@@ -36,6 +36,7 @@ class AdaGrad(Hyperoptimizer):
     """AdaGrad(lr). The accumulator starts at 0.1, as in the reference."""
 
     NAME = "AdaGrad"
+    EPSILON = EPS
     HYPERPARAMETERS = {"lr": (0.01, IDENTITY, True)}
     update, keep = staticmethod(update), staticmethod(keep)
     hypergradient_dots, hypergradient_terms = staticmethod(hypergradient_dots), staticmethod(hypergradient_terms)

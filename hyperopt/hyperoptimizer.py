@@ -50,6 +50,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
 
     NAME: str
     HYPERPARAMETERS: dict[str, tuple[float, Parameterisation, bool]]
+    EPSILON: float | None = None  # a fixed ε the update adds in the parameters' dtype (Adam's is its eps)
     update: Callable
     keep: Callable
     hypergradient_dots: Callable
@@ -144,6 +145,12 @@ class Hyperoptimizer(torch.optim.Optimizer):
                                  f"leading dimension of {runs}, but has parameters of shape {bad}")
         check_values(self.NAME, self.HYPERPARAMETERS, group)
         check_learn(self.NAME, self.HYPERPARAMETERS, group["learn"])
+        epsilons = numbers(group["eps"]) if "eps" in group else [self.EPSILON] if self.EPSILON else []
+        smallest = torch.finfo(first.dtype).tiny * torch.finfo(first.dtype).eps if first.is_floating_point() else 0
+        if any(0.0 < eps < smallest / 2 for eps in epsilons):
+            raise ValueError(f"{self.NAME}: its ε ({', '.join(map(str, epsilons))}) is 0 in {first.dtype}, whose "
+                             f"smallest positive number is {smallest:.2g}: keep the parameters in float32 (autocast "
+                             "still computes in lower precision), or give a larger eps")
         for name in self.learned(group) if self.hyper is not None else ():
             if self.HYPERPARAMETERS[name][1] is SQUARE and 0.0 in numbers(group[name]):
                 raise ValueError(f"{self.NAME}: a learned {name} is stored as its square root (as the reference "

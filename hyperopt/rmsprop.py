@@ -55,6 +55,7 @@ class RMSProp(Hyperoptimizer):
     ``learn=("lr",)`` is the paper's RMSProp^α (the reference's RMSPropAlpha)."""
 
     NAME = "RMSProp"
+    EPSILON = EPS
     HYPERPARAMETERS = {"lr": (0.01, SQUARE, True), "gamma": (0.99, UNIT_INTERVAL, True)}
     step_scalars, update, keep = staticmethod(step_scalars), staticmethod(update), staticmethod(keep)
     hypergradient_dots, hypergradient_terms = staticmethod(hypergradient_dots), staticmethod(hypergradient_terms)

@@ -454,3 +454,13 @@ def test_a_tensor_step_size_is_a_step_size(batches):
     ours = hyperopt.SGD(model.parameters(), lr=torch.tensor(0.1), hyper=hyperopt.SGD(lr=torch.tensor(1e-3)))
     plain = hyperopt.SGD(twin.parameters(), lr=0.1, hyper=hyperopt.SGD(lr=1e-3))
     assert train(model, ours, batches[:4]) == train(twin, plain, batches[:4])
+
+
+@pytest.mark.parametrize("spec", ["Adam", "RMSProp/SGD", "AdaGrad"])
+def test_an_epsilon_that_is_zero_in_float16_is_refused_at_construction(spec):
+    half = [torch.zeros(4, dtype=torch.float16, requires_grad=True)]
+    with pytest.raises(ValueError, match=r"is 0 in torch.float16, whose smallest positive number is 6e-08"):
+        hyperopt.stack(spec, half)
+    hyperopt.stack(spec, [torch.zeros(4, dtype=torch.bfloat16, requires_grad=True)])  # bf16 holds 1e-10
+    if spec == "Adam":
+        hyperopt.stack("Adam(eps=1e-4)", half)
