@@ -28,14 +28,17 @@ def numbers(value) -> list:
     return [value]
 
 
-def check_values(optimizer: str, hyperparameters: dict, values: dict) -> None:
+def check_values(optimizer: str, hyperparameters: dict, values: dict, learned=()) -> None:
     for name, (_, parameterisation, _) in hyperparameters.items():
         value = values[name]
         for number in numbers(value):
             if not isinstance(number, (int, float)) or not math.isfinite(number):
                 raise ValueError(f"{optimizer}: {name} must be a finite number, not {value}")
-            if parameterisation is UNIT_INTERVAL and not 0.0 < number < 1.0:
-                raise ValueError(f"{optimizer}: {name} must lie strictly between 0 and 1, not {value}")
+            if parameterisation is UNIT_INTERVAL and name in learned and not 0.0 < number < 1.0:
+                raise ValueError(f"{optimizer}: {name} must lie strictly between 0 and 1 while it is learned (it is "
+                                 f"stored as atanh(2·{name} - 1)), not {value}")
+            if parameterisation is UNIT_INTERVAL and not 0.0 <= number < 1.0:
+                raise ValueError(f"{optimizer}: {name} must lie in [0, 1), not {value}")
             if parameterisation is not UNIT_INTERVAL and number < 0.0:
                 raise ValueError(f"{optimizer}: {name} must not be negative, not {value}")
 

@@ -64,7 +64,8 @@ class Hyperoptimizer(torch.optim.Optimizer):
             raise TypeError(self._no_such_hyperparameter(unknown))
         defaults = {name: float(default) for name, (default, _, _) in self.HYPERPARAMETERS.items()}
         defaults.update({k: _number_or_values(v) for k, v in values.items() if v is not None})
-        check_values(self.NAME, self.HYPERPARAMETERS, defaults)
+        check_values(self.NAME, self.HYPERPARAMETERS, defaults,
+                     learned=() if hyper is None else self.default_learn(defaults) if learn is None else tuple(learn))
         given_per_hyperparameter = sorted(k for k, v in defaults.items() if per_hyperparameter(v))
         if given_per_hyperparameter and (params is not None or hyper is not None):
             raise ValueError(
@@ -143,7 +144,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
             if bad:
                 raise ValueError(f"{self.NAME}: a param group of runs={runs} holds each run's parameters on a "
                                  f"leading dimension of {runs}, but has parameters of shape {bad}")
-        check_values(self.NAME, self.HYPERPARAMETERS, group)
+        check_values(self.NAME, self.HYPERPARAMETERS, group, self.learned(group))
         check_learn(self.NAME, self.HYPERPARAMETERS, group["learn"])
         epsilons = numbers(group["eps"]) if "eps" in group else [self.EPSILON] if self.EPSILON else []
         smallest = torch.finfo(first.dtype).tiny * torch.finfo(first.dtype).eps if first.is_floating_point() else 0

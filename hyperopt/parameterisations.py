@@ -27,7 +27,8 @@ IDENTITY = Parameterisation(lambda x: x, lambda raw: raw, lambda raw: None)
 # √α is stored so that α = (√α)² stays non-negative (the reference RMSProp).
 SQUARE = Parameterisation(math.sqrt, lambda raw: raw * raw, lambda raw: 2.0 * raw)
 # β ∈ (0, 1) is stored as atanh(2β - 1) and read back as (tanh(x) + 1) / 2, written as the reference writes it.
+# (A fixed β = 0, which torch.optim accepts, is -inf stored and 0 read back.)
 UNIT_INTERVAL = Parameterisation(
-    lambda y: 0.5 * math.log((1.0 + (2.0 * y - 1.0)) / (1.0 - (2.0 * y - 1.0))),
+    lambda y: 0.5 * math.log((1.0 + (2.0 * y - 1.0)) / (1.0 - (2.0 * y - 1.0))) if y > 0.0 else -math.inf,
     lambda raw: (_tanh(raw) + 1.0) / 2.0,
     lambda raw: (1.0 - _tanh(raw) ** 2) / 2.0)

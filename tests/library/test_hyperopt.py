@@ -144,7 +144,8 @@ def test_notation_means_what_the_paper_means():
     ("Adam^δ/SGD", "unknown hyperparameter 'δ'"),
     ("AdaGrad(gamma=0.5)", "AdaGrad has no hyperparameter 'gamma'"),
     ("Adam^ε/SGD", "Adam cannot learn 'eps'"),
-    ("Adam(0.001, 1.5)", "beta1 must lie strictly between 0 and 1"),
+    ("Adam(0.001, 1.5)", "beta1 must lie in [0, 1)"),
+    ("Adam(0.001, 0.0)/SGD", "beta1 must lie strictly between 0 and 1 while it is learned"),
     ("SGD(-0.1)", "lr must not be negative"),
     ("SGD(nan)", "lr must be a finite number"),
 ])
@@ -464,3 +465,14 @@ def test_an_epsilon_that_is_zero_in_float16_is_refused_at_construction(spec):
     hyperopt.stack(spec, [torch.zeros(4, dtype=torch.bfloat16, requires_grad=True)])  # bf16 holds 1e-10
     if spec == "Adam":
         hyperopt.stack("Adam(eps=1e-4)", half)
+
+
+@pytest.mark.parametrize("spec", ["Adam(0.001, 0.0)", "Adam^α(0.001, 0.0)/SGD(1e-5)", "RMSProp^α(0.01, 0.0)/SGD"])
+def test_a_fixed_beta_of_zero_is_accepted_as_torch_optim_accepts_it(spec, batches):
+    torch.manual_seed(0)
+    model = MLP()
+    before = copy.deepcopy(model)
+    optimizer = hyperopt.stack(spec, model.parameters())
+    assert all(torch.isfinite(torch.tensor(train(model, optimizer, batches[:5]))))
+    assert not torch.equal(model.layer1.weight, before.layer1.weight)
+    assert optimizer.hyperparameters()[0].get("beta1", optimizer.hyperparameters()[0].get("gamma")) == 0.0
