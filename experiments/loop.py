@@ -283,7 +283,8 @@ def train(runs: list[OpenRun], task, trainee, loggers: list, progress: bool, sto
     outcomes: dict[int, dict] = {}
     last = {i: run.record.last_metrics() for i, run in enumerate(runs)}  # a run stopped after its last epoch
     checkpoints = Checkpoints(runs[0].directory, cfg.checkpoint.every_minutes)
-    saved = checkpoints.load() if any(run.record.attempt > 1 for run in runs) else None
+    resuming = any(run.record.attempt > 1 for run in runs)
+    saved = checkpoints.load() if resuming else None
     if saved is not None and saved.get("members") != members:
         log.warning("the checkpoint in %s is of other runs: these start from their first step", runs[0].directory)
         saved = None
@@ -297,7 +298,7 @@ def train(runs: list[OpenRun], task, trainee, loggers: list, progress: bool, sto
         losses, epoch_seconds = list(saved["losses"].to(device)), saved["epoch_seconds"]
         outcomes = saved["outcomes"]
         log.info("resumed from the checkpoint at epoch %d, step %d (attempt %d)", epoch, step, runs[0].record.attempt)
-    elif any(run.record.attempt > 1 for run in runs):
+    elif resuming:
         log.warning("no usable checkpoint in %s: the run starts again from its first step", runs[0].directory)
     for i, run in enumerate(runs):
         run.record.forget_from(epoch, step)
@@ -347,15 +348,16 @@ def train(runs: list[OpenRun], task, trainee, loggers: list, progress: bool, sto
         diverged = {**trainee.frozen(), **raised}
         train_losses, steps, newly = [], [], {}
         for i in range(count):
-            # a run that diverged at step s stopped before it, with s - 1 steps behind it
-            event = diverged.get(i) if i not in outcomes else None
-            taken = event["step"] - first_step if event is not None and event["step"] >= first_step else len(stacked)
+            # a run that diverged at step s (in this epoch: an earlier one is an outcome already) stopped before
+            # it, with s - 1 steps behind it
+            event = None if i in outcomes else diverged.get(i)
+            taken = len(stacked) if event is None else event["step"] - first_step
             run_losses = stacked[:taken, i]
             finite = torch.isfinite(run_losses)
             if event is None and not bool(finite.all()):
                 at = first_step + int((~finite).nonzero()[0])
                 event = {"step": at, "error": f"the training loss became NaN or infinite at step {at}"}
-            if event is not None and i not in outcomes and event["step"] >= first_step:
+            if event is not None and i not in outcomes:
                 newly[i] = {"status": "diverged", "diverged_at_step": event["step"], "error": event["error"]}
             train_losses.append(float(run_losses.mean()) if taken else float("nan"))
             steps.append(first_step - 1 + taken)

@@ -19,7 +19,7 @@ import torch
 
 from . import hypergradient
 from .checks import check_learn, check_values, numbers, per_hyperparameter
-from .divergence import Divergence, DivergenceError
+from .divergence import Divergence
 from .parameterisations import SQUARE, Parameterisation
 
 
@@ -420,6 +420,3 @@ class Hyperoptimizer(torch.optim.Optimizer):
                              "stack the state came from")
         if self.hyper is not None:
             self.hyper._refuse_unless_alike(state_dict["hyper"], level + 1)
-
-
-__all__ = ["Hyperoptimizer", "DivergenceError"]
