@@ -24,9 +24,9 @@ FREE = {"seed", "optimizer", "row", "rerun_of", "experiment", "rnn", "cifar", "s
 
 def group_key(config: dict) -> str | None:
     """Runs with equal keys can be trained as one network; None for a run that must train alone."""
-    if config.get("schedule") is not None or config.get("backend") != "ours" or config.get("channels_last"):
-        # a step schedule drives one fixed step size per run; the reference code trains one run; a batched
-        # network lays its images out as (batch, runs·channels, ...), not channels_last
+    if config.get("backend") != "ours" or config.get("channels_last"):
+        # the reference code trains one run; a batched network lays its images out as (batch, runs·channels, ...),
+        # not channels_last
         return None
     try:
         levels = stack_levels(config["optimizer"])

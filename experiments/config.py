@@ -8,6 +8,7 @@ import re
 from hydra.core.config_store import ConfigStore
 
 from experiments.paper import TABLE_1
+from experiments.schedules import check as check_schedule
 
 
 def register_table_1() -> None:
@@ -107,7 +108,6 @@ RULES = {
     "model.hidden": _whole(1),
     "model.layers": _whole(1),
     "model.dropout": _number(0.0, 1.0, low_open=False),
-    "schedule.gamma": _number(0.0),
     "sensitivity.method": _TEXT,
     "sensitivity.alpha": _number(0.0, low_open=False),
     "sensitivity.height": _whole(0),
@@ -142,9 +142,7 @@ def validate(config: dict) -> None:
             raise ConfigError(key, value, allowed)
     schedule = config.get("schedule")
     if schedule is not None:
-        if not isinstance(schedule, dict) or "gamma" not in schedule:
-            raise ConfigError("schedule", schedule, "null or {milestones: [fractions of the epochs], gamma: factor}")
-        milestones = schedule.get("milestones")
-        if not isinstance(milestones, list) or not milestones or not all(
-                _number(0.0, 1.0)[0](fraction) for fraction in milestones):
-            raise ConfigError("schedule.milestones", milestones, "a list of fractions of the run's epochs, in (0, 1)")
+        problem = check_schedule(schedule) if isinstance(schedule, dict) else (
+            "schedule", schedule, "null or {name: step | warmup_cosine | one_cycle, ...}")
+        if problem:
+            raise ConfigError(*problem)

@@ -29,9 +29,10 @@ import hyperopt
 from experiments.checkpoints import Checkpoints
 from experiments.config import register_table_1, validate
 from experiments.loggers import make_logger
-from experiments.optimizers import build_optimizer, build_schedule, set_mode, stack_levels
+from experiments.optimizers import Baseline, build_optimizer, set_mode, stack_levels
 from experiments.provenance import machine
 from experiments.runs import BeforeTraining, OpenRun, failed, open_run, report
+from experiments.schedules import Schedule
 from experiments.tasks import make_task
 from models import batch_models, build_model
 
@@ -86,9 +87,11 @@ class Alone:
             if cfg.schedule is not None:
                 raise ValueError("backend=reference runs the reference code's stacks, which take no schedule")
             self.optimizer = ReferenceBackend(run.config["optimizer"], self.model)
-        else:
-            self.optimizer = build_optimizer(run.config["optimizer"], self.model.parameters(), compile=cfg.compile)
-        self.schedule = build_schedule(cfg.schedule, self.optimizer, cfg.epochs)
+            return
+        self.optimizer = build_optimizer(run.config["optimizer"], self.model.parameters(), compile=cfg.compile)
+        # the weights' step sizes, which a schedule sets
+        self.param_groups = (self.optimizer.optimizer if isinstance(self.optimizer, Baseline)
+                             else self.optimizer).param_groups
 
     def step(self, batches: list) -> torch.Tensor:
         return self.task.step(self.model, self.optimizer, batches[0]).reshape(1)
@@ -112,19 +115,12 @@ class Alone:
         set_mode(self.optimizer, "eval")
         return self.model
 
-    def end_of_epoch(self) -> None:
-        if self.schedule is not None:
-            self.schedule.step()
-
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "schedule": None if self.schedule is None else self.schedule.state_dict()}
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.schedule is not None:
-            self.schedule.load_state_dict(state["schedule"])
 
 
 class Together:
@@ -135,6 +131,7 @@ class Together:
         self.model = batch_models([seeded_model(run.cfg, run.config, task, device) for run in runs]).to(device)
         self.optimizer = hyperopt.stack([stack_levels(run.config["optimizer"]) for run in runs],
                                         self.model.parameters(), compile=runs[0].cfg.compile)
+        self.param_groups = self.optimizer.param_groups
 
     def step(self, batches: list) -> torch.Tensor:
         x = torch.stack([batch[0] for batch in batches])
@@ -160,9 +157,6 @@ class Together:
 
     def model_of(self, run: int) -> torch.nn.Module:
         return self.model.run_model(run).eval()
-
-    def end_of_epoch(self) -> None:
-        pass
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
@@ -284,6 +278,8 @@ def train(runs: list[OpenRun], task, trainee, loggers: list, progress: bool, sto
     last = {i: run.record.last_metrics() for i, run in enumerate(runs)}  # a run stopped after its last epoch
     checkpoints = Checkpoints(runs[0].directory, cfg.checkpoint.every_minutes)
     resuming = any(run.record.attempt > 1 for run in runs)
+    schedule = None if cfg.schedule is None else Schedule(
+        runs[0].config["schedule"], task.steps_per_epoch, cfg.epochs, trainee.param_groups)
     saved = checkpoints.load() if resuming else None
     if saved is not None and saved.get("members") != members:
         log.warning("the checkpoint in %s is of other runs: these start from their first step", runs[0].directory)
@@ -332,6 +328,8 @@ def train(runs: list[OpenRun], task, trainee, loggers: list, progress: bool, sto
         try:
             for batch in tqdm(batches, total=task.steps_per_epoch, initial=done, leave=False, unit="step",
                               disable=not progress):
+                if schedule is not None:
+                    schedule.apply(step + 1)
                 losses.append(trainee.step(list(batch)))
                 step, done = step + 1, done + 1
                 if step % every == 0:
@@ -385,7 +383,6 @@ def train(runs: list[OpenRun], task, trainee, loggers: list, progress: bool, sto
                      f", {len(outcomes)} diverged" if outcomes else "")
         if len(outcomes) == count:
             break
-        trainee.end_of_epoch()
         epoch, done, losses, seconds_before = epoch + 1, 0, [], 0.0
         epoch_starts = [shuffle.get_state() for shuffle in shuffles]
         checkpoints.save(state(0.0))

@@ -159,19 +159,3 @@ def sensitivity_tower(method: str, alpha: float, height: int, upper: float | str
         return f"{method}({float(alpha)!r})"
     top = alpha if upper == "same" else float(upper)
     return [(hyperopt.SGD, {"lr": alpha}, None)] + [(hyperopt.SGD, {"lr": top}, None)] * height
-
-
-def build_schedule(schedule, optimizer, epochs: int):
-    """A step schedule of a fixed step size, stepped once an epoch: lr × gamma at each milestone, a fraction of
-    the run's epochs. None when the run has none."""
-    if schedule is None:
-        return None
-    if isinstance(optimizer, hyperopt.Hyperoptimizer) and optimizer.hyper is not None and any(
-            "lr" in group["learn"] for group in optimizer.param_groups):
-        raise ValueError(f"schedule= sets a fixed step size, but {optimizer} learns it: drop the schedule or the "
-                         "levels above")
-    if not all(0.0 < fraction < 1.0 for fraction in schedule.milestones):
-        raise ValueError(f"schedule.milestones are fractions of the run's epochs, in (0, 1): {schedule.milestones}")
-    milestones = sorted({max(1, round(fraction * epochs)) for fraction in schedule.milestones})
-    scheduled = optimizer.optimizer if isinstance(optimizer, Baseline) else optimizer
-    return torch.optim.lr_scheduler.MultiStepLR(scheduled, milestones, gamma=schedule.gamma)

@@ -6,16 +6,17 @@
     loss.backward(); opt.step(); opt.zero_grad()
 
 The hypergradient is `hyperopt/hypergradient.py: hypergradient` (the chain rule between levels); each optimizer's
-module (sgd.py, adam.py, adagrad.py, rmsprop.py) holds its update and its hypergradient's dot products and terms.
+module (sgd.py, adam.py, adamw.py, adagrad.py, rmsprop.py) holds its update and its hypergradient's dot products and terms.
 """
 
 from .adagrad import AdaGrad
 from .adam import Adam
+from .adamw import AdamW
 from .divergence import DivergenceError
 from .hyperoptimizer import Hyperoptimizer
 from .notation import GRAMMAR, format_stack, parse, stack
 from .rmsprop import RMSProp
 from .sgd import SGD
 
-__all__ = ["SGD", "Adam", "AdaGrad", "RMSProp", "Hyperoptimizer", "DivergenceError", "stack", "parse",
+__all__ = ["SGD", "Adam", "AdamW", "AdaGrad", "RMSProp", "Hyperoptimizer", "DivergenceError", "stack", "parse",
            "format_stack", "GRAMMAR"]

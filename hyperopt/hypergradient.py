@@ -25,6 +25,7 @@ import math
 import torch
 
 from .divergence import DivergenceError
+from .scalars import divide
 
 
 def run_dot(a: torch.Tensor, b: torch.Tensor, runs: int | None) -> torch.Tensor:
@@ -91,16 +92,39 @@ def hypergradient(level, group: dict, upstream: list[torch.Tensor], t, host: boo
         terms = level.hypergradient_terms(h, learned, totals)  # (a lone run's sums are scalars)
         raw_values = raw.tolist()[0]
     else:
-        terms = level.hypergradient_terms(operands(h, runs, [1], raw.dtype)[0], learned, list(sums))
+        h = operands(h, runs, [1], raw.dtype)[0]
+        terms = level.hypergradient_terms(h, learned, list(sums))
         raw_values = raw.detach().unbind(1)
+    if level.DECOUPLED_DECAY:
+        terms = decoupled_decay_terms(h, learned, terms, group["params"], upstream, runs, host)
+    slopes = level.schedule_slopes(group)
     columns = []
-    for name, term, value in zip(learned, terms, raw_values):  # the chain rule through each parameterisation
+    for name, term, value in zip(learned, terms, raw_values):  # the chain rule through a schedule's factor and
+        if name in slopes:                                      # each parameterisation
+            slope = slopes[name]
+            term = term * (slope if host or not isinstance(slope, torch.Tensor) else slope.reshape(-1))
         derivative = level.HYPERPARAMETERS[name][1].derivative(value)
         columns.append(term if derivative is None else term * derivative)
     if host:
         return raw.new_tensor([[-column for column in columns]])
     count = raw.shape[0]
     return torch.stack([column.reshape(count) for column in columns], dim=-1).to(raw.dtype).neg_()
+
+
+def decoupled_decay_terms(h: dict, learned: tuple[str, ...], terms: list, params, upstream, runs, host) -> list:
+    """The terms of an optimizer whose step is ``x ← x (1 - αλ) - step(α)``, from those of its own step (linear in
+    α): ∂/∂α gains λ⟨u, x_prev⟩, and ∂/∂λ is α⟨u, x_prev⟩. The parameters before the last step are not kept:
+    ⟨u, x_prev⟩ = (⟨u, x⟩ + α ⟨u, ∂step/∂α⟩) / (1 - αλ)."""
+    alpha, decay = h["lr"], h["weight_decay"]
+    if "weight_decay" not in learned and not isinstance(decay, torch.Tensor) and decay == 0.0:
+        return terms
+    now = functools.reduce(torch.add, (run_dot(p, u, runs) for p, u in zip(params, upstream)))
+    own = dict(zip(learned, terms))
+    before = divide((float(now) if host else now) + alpha * own["lr"], 1.0 - alpha * decay)
+    own["lr"] = own["lr"] + decay * before
+    if "weight_decay" in learned:
+        own["weight_decay"] = alpha * before
+    return [own[name] for name in learned]
 
 
 def group_dots(level, hs: list[dict], learned: tuple[str, ...], states: list[dict], upstream: list[torch.Tensor],
@@ -137,9 +161,15 @@ def update(level, group: dict, grads: list[torch.Tensor], active: torch.Tensor |
     params, runs, raw = group["params"], group["runs"], group["hyper_raw"]
     h = level.values(group, t, host=host)
     run = group_update if first else level.compiled("group_update", group_update)  # the first makes the state
-    steps = run(level, operands(h, runs, [p.dim() for p in params], raw.dtype), level.learned(group), list(grads),
-                [level.state[p] for p in params])
-    for p, (direction, scale) in zip(params, steps):
+    hs = operands(h, runs, [p.dim() for p in params], raw.dtype)
+    steps = run(level, hs, level.learned(group), list(grads), [level.state[p] for p in params])
+    decays = [None] * len(params)
+    if level.DECOUPLED_DECAY:
+        decays = [1.0 - h_p["lr"] * h_p["weight_decay"] for h_p in hs]
+    for p, (direction, scale), decay in zip(params, steps, decays):
+        if decay is not None and (isinstance(decay, torch.Tensor) or decay != 1.0):
+            p.mul_(decay if active is None else torch.where(
+                active.reshape((-1,) + (1,) * (p.dim() - 1)) if runs else active.reshape(()), decay, 1.0))
         if active is not None:
             direction = torch.where(active.reshape((-1,) + (1,) * (p.dim() - 1)) if runs else active.reshape(()),
                                     direction, 0.0)
@@ -149,11 +179,11 @@ def update(level, group: dict, grads: list[torch.Tensor], active: torch.Tensor |
             p.add_(direction, alpha=-scale)
 
 
-def gradient(group: dict, p: torch.Tensor) -> torch.Tensor:
-    """A parameter's gradient, with weight decay added as torch.optim.SGD adds it: the update and the
-    hypergradient are then those of the loss plus (weight_decay / 2)·|w|²."""
+def gradient(level, group: dict, p: torch.Tensor) -> torch.Tensor:
+    """A parameter's gradient, with weight decay added as torch.optim.SGD adds it (unless the level decouples
+    it): the update and the hypergradient are then those of the loss plus (weight_decay / 2)·|w|²."""
     g = p.grad if p.grad is not None else torch.zeros_like(p)
-    decay = group.get("weight_decay", 0.0)
+    decay = 0.0 if level.DECOUPLED_DECAY else group.get("weight_decay", 0.0)
     if isinstance(decay, torch.Tensor):  # one per run
         return g + operands({"decay": decay}, group["runs"], [p.dim()], p.dtype)[0]["decay"] * p
     return g + decay * p if decay else g
@@ -168,7 +198,7 @@ def step_stack(weights) -> None:
     states = [weights.state[group["params"][0]] for group in weights.param_groups]
     counts = [state.get("step") for state in states]  # updates so far; None before the first
     ts = [None if count is None else float(count) if host else count for count in counts]
-    grads = [[[gradient(group, p) for p in group["params"]] for group in weights.param_groups]]
+    grads = [[[gradient(weights, group, p) for p in group["params"]] for group in weights.param_groups]]
     for level in levels[:-1]:
         grads.append([[hypergradient(level, group, us, t, host)]
                       for group, us, t in zip(level.param_groups, grads[-1], ts)])

@@ -5,6 +5,13 @@ parameters are level 0's learned hyperparameters, held per param group as one ra
 of shape (runs, learned): a lone run is a stack of one run. And so on up the stack; the top level's
 hyperparameters are fixed. `step()` steps the whole stack (hyperopt/hypergradient.py).
 
+A schedule (any torch.optim.lr_scheduler, or a hand-set ``group["lr"] = ...``) works at any level. On a fixed value
+it is what torch.optim does. On a learned value it scales what the level above learns: the step uses
+``group[name] × learned / group["initial"][name]``, the learned value times the factor by which the schedule has
+moved the group's value from the one it was made with, and the hypergradient reaches the learned value through
+that factor. So ``group[name]`` and ``get_last_lr()`` are the schedule's values, which a plain optimizer would use;
+``hyperparameters()`` and the run records give the values used.
+
 Many runs as one. A param group with ``runs=N`` holds the parameters of N independent runs stacked on a leading
 dimension; each of its hyperparameters, at every level, is then one value per run, each run's hypergradient is the
 sum over its own slice only, and a run whose hypergradient becomes NaN or infinite is frozen while the others go on.
@@ -51,6 +58,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
     NAME: str
     HYPERPARAMETERS: dict[str, tuple[float, Parameterisation, bool]]
     EPSILON: float | None = None  # a fixed ε the update adds in the parameters' dtype (Adam's is its eps)
+    DECOUPLED_DECAY = False  # its weight_decay shrinks the weights (x ← x(1 - αλ)) rather than adding λx to g
     update: Callable
     keep: Callable
     hypergradient_dots: Callable
@@ -110,12 +118,13 @@ class Hyperoptimizer(torch.optim.Optimizer):
     def _no_such_hyperparameter(self, names) -> str:
         hint = ""
         if "weight_decay" in names:
-            hint = (f" ({self.NAME} takes no weight decay, as in the reference code: SGD(lr, momentum, weight_decay)"
-                    " does, or add (λ/2)·|w|² to the loss)")
+            hint = (f" ({self.NAME} takes no weight decay, as in the reference code: AdamW(lr, beta1, beta2, eps, "
+                    "weight_decay) decouples it, SGD(lr, momentum, weight_decay) adds it to the gradient, or add "
+                    "(λ/2)·|w|² to the loss)")
         return f"{self.NAME} has no hyperparameter {sorted(names)}; it has {list(self.HYPERPARAMETERS)}{hint}"
 
     # Keys a param group may hold beyond the hyperparameters: torch.optim's own, and a scheduler's.
-    GROUP_KEYS = {"params", "param_names", "name", "learn", "runs", "initial_lr"}
+    GROUP_KEYS = {"params", "param_names", "name", "learn", "runs", "initial", "initial_lr"}
 
     def add_param_group(self, param_group: dict) -> None:
         if not isinstance(param_group, dict):
@@ -160,7 +169,10 @@ class Hyperoptimizer(torch.optim.Optimizer):
         if any(p.device != first.device or p.dtype != first.dtype for p in group["params"]):
             raise ValueError("all parameters of a param group must share one device and dtype (their "
                              "hyperparameters are one set of tensors); put the others in a param group of their own")
-        if self._owner is not None and any(numbers(group.get("weight_decay", 0.0))):
+        if "weight_decay" in self.learned(group) and "lr" not in self.learned(group):
+            raise ValueError(f"{self.NAME} learns its weight decay together with its step size: "
+                             "learn=('lr', 'weight_decay')")
+        if self._owner is not None and not self.DECOUPLED_DECAY and any(numbers(group.get("weight_decay", 0.0))):
             raise ValueError(f"{self.NAME}: weight decay is for the weights' optimizer, not a level above it")
         if self.hyper is not None and not group["learn"]:
             raise ValueError(f"{self.NAME} learns no hyperparameter (learn=()), so the level above it has "
@@ -173,6 +185,9 @@ class Hyperoptimizer(torch.optim.Optimizer):
         count = 1 if runs is None else runs
         group["hyper_raw"] = self._raw_values(group, count, torch.promote_types(first.dtype, torch.float32),
                                               first.device)
+        # what a schedule's factor is taken against (see the module's docstring)
+        group.setdefault("initial", {name: group[name].clone() if isinstance(group[name], torch.Tensor) else group[name]
+                                     for name in self.learned(group)})
         if self._owner is None:
             if self.divergence is None:
                 self.divergence = Divergence(count, first.device)
@@ -282,11 +297,43 @@ class Hyperoptimizer(torch.optim.Optimizer):
             raw = group["hyper_raw"].tolist()[0]
         else:
             raw = group["hyper_raw"].detach().unbind(1) if raw is None else raw.unbind(1)
+        scheduled = self.scheduled(group)
         for name, value in zip(self.learned(group), raw):
-            values[name] = self.HYPERPARAMETERS[name][1].to_value(value if host else value.unsqueeze(1))
+            value = self.HYPERPARAMETERS[name][1].to_value(value if host else value.unsqueeze(1))
+            if name in scheduled:
+                now, initial = scheduled[name]
+                # exactly the schedule's value while the learned one has not moved (now × 1.0)
+                value = now * (value / initial) if not isinstance(now, torch.Tensor) else torch.where(
+                    now == initial, value, now * (value / initial))
+            values[name] = value
         if t is not None:
             values.update(self.step_scalars(values, t))
         return values
+
+    def scheduled(self, group: dict) -> dict:
+        """{name: (the group's value now, its value when the group was made)} for each learned hyperparameter a
+        schedule may have moved: one whose number has changed, or one held as a tensor (a value per run), which is
+        not read back to the host to find out."""
+        moved = {}
+        for name, initial in group["initial"].items() if self.hyper is not None else ():
+            now = group[name]
+            if isinstance(now, torch.Tensor) or isinstance(initial, torch.Tensor):
+                moved[name] = (now, initial)
+            elif now != initial:
+                if initial == 0.0:
+                    raise ValueError(f"{self.NAME}: {name} was set to {now} (by a schedule?), but the group was "
+                                     f"made with {name}=0, which a schedule's factor cannot scale: make it with "
+                                     f"the value the schedule starts from")
+                moved[name] = (now, initial)
+        return moved
+
+    def schedule_slopes(self, group: dict) -> dict:
+        """∂(value used)/∂(learned value) of each scheduled hyperparameter: the schedule's factor."""
+        slopes = {}
+        for name, (now, initial) in self.scheduled(group).items():
+            slopes[name] = now / initial if not isinstance(now, torch.Tensor) else torch.where(
+                now == initial, 1.0, now / initial)
+        return slopes
 
     def compiled(self, name: str, function: Callable) -> Callable:
         """`function`, compiled once per group layout where compile=True: the weights' optimizer fuses its group's
@@ -307,6 +354,8 @@ class Hyperoptimizer(torch.optim.Optimizer):
         if self._owner is not None:
             raise RuntimeError(f"this {self.NAME} is a level above another optimizer: call step() on the "
                                "weights' optimizer, which steps the whole stack")
+        for level in self.levels()[1:]:  # it steps too: a scheduler of a level above checks (torch reads this flag)
+            level._opt_called = True
         loss = None
         if closure is not None:
             with torch.enable_grad():

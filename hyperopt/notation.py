@@ -9,11 +9,12 @@ from typing import Iterable, Sequence
 
 from .adagrad import AdaGrad
 from .adam import Adam
+from .adamw import AdamW
 from .hyperoptimizer import Hyperoptimizer
 from .rmsprop import RMSProp
 from .sgd import SGD
 
-OPTIMIZERS = {cls.NAME.lower(): cls for cls in (SGD, Adam, AdaGrad, RMSProp)}
+OPTIMIZERS = {cls.NAME.lower(): cls for cls in (SGD, Adam, AdamW, AdaGrad, RMSProp)}
 SYMBOLS = {"lr": "α", "momentum": "μ", "beta1": "β1", "beta2": "β2", "gamma": "γ", "eps": "ε",
            "weight_decay": "λ"}
 ALIASES = {**{name: name for name in SYMBOLS}, **{symbol: name for name, symbol in SYMBOLS.items()},
@@ -22,12 +23,13 @@ ALIASES = {**{name: name for name in SYMBOLS}, **{symbol: name for name, symbol 
 GRAMMAR = """\
   stack      := level ( "/" level )*            leftmost level updates the weights
   level      := NAME [ "^" learned ] [ "(" [ value ( "," value )* ] ")" ]
-  NAME       := SGD | Adam | AdaGrad | RMSProp  (any case)
+  NAME       := SGD | Adam | AdamW | AdaGrad | RMSProp  (any case)
   learned    := symbol | "{" symbol ( "," symbol )* "}"
-  symbol     := α | alpha | lr | μ | mu | momentum | β1 | beta1 | β2 | beta2 | γ | gamma
+  symbol     := α | alpha | lr | μ | mu | momentum | β1 | beta1 | β2 | beta2 | γ | gamma | λ | wd
   value      := number | per-level | symbol "=" ( number | per-level )
                                                 positional order: SGD(lr, momentum, weight_decay),
-                                                Adam(lr, beta1, beta2, eps), AdaGrad(lr), RMSProp(lr, gamma)
+                                                Adam(lr, beta1, beta2, eps), AdaGrad(lr), RMSProp(lr, gamma),
+                                                AdamW(lr, beta1, beta2, eps, weight_decay)
   per-level  := "{" symbol ":" number ( "," symbol ":" number )* "}"
                                                 at the top of a stack: a value for each hyperparameter the
                                                 level learns, e.g. its step size for α and for μ
@@ -96,7 +98,7 @@ def parse(spec: str) -> list[tuple[type[Hyperoptimizer], dict, tuple[str, ...] |
             raise _error(spec, part, "cannot read this level")
         cls = OPTIMIZERS.get(match["name"].lower())
         if cls is None:
-            raise _error(spec, part, f"unknown optimizer {match['name']!r} (known: SGD, Adam, AdaGrad, RMSProp)")
+            raise _error(spec, part, f"unknown optimizer {match['name']!r} (known: SGD, Adam, AdamW, AdaGrad, RMSProp)")
         learned = None
         if match["learned"] is not None:
             symbols = match["learned"].strip("{}").split(",")

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import hyperopt
+from experiments.schedules import Schedule
 from models import CharRNN, MLP, batch_models, resnet20
 from tests.library.closeness import assert_relative_close
 
@@ -62,10 +63,13 @@ def forward(model, x):
     return output[0] if isinstance(output, tuple) else output
 
 
-def lone_run(model, spec, batches):
+def lone_run(model, spec, batches, schedule=None):
     optimizer = hyperopt.stack(spec, model.parameters())
+    schedule = schedule and Schedule(schedule, len(batches), 1, optimizer.param_groups)
     losses, values = [], []
-    for x, y in batches:
+    for step, (x, y) in enumerate(batches):
+        if schedule:
+            schedule.apply(step + 1)
         loss = loss_of(forward(model, x), y)
         optimizer.zero_grad()
         loss.backward()
@@ -84,13 +88,16 @@ def seeded(build) -> list:
     return models
 
 
-def batched_run(models, specs, batches, steps):
+def batched_run(models, specs, batches, steps, schedule=None):
     """Train copies of `models` as one network with a stack of runs, each run on its own batches: (the network, its
     optimizer, each step's losses per run, each step's hyperparameters per run)."""
     network = batch_models([copy.deepcopy(model) for model in models])
     optimizer = hyperopt.stack(specs, network.parameters())
+    schedule = schedule and Schedule(schedule, steps, 1, optimizer.param_groups)
     losses, values = [], []
     for step in range(steps):
+        if schedule:
+            schedule.apply(step + 1)
         x = torch.stack([run_batches[step][0] for run_batches in batches])
         y = torch.stack([run_batches[step][1] for run_batches in batches])
         per_run = torch.stack([loss_of(output, target) for output, target in zip(forward(network, x), y)])
@@ -132,6 +139,21 @@ def test_every_run_of_a_batch_learns_what_it_learns_alone(architecture, stack):
                     assert_relative_close(torch.tensor(ours[name]), torch.tensor(value), RELATIVE,
                                           f"run {run} level {level} {name} at step {step}")
         assert values[-1][0]["lr"] != values[0][0]["lr"]  # it learned: the comparison means something
+
+
+def test_a_schedule_shapes_each_runs_learned_step_size_as_it_does_alone():
+    build, data, scale = ARCHITECTURES["mlp"]
+    schedule = {"name": "warmup_cosine", "warmup": 0.25, "final": 0.1}
+    specs = [notation(weights, kappas, scale) for weights, kappas in STACKS["SGD-momentum/SGD"]]
+    models = seeded(build)
+    batches = [data(seed) for seed in SEEDS]
+    batched, optimizer, batched_losses, _ = batched_run(models, specs, batches, STEPS, schedule)
+    for run, (model, spec, run_batches) in enumerate(zip(models, specs, batches)):
+        losses, _ = lone_run(model, spec, run_batches[:STEPS], schedule)
+        assert_relative_close(torch.tensor([step[run] for step in batched_losses]), torch.tensor(losses), RELATIVE,
+                              f"run {run} losses")
+        for name, weight in model.state_dict().items():
+            assert_relative_close(batched.run_state_dict(run)[name], weight, RELATIVE, f"run {run} {name}")
 
 
 def test_a_diverging_run_is_frozen_and_reported_while_the_others_go_on():

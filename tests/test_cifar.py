@@ -12,12 +12,14 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 import hyperopt
 from experiments.cifar import BINARY, PICKLE, crop_and_flip, load_cifar10, md5_mismatches, read_binary
-from experiments.optimizers import build_optimizer, build_schedule
+from experiments.optimizers import build_optimizer
 from experiments.paper import FIGURE_2
 from experiments.records import read_records
+from experiments.schedules import Schedule
 from experiments.step import train_step
 from models import MLP, resnet20
 from tests.library.closeness import assert_relative_close
@@ -175,13 +177,13 @@ def test_under_bf16_autocast_hyperparameters_and_hypergradients_stay_float32():
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
-def test_a_schedule_applies_to_a_fixed_step_size_only():
+def test_he2015s_step_schedule_divides_the_step_size_by_ten_at_its_milestones():
     model = torch.nn.Linear(2, 2)
-    schedule = compose_experiment("cifar_he2015").schedule
-    with pytest.raises(ValueError, match="learns it"):
-        build_schedule(schedule, hyperopt.stack("SGD(0.1, 0.9)/SGD", model.parameters()), 200)
-    scheduler = build_schedule(schedule, hyperopt.stack("SGD(0.1, 0.9, 1e-4)", model.parameters()), 200)
-    assert scheduler.milestones == {82: 1, 123: 1}
+    optimizer = hyperopt.stack("SGD(0.1, 0.9, 1e-4)", model.parameters())
+    schedule = Schedule(OmegaConf.to_container(compose_experiment("cifar_he2015").schedule), 10, 200,
+                        optimizer.param_groups)
+    assert schedule.milestones == [82, 123]
+    assert [schedule.factor(step) for step in (820, 821, 1230, 1231)] == [1.0, 0.1, 0.1, 0.1 ** 2]
 
 
 def test_figure2_configs_build_the_grid_with_its_step_sizes():

@@ -87,6 +87,9 @@ def test_a_bad_value_is_named_with_what_is_allowed(override, key, allowed):
     ("cifar_resnet20", "cifar.momentum=1.0", "cifar.momentum"),
     ("cifar_resnet20", "cifar.kappa_alpha=fast", "cifar.kappa_alpha"),
     ("cifar_he2015", "schedule.milestones=[0.5,2]", "schedule.milestones"),
+    ("mnist_sgd", "schedule={name:cosine}", "schedule.name"),
+    ("mnist_sgd", "schedule={name:warmup_cosine,warmup:1.5}", "schedule.warmup"),
+    ("mnist_sgd", "schedule={name:one_cycle,gamma:0.1}", "schedule.gamma"),
     ("rnn_tolstoy", "data.sequence_length=0", "data.sequence_length"),
     ("mnist_sensitivity", "sensitivity.height=-1", "sensitivity.height"),
 ])
@@ -94,6 +97,18 @@ def test_each_experiments_own_values_are_checked(name, override, key):
     with pytest.raises(ConfigError) as error:
         validate(resolved(name, [override]))
     assert error.value.key == key
+
+
+def test_a_schedule_shapes_a_learned_step_size_and_the_record_holds_the_values_used(tmp_path):
+    """schedule= on a stack that learns α: the record's α is the schedule's factor times the learned value, 0 at
+    the end of a warmup-cosine decay to 0 (a schedule that did nothing would leave the learned value itself)."""
+    train("+exp=mnist_sgd", "optimizer='SGD(0.1)/SGD(1e-3)'", "schedule={name:warmup_cosine,warmup:0.5}",
+          "epochs=2", "data.subset=512", "log_every_steps=1", f"hydra.run.dir={tmp_path}")
+    [record] = read_records(tmp_path)
+    alphas = [entry["hyperparameters"][0]["lr"] for entry in record["trajectory"]]
+    assert len(alphas) == 4 and alphas[-1] == pytest.approx(0.0, abs=1e-12)
+    assert alphas[0] == pytest.approx(0.1 * 0.5, rel=1e-6)  # step 1 of a 2-step warmup
+    assert record["summary"]["status"] == "ok"
 
 
 def test_a_bad_value_fails_the_run_in_one_line_and_is_recorded(tmp_path):

@@ -64,7 +64,8 @@ def test_sgd_over_sgd_is_baydins_hypergradient_descent(batches):
 
 @pytest.mark.parametrize("spec", ["SGD^{α,μ}(0.1, 0.0)/SGD", "SGD(0.1, 0.5)/SGD", "Adam/SGD(1e-5)", "Adam^α/SGD(1e-5)",
                                   "Adam^{β1}/SGD(1e-5)", "Adam^{β2}/SGD(1e-5)", "AdaGrad/SGD", "RMSProp/SGD(1e-4)",
-                                  "RMSProp^α/SGD(1e-4)", "RMSProp^γ/SGD(1e-4)"])
+                                  "RMSProp^α/SGD(1e-4)", "RMSProp^γ/SGD(1e-4)", "AdamW(0.01, wd=0.1)/SGD(1e-4)",
+                                  "AdamW^{α,λ}(0.01, wd=0.1)/SGD(1e-4)"])
 @pytest.mark.parametrize("runs", [None, 2])
 def test_the_hypergradient_equals_autograd_through_the_update(spec, runs, batches):
     """Each optimizer's hypergradient, from dot products of its state and never its Jacobian's columns, equals the

@@ -1,0 +1,153 @@
+"""A hyperoptimizer in the training loop people already have: schedules at any level, gradient clipping, AdamW,
+parameters without a gradient, divergence at any step."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.optim import lr_scheduler
+
+import hyperopt
+from hyperopt.hypergradient import hypergradient
+from models import MLP
+from tests.library.oracles import autograd_hypergradient, snapshot
+
+
+@pytest.fixture
+def batches(synthetic_batches):
+    return [(x.double(), y) for x, y in synthetic_batches[:12]]
+
+
+def loss_of(model, x, y):
+    return F.nll_loss(model(x), y)
+
+
+SCHEDULERS = {
+    "StepLR": lambda opt: lr_scheduler.StepLR(opt, step_size=3, gamma=0.5),
+    "LambdaLR warmup and decay": lambda opt: lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 4) * 0.9 ** s),
+    "CosineAnnealingLR": lambda opt: lr_scheduler.CosineAnnealingLR(opt, T_max=8, eta_min=1e-3),
+    "LinearLR": lambda opt: lr_scheduler.LinearLR(opt, start_factor=0.25, total_iters=4),
+    "ExponentialLR": lambda opt: lr_scheduler.ExponentialLR(opt, gamma=0.8),
+    "OneCycleLR": lambda opt: lr_scheduler.OneCycleLR(opt, max_lr=0.2, total_steps=12),
+    "CyclicLR": lambda opt: lr_scheduler.CyclicLR(opt, base_lr=0.01, max_lr=0.1, step_size_up=3),
+    "ReduceLROnPlateau": lambda opt: lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=0),
+}
+
+
+def train_with(model, optimizer, scheduler, batches):
+    for x, y in batches:
+        optimizer.zero_grad()
+        loss = loss_of(model, x, y)
+        loss.backward()
+        optimizer.step()
+        scheduler.step(loss.item()) if isinstance(scheduler, lr_scheduler.ReduceLROnPlateau) else scheduler.step()
+
+
+@pytest.mark.parametrize("schedule", SCHEDULERS)
+@pytest.mark.parametrize("stack, plain, level", [
+    ("SGD(0.1, 0.9)/SGD(0)", "SGD(0.1, 0.9)", 0),  # OneCycleLR and CyclicLR cycle the momentum too
+    ("Adam^α(0.01)/SGD(0)", "Adam(0.01)", 0),
+    ("SGD(0.1)/SGD(1e-3)/SGD(0)", "SGD(0.1)/SGD(1e-3)", 1),  # a schedule on the hyper-step size
+])
+def test_a_schedule_on_a_value_learned_at_step_size_zero_is_the_schedule_without_the_level_above(
+        schedule, stack, plain, level, batches):
+    """The oracle for what a schedule means: with the level above at step size 0 the learned value never moves,
+    and the schedule's factor times it is exactly the schedule of the same optimizer without that level."""
+    if schedule in ("OneCycleLR", "CyclicLR") and "Adam" in stack:
+        pytest.skip("they cycle a momentum or Adam's betas; hyperopt.Adam names β1 beta1")
+    torch.manual_seed(0)
+    models = [MLP().double(), None]
+    models[1] = copy.deepcopy(models[0])
+    optimizers = [hyperopt.stack(spec, m.parameters()) for spec, m in zip((stack, plain), models)]
+    for m, opt in zip(models, optimizers):
+        train_with(m, opt, SCHEDULERS[schedule](opt.levels()[level]), batches)
+    for a, b in zip(*(m.parameters() for m in models)):
+        assert torch.equal(a, b)
+    assert optimizers[0].hyperparameters()[level] == pytest.approx(optimizers[1].hyperparameters()[level], rel=0)
+
+
+@pytest.mark.parametrize("stack", ["SGD(0.1, 0.9)/SGD(1e-2)", "Adam(0.01)/SGD(1e-4)", "SGD(0.05)/Adam(1e-3)"])
+def test_the_hypergradient_reaches_the_learned_value_through_the_schedules_factor(stack, batches):
+    torch.manual_seed(0)
+    model = MLP().double()
+    optimizer = hyperopt.stack(stack, model.parameters())
+    scheduler = lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 4) * 0.9 ** s)
+    group, before = optimizer.param_groups[0], None
+    for step, (x, y) in enumerate(batches[:8]):
+        optimizer.zero_grad()
+        loss_of(model, x, y).backward()
+        if before is not None:
+            upstream = [p.grad for p in group["params"]]
+            ours = hypergradient(optimizer, group, upstream, optimizer.state[group["params"][0]]["step"], host=False)
+            oracle = autograd_hypergradient(optimizer, group, before, upstream)
+            torch.testing.assert_close(ours, oracle, rtol=1e-10, atol=1e-14, msg=f"step {step}")
+        before = snapshot(optimizer, group)
+        optimizer.step()
+        scheduler.step()
+    used, learned = optimizer.hyperparameters()[0]["lr"], float(group["hyper_raw"][0, 0])
+    assert used == pytest.approx(group["lr"] * learned / group["initial"]["lr"], rel=1e-15)
+    assert used != pytest.approx(group["lr"]) and group["lr"] == scheduler.get_last_lr()[0]
+
+
+def test_a_step_size_set_to_zero_by_hand_stops_the_weights(batches):
+    torch.manual_seed(0)
+    model = MLP().double()
+    optimizer = hyperopt.stack("Adam/SGD(1e-4)", model.parameters())
+    for x, y in batches[:3]:
+        optimizer.zero_grad()
+        loss_of(model, x, y).backward()
+        optimizer.step()
+    optimizer.param_groups[0]["lr"] = 0.0
+    weights = [p.clone() for p in model.parameters()]
+    for x, y in batches[3:6]:
+        optimizer.zero_grad()
+        loss_of(model, x, y).backward()
+        optimizer.step()
+    assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))
+    assert optimizer.hyperparameters()[0]["lr"] == 0.0
+
+
+def test_a_schedule_cannot_scale_a_learned_value_that_started_at_zero(batches):
+    model = MLP().double()
+    optimizer = hyperopt.stack("SGD(0.0)/SGD(1e-3)", model.parameters())
+    optimizer.param_groups[0]["lr"] = 0.1
+    loss_of(model, *batches[0]).backward()
+    with pytest.raises(ValueError, match="made with lr=0, which a schedule's factor cannot scale"):
+        optimizer.step()
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-13), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("values", [{}, {"lr": 0.01, "betas": (0.8, 0.99), "eps": 1e-6, "weight_decay": 0.1}])
+def test_adamw_is_torch_optim_adamw_when_nothing_is_learned(values, dtype, tolerance, batches):
+    torch.manual_seed(0)
+    ours = MLP().to(dtype)
+    theirs = copy.deepcopy(ours)
+    spelled = {k: v for k, v in values.items() if k != "betas"}
+    if "betas" in values:
+        spelled["beta1"], spelled["beta2"] = values["betas"]
+    optimizers = [hyperopt.AdamW(ours.parameters(), **spelled), torch.optim.AdamW(theirs.parameters(), **values)]
+    schedulers = [lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 4)) for opt in optimizers]
+    for x, y in batches:
+        for model, opt, scheduler in zip((ours, theirs), optimizers, schedulers):
+            opt.zero_grad()
+            loss_of(model, x.to(dtype), y).backward()
+            opt.step()
+            scheduler.step()
+        for a, b in zip(ours.parameters(), theirs.parameters()):
+            torch.testing.assert_close(a, b, rtol=tolerance, atol=tolerance * float(b.detach().abs().max()))
+
+
+def test_adamw_learns_its_step_size_and_its_decay(batches):
+    torch.manual_seed(0)
+    model = MLP().double()
+    optimizer = hyperopt.stack("AdamW^{α,λ}(0.01, wd=0.1)/SGD(1e-3)", model.parameters())
+    assert str(optimizer) == "AdamW^{α,λ}(0.01, 0.9, 0.999, 1e-08, 0.1)/SGD(0.001)"
+    for x, y in batches:
+        optimizer.zero_grad()
+        loss_of(model, x, y).backward()
+        optimizer.step()
+    learned = optimizer.hyperparameters()[0]
+    assert learned["lr"] != 0.01 and learned["weight_decay"] != 0.1
+    with pytest.raises(ValueError, match="learns its weight decay together with its step size"):
+        hyperopt.AdamW(MLP().parameters(), learn=("weight_decay",), hyper=hyperopt.SGD(lr=1e-3))
