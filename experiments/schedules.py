@@ -26,7 +26,8 @@ def check(schedule: dict) -> tuple[str, object, str] | None:
         return "schedule.name", name, f"one of {', '.join(SHAPES)}"
     unknown = sorted(set(schedule) - set(SHAPES[name]) - {"name"})
     if unknown:
-        return f"schedule.{unknown[0]}", schedule[unknown[0]], f"left out: a {name} schedule takes {', '.join(SHAPES[name])}"
+        return (f"schedule.{unknown[0]}", schedule[unknown[0]],
+                f"left out: a {name} schedule takes {', '.join(SHAPES[name])}")
     values = {**SHAPES[name], **schedule}
     number = lambda value: isinstance(value, (int, float)) and not isinstance(value, bool)  # noqa: E731
     if name == "step":
@@ -39,7 +40,8 @@ def check(schedule: dict) -> tuple[str, object, str] | None:
         return None
     warmup = values["warmup"]
     if not number(warmup) or not (0.0 <= warmup < 1.0 if name == "warmup_cosine" else 0.0 < warmup < 1.0):
-        return "schedule.warmup", warmup, "the fraction of the run's steps spent warming up, in [0, 1) ((0, 1) for one_cycle)"
+        interval = "[0, 1)" if name == "warmup_cosine" else "(0, 1)"
+        return "schedule.warmup", warmup, f"the fraction of the run's steps spent warming up, in {interval}"
     if name == "warmup_cosine" and not (number(values["final"]) and 0.0 <= values["final"] <= 1.0):
         return "schedule.final", values["final"], "the factor at the end of the run, in [0, 1]"
     for key in ("div", "final_div") if name == "one_cycle" else ():

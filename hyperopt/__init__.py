@@ -6,7 +6,8 @@
     loss.backward(); opt.step(); opt.zero_grad()
 
 The hypergradient is `hyperopt/hypergradient.py: hypergradient` (the chain rule between levels); each optimizer's
-module (sgd.py, adam.py, adamw.py, adagrad.py, rmsprop.py) holds its update and its hypergradient's dot products and terms.
+module (sgd.py, adam.py, adamw.py, adagrad.py, rmsprop.py) holds its update and its hypergradient's dot products
+and terms.
 """
 
 from .adagrad import AdaGrad
