@@ -75,16 +75,20 @@ def one_element_tensors(numbers: tuple[float, ...], dtype: torch.dtype) -> tuple
     return torch.tensor(numbers, dtype=dtype).unbind()
 
 
-def hypergradient(level, group: dict, upstream: list[torch.Tensor], t, host: bool) -> torch.Tensor:
-    """∂L/∂(the group's raw hyperparameters), (runs, learned), from u = ∂L/∂(each of its parameters), t updates
-    after the first (None before it: the loss does not depend on h yet)."""
+def hypergradient(level, group: dict, upstream: list[torch.Tensor | None], t, host: bool) -> torch.Tensor:
+    """∂L/∂(the group's raw hyperparameters), (runs, learned), from u = ∂L/∂(each of its parameters) (None for one
+    without a gradient), t updates after the first (None before it: the loss does not depend on h yet). A
+    parameter adds to it if it has a gradient now and was updated by the last step."""
     raw, runs = group["hyper_raw"], group["runs"]
-    if t is None:
+    skipped = set(group["without_grad"])
+    chosen = [i for i, u in enumerate(upstream) if u is not None and i not in skipped]
+    if t is None or not chosen:
         return torch.zeros_like(raw)
+    params, upstream = [group["params"][i] for i in chosen], [upstream[i] for i in chosen]
     learned = level.learned(group)
     h = level.values(group, t, host=host)
-    states = [level.state[p] for p in group["params"]]
-    ranks = [p.dim() for p in group["params"]]
+    states = [level.state[p] for p in params]
+    ranks = [p.dim() for p in params]
     sums = level.compiled("group_dots", group_dots)(level, operands(h, runs, ranks, raw.dtype), learned, states,
                                                     upstream, runs)
     if host:
@@ -96,7 +100,7 @@ def hypergradient(level, group: dict, upstream: list[torch.Tensor], t, host: boo
         terms = level.hypergradient_terms(h, learned, list(sums))
         raw_values = raw.detach().unbind(1)
     if level.DECOUPLED_DECAY:
-        terms = decoupled_decay_terms(h, learned, terms, group["params"], upstream, runs, host)
+        terms = decoupled_decay_terms(h, learned, terms, params, upstream, runs, host)
     slopes = level.schedule_slopes(group)
     columns = []
     for name, term, value in zip(learned, terms, raw_values):  # the chain rule through a schedule's factor and
@@ -154,11 +158,17 @@ def group_update(level, hs: list[dict], learned: tuple[str, ...], grads: list[to
     return steps
 
 
-def update(level, group: dict, grads: list[torch.Tensor], active: torch.Tensor | None, t, first: bool,
+def update(level, group: dict, grads: list[torch.Tensor | None], active: torch.Tensor | None, t, first: bool,
            host: bool) -> None:
     """Update t of a group's parameters (`first`: the group's first); a run not active (diverged) keeps its
-    parameters."""
-    params, runs, raw = group["params"], group["runs"], group["hyper_raw"]
+    parameters, and a parameter without a gradient (None) is left as it is, state and all, as torch.optim leaves
+    it."""
+    group["without_grad"] = [i for i, g in enumerate(grads) if g is None]
+    chosen = [i for i, g in enumerate(grads) if g is not None]
+    if not chosen:
+        return
+    params, grads = [group["params"][i] for i in chosen], [grads[i] for i in chosen]
+    runs, raw = group["runs"], group["hyper_raw"]
     h = level.values(group, t, host=host)
     run = group_update if first else level.compiled("group_update", group_update)  # the first makes the state
     hs = operands(h, runs, [p.dim() for p in params], raw.dtype)
@@ -181,8 +191,11 @@ def update(level, group: dict, grads: list[torch.Tensor], active: torch.Tensor |
 
 def gradient(level, group: dict, p: torch.Tensor) -> torch.Tensor:
     """A parameter's gradient, with weight decay added as torch.optim.SGD adds it (unless the level decouples
-    it): the update and the hypergradient are then those of the loss plus (weight_decay / 2)·|w|²."""
-    g = p.grad if p.grad is not None else torch.zeros_like(p)
+    it): the update and the hypergradient are then those of the loss plus (weight_decay / 2)·|w|². None without
+    one."""
+    g = p.grad
+    if g is None:
+        return None
     decay = 0.0 if level.DECOUPLED_DECAY else group.get("weight_decay", 0.0)
     if isinstance(decay, torch.Tensor):  # one per run
         return g + operands({"decay": decay}, group["runs"], [p.dim()], p.dtype)[0]["decay"] * p

@@ -124,7 +124,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
         return f"{self.NAME} has no hyperparameter {sorted(names)}; it has {list(self.HYPERPARAMETERS)}{hint}"
 
     # Keys a param group may hold beyond the hyperparameters: torch.optim's own, and a scheduler's.
-    GROUP_KEYS = {"params", "param_names", "name", "learn", "runs", "initial", "initial_lr"}
+    GROUP_KEYS = {"params", "param_names", "name", "learn", "runs", "initial", "without_grad", "initial_lr"}
 
     def add_param_group(self, param_group: dict) -> None:
         if not isinstance(param_group, dict):
@@ -185,6 +185,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
         count = 1 if runs is None else runs
         group["hyper_raw"] = self._raw_values(group, count, torch.promote_types(first.dtype, torch.float32),
                                               first.device)
+        group.setdefault("without_grad", [])  # the parameters the last step left alone, having no gradient
         # what a schedule's factor is taken against (see the module's docstring)
         group.setdefault("initial", {name: group[name].clone() if isinstance(group[name], torch.Tensor) else group[name]
                                      for name in self.learned(group)})

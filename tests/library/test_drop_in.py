@@ -151,3 +151,43 @@ def test_adamw_learns_its_step_size_and_its_decay(batches):
     assert learned["lr"] != 0.01 and learned["weight_decay"] != 0.1
     with pytest.raises(ValueError, match="learns its weight decay together with its step size"):
         hyperopt.AdamW(MLP().parameters(), learn=("weight_decay",), hyper=hyperopt.SGD(lr=1e-3))
+
+
+@pytest.mark.parametrize("spec", ["SGD(0.1, 0.9, 0.01)/SGD(1e-3)", "Adam/SGD(1e-5)", "AdamW(0.01)/SGD(1e-4)"])
+def test_a_frozen_layer_is_left_alone_and_changes_nothing_else(spec, batches):
+    """The stack over every parameter, one layer frozen, learns exactly what the stack over the others learns."""
+    torch.manual_seed(0)
+    models = [MLP().double(), None]
+    models[1] = copy.deepcopy(models[0])
+    frozen = models[0].layer1.weight
+    frozen.requires_grad_(False)
+    before = frozen.clone()
+    everything = hyperopt.stack(spec, models[0].parameters())
+    trainable = hyperopt.stack(spec, [p for name, p in models[1].named_parameters() if name != "layer1.weight"])
+    models[1].layer1.weight.requires_grad_(False)
+    for x, y in batches:
+        for model, opt in zip(models, (everything, trainable)):
+            opt.zero_grad()
+            loss_of(model, x, y).backward()
+            opt.step()
+    assert torch.equal(frozen, before) and set(everything.state[frozen]) <= {"step"}
+    for a, b in zip(*(m.parameters() for m in models)):
+        assert torch.equal(a, b)
+    assert everything.hyperparameters() == trainable.hyperparameters()
+
+
+def test_a_parameter_without_a_gradient_in_one_step_is_skipped_as_torch_optim_skips_it(batches):
+    torch.manual_seed(0)
+    ours = MLP().double()
+    theirs = copy.deepcopy(ours)
+    optimizers = [hyperopt.SGD(ours.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01),
+                  torch.optim.SGD(theirs.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01, foreach=False)]
+    for step, (x, y) in enumerate(batches):
+        for model, opt in zip((ours, theirs), optimizers):
+            opt.zero_grad()
+            loss_of(model, x, y).backward()
+            if step % 3 == 1:
+                model.layer2.bias.grad = None  # as a branch the step did not take leaves it
+            opt.step()
+    for a, b in zip(ours.parameters(), theirs.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
