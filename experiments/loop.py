@@ -17,6 +17,7 @@ import signal
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import hydra
@@ -111,6 +112,9 @@ class Alone:
     def frozen(self) -> dict[int, dict]:
         return {}  # a lone stack raises DivergenceError instead
 
+    def out_of_range(self, run: int) -> list[dict]:
+        return self.optimizer.out_of_range() if isinstance(self.optimizer, hyperopt.Hyperoptimizer) else []
+
     def model_of(self, run: int) -> torch.nn.Module:
         set_mode(self.optimizer, "eval")
         return self.model
@@ -154,6 +158,9 @@ class Together:
                                              event["step"], float("nan"))
             events[event["run"]] = {"step": event["step"], "error": str(error)}
         return events
+
+    def out_of_range(self, run: int) -> list[dict]:
+        return [event for event in self.optimizer.out_of_range() if event["run"] == run]
 
     def model_of(self, run: int) -> torch.nn.Module:
         return self.model.run_model(run).eval()
@@ -221,6 +228,7 @@ def train_group(runs: list[OpenRun], as_one_network: bool = False) -> None:
         return
     alone = not as_one_network
     loggers = []
+    warnings.simplefilter("ignore", hyperopt.OutOfRangeWarning)  # each run's log and summary say it instead
     try:
         with StopRequest() as stop:
             try:
@@ -373,6 +381,13 @@ def train(runs: list[OpenRun], task, trainee, loggers: list, progress: bool, sto
             run_logs[i].info("epoch %d: train loss %.4f, %s, %.2f s%s", epoch, train_losses[i],
                              task.describe(metrics), epoch_seconds[-1], together)
             last[i] = metrics
+            left = trainee.out_of_range(i)
+            if left and "out_of_range" not in run.record.summary:  # said once per run, and kept in its summary
+                event = {k: v for k, v in left[0].items() if k != "run"}
+                run.record.progress(out_of_range=event)
+                run_logs[i].warning("level %d (%s): the learned %r left its range after step %d (it was %g)",
+                                    event["level"], event["optimizer"], event["hyperparameter"], event["step"],
+                                    event["value"])
             if i in newly:
                 run_logs[i].warning("diverged: %s", newly[i]["error"])
         outcomes.update(newly)

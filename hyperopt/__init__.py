@@ -13,11 +13,11 @@ and terms.
 from .adagrad import AdaGrad
 from .adam import Adam
 from .adamw import AdamW
-from .divergence import DivergenceError
+from .divergence import DivergenceError, OutOfRangeWarning
 from .hyperoptimizer import Hyperoptimizer
 from .notation import GRAMMAR, format_stack, parse, stack
 from .rmsprop import RMSProp
 from .sgd import SGD
 
-__all__ = ["SGD", "Adam", "AdamW", "AdaGrad", "RMSProp", "Hyperoptimizer", "DivergenceError", "stack", "parse",
+__all__ = ["SGD", "Adam", "AdamW", "AdaGrad", "RMSProp", "Hyperoptimizer", "DivergenceError", "OutOfRangeWarning", "stack", "parse",
            "format_stack", "GRAMMAR"]

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 
 import torch
 
-from .divergence import DivergenceError
+from .divergence import UNIT_RANGE, DivergenceError, OutOfRangeWarning
+from .parameterisations import IDENTITY
 from .scalars import divide
 
 
@@ -219,7 +221,7 @@ def step_stack(weights) -> None:
             group["hyper_raw"].grad = h  # the level above's gradient, as torch.optim would see it
     active = None
     if weights.check_finite and len(levels) > 1:
-        active = check(weights, levels, grads[1:], counts)
+        active = check(weights, levels, grads, counts)
     for group, state, count in zip(weights.param_groups, states, counts):
         if count is None:
             raw = group["hyper_raw"]
@@ -229,21 +231,67 @@ def step_stack(weights) -> None:
     for level, level_grads in reversed(list(zip(levels, grads))):
         for group, g, t, count in zip(level.param_groups, level_grads, ts, counts):
             update(level, group, g, active, t, count is None, host)
+    if weights.check_finite and len(levels) > 1:
+        check_ranges(weights, levels, states[0]["step"], host)
 
 
-def check(weights, levels, hypergradients, counts) -> torch.Tensor | None:
+def check_ranges(weights, levels, step: torch.Tensor, host: bool) -> None:
+    """Record, for each run, the first learned value that left the range its optimizer needs (a step size below
+    0, a momentum outside [0, 1)), said at once (OutOfRangeWarning) by a lone run in eager mode on the CPU; with
+    keep_in_range, put it back at the edge (where it is stored as itself: a parameterisation keeps the others in
+    range, but for a β that rounds to 1)."""
+    for k, level in enumerate(levels[:-1]):
+        for group in level.param_groups:
+            learned = level.learned(group)
+            parameterisations = [level.HYPERPARAMETERS[name][1] for name in learned]
+            raw = group["hyper_raw"]
+            if host:  # numbers: the tensors are written only when a value leaves its range
+                values = [p.to_value(x) for p, x in zip(parameterisations, raw.tolist()[0])]
+                outside = [value < 0.0 or name in UNIT_RANGE and value >= 1.0 for name, value in zip(learned, values)]
+                if not any(outside):
+                    continue
+                newly = weights.divergence.note_left(step, k, torch.tensor([outside]), torch.tensor([values]))
+                if bool(newly[0]):
+                    index = outside.index(True)
+                    warnings.warn(OutOfRangeWarning(k, level.NAME, learned[index], int(step), values[index],
+                                                    weights.keep_in_range), stacklevel=6)
+            else:
+                values = [p.to_value(column) for p, column in zip(parameterisations, raw.unbind(1))]
+                outside = torch.stack([(value < 0.0) | (value >= 1.0) if name in UNIT_RANGE else value < 0.0
+                                       for name, value in zip(learned, values)], dim=1)
+                weights.divergence.note_left(step.to(raw.device), k, outside, torch.stack(values, dim=1))
+            if weights.keep_in_range:
+                for i, (name, parameterisation) in enumerate(zip(learned, parameterisations)):
+                    if parameterisation is IDENTITY:
+                        raw[:, i].clamp_(0.0, math.nextafter(1.0, 0.0) if name in UNIT_RANGE else None)
+
+
+def check(weights, levels, grads, counts) -> torch.Tensor | None:
     """Record, on the device, the runs whose hypergradient is not finite and return which go on (counts: each
-    group's updates so far). A lone run in eager mode instead reads one flag and raises DivergenceError before
-    anything changes."""
-    count = counts[0]
+    group's updates so far; grads: the weights' gradients, then each level's hypergradients). At the first step,
+    which has no hypergradient yet, the weights' gradients are looked at instead. A lone run in eager mode reads
+    one flag and raises DivergenceError before anything changes."""
+    count, hypergradients = counts[0], grads[1:]
+    first = weights_gradient_sums(weights, grads[0]) if count is None else None
     if weights.param_groups[0]["runs"] is None and not torch.compiler.is_compiling():
+        if first is not None and not math.isfinite(float(first.sum())):
+            raise DivergenceError(0, weights.NAME, None, 1, float(first.sum()))
         raise_if_not_finite(levels, hypergradients, count)
         return None
     step = torch.ones((), dtype=torch.long) if count is None else count + 1
+    if first is not None:
+        weights.divergence.note(step.to(first.device), 0, first.reshape(-1, 1), gradient=True)
     for k, groups in enumerate(hypergradients):
         for (hypergradient,) in groups:
             weights.divergence.note(step.to(hypergradient.device), k, hypergradient)
     return weights.divergence.active()
+
+
+def weights_gradient_sums(weights, grads: list[list]) -> torch.Tensor | None:
+    """Σ of every gradient of the weights, per run ((runs,), one for a lone run): NaN or infinite if any is."""
+    count = weights.param_groups[0]["hyper_raw"].shape[0]
+    sums = [g.reshape(count, -1).sum(1) for group_grads in grads for g in group_grads if g is not None]
+    return functools.reduce(torch.add, sums) if sums else None
 
 
 def raise_if_not_finite(levels, hypergradients, count: torch.Tensor | None) -> None:

@@ -65,8 +65,8 @@ class Hyperoptimizer(torch.optim.Optimizer):
     hypergradient_terms: Callable
 
     def __init__(self, params: Iterable | None = None, *, hyper: Hyperoptimizer | None = None,
-                 learn: Iterable[str] | None = None, check_finite: bool = True, compile: bool = False,
-                 runs: int | None = None, **values):
+                 learn: Iterable[str] | None = None, check_finite: bool = True, keep_in_range: bool = False,
+                 compile: bool = False, runs: int | None = None, **values):
         unknown = set(values) - set(self.HYPERPARAMETERS)
         if unknown:
             raise TypeError(self._no_such_hyperparameter(unknown))
@@ -90,6 +90,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
             raise ValueError("this hyper optimizer already has parameters; a level above takes none of its own")
         self.hyper = hyper
         self.check_finite = check_finite
+        self.keep_in_range = keep_in_range
         self.compile = compile
         self._compiled: dict[str, Callable] = {}
         self.defaults = defaults  # (torch.optim.Optimizer sets it again when the level gets its parameters)
@@ -371,7 +372,18 @@ class Hyperoptimizer(torch.optim.Optimizer):
         for run, step, level, index in self.divergence.events():
             optimizer = self.levels()[level]
             found.append({"run": run, "step": step, "level": level, "optimizer": optimizer.NAME,
-                          "hyperparameter": optimizer.learned(optimizer.param_groups[0])[index]})
+                          "hyperparameter": None if index == Divergence.GRADIENT else
+                          optimizer.learned(optimizer.param_groups[0])[index]})
+        return found
+
+    def out_of_range(self) -> list[dict]:
+        """The first learned value of each run that left the range its optimizer needs (a step size below 0, a
+        momentum or β outside [0, 1)): run, step, level, hyperparameter, value (reads the device once)."""
+        found = []
+        for run, step, level, index, value in self.divergence.left_range():
+            optimizer = self.levels()[level]
+            found.append({"run": run, "step": step, "level": level, "optimizer": optimizer.NAME,
+                          "hyperparameter": optimizer.learned(optimizer.param_groups[0])[index], "value": value})
         return found
 
     # ----------------------------------------------------------------- reading the stack

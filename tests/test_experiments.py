@@ -111,6 +111,16 @@ def test_a_schedule_shapes_a_learned_step_size_and_the_record_holds_the_values_u
     assert record["summary"]["status"] == "ok"
 
 
+def test_a_learned_value_out_of_range_is_said_once_and_kept_in_the_summary(tmp_path):
+    result = train("+exp=mnist_sgd", "optimizer='SGD(0.5, 0.9)/SGD(1)'", "epochs=2", "data.subset=1024",
+                   f"hydra.run.dir={tmp_path}")
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if "left its range" in line]
+    assert len(lines) == 1 and "level 0 (SGD): the learned 'momentum' left its range after step" in lines[0]
+    event = json.loads((tmp_path / "summary.json").read_text())["out_of_range"]
+    assert event["level"] == 0 and event["hyperparameter"] == "momentum" and event["value"] >= 1.0
+    assert f"after step {event['step']} " in lines[0]
+
+
 def test_a_bad_value_fails_the_run_in_one_line_and_is_recorded(tmp_path):
     result = train("+exp=mnist_sgd", "epochs=abc", f"hydra.run.dir={tmp_path}", check=False)
     assert result.returncode == 1
@@ -325,8 +335,8 @@ def test_schedule_free_evaluates_at_its_averaged_weights():
 
 
 def test_a_bad_optimizer_names_the_stacks_and_the_baselines():
-    with pytest.raises(ValueError, match="unknown optimizer 'Adamw'") as error:
-        build_optimizer("Adamw", torch.nn.Linear(2, 2).parameters())
+    with pytest.raises(ValueError, match="unknown optimizer 'Adamax'") as error:
+        build_optimizer("Adamax", torch.nn.Linear(2, 2).parameters())
     assert "ScheduleFreeAdamW" in str(error.value)
 
 

@@ -2,6 +2,7 @@
 parameters without a gradient, divergence at any step."""
 
 import copy
+import re
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from torch.optim import lr_scheduler
 
 import hyperopt
 from hyperopt.hypergradient import hypergradient
-from models import MLP
+from models import MLP, batch_models
 from tests.library.oracles import autograd_hypergradient, snapshot
 
 
@@ -191,3 +192,69 @@ def test_a_parameter_without_a_gradient_in_one_step_is_skipped_as_torch_optim_sk
             opt.step()
     for a, b in zip(ours.parameters(), theirs.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
+
+
+def test_a_nan_gradient_at_the_first_step_changes_nothing_alone_and_freezes_its_run_in_a_stack(batches):
+    torch.manual_seed(0)
+    model = MLP().double()
+    optimizer = hyperopt.stack("Adam/SGD(1e-5)", model.parameters())
+    weights = [p.clone() for p in model.parameters()]
+    loss_of(model, *batches[0]).backward()
+    model.layer1.weight.grad[0, 0] = float("nan")
+    with pytest.raises(hyperopt.DivergenceError, match=r"level 0 \(Adam\): the gradient of its parameters is nan "
+                                                       r"at step 1"):
+        optimizer.step()
+    assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters())) and not optimizer.state[weights[0]]
+
+    runs = batch_models([MLP().double() for _ in range(2)])
+    optimizer = hyperopt.stack(["Adam/SGD(1e-5)"] * 2, runs.parameters())
+    x, y = batches[0]
+    F.nll_loss(runs(x.expand(2, *x.shape)).flatten(0, 1), y.repeat(2)).backward()
+    next(runs.parameters()).grad[1].view(-1)[0] = float("inf")
+    before = [p.clone() for p in runs.parameters()]
+    optimizer.step()
+    assert optimizer.diverged() == [{"run": 1, "step": 1, "level": 0, "optimizer": "Adam", "hyperparameter": None}]
+    for a, b in zip(before, runs.parameters()):
+        assert torch.equal(a[1], b[1]) and not torch.equal(a[0], b[0])
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_a_learned_step_size_below_zero_is_said_once_and_kept_at_zero_on_request(keep):
+    generator = torch.Generator().manual_seed(0)
+    batches = [(torch.rand(64, 1, 28, 28, generator=generator, dtype=torch.float64),
+                torch.randint(10, (64,), generator=generator)) for _ in range(12)]
+    torch.manual_seed(0)
+    model = MLP().double()
+    optimizer = hyperopt.stack("SGD(0.01)/SGD(1e3)", model.parameters(), keep_in_range=keep)
+    alphas = []
+    with pytest.warns(hyperopt.OutOfRangeWarning) as warned:
+        for x, y in batches:
+            optimizer.zero_grad()
+            loss_of(model, x, y).backward()
+            optimizer.step()
+            alphas.append(optimizer.hyperparameters()[0]["lr"])
+    messages = [str(w.message) for w in warned if issubclass(w.category, hyperopt.OutOfRangeWarning)]
+    assert len(messages) == 1 and re.match(r"level 0 \(SGD\): the learned 'lr' is -\S+ after step \d+, outside "
+                                           r"\[0, ∞\)", messages[0])
+    [event] = optimizer.out_of_range()
+    assert event["run"] == 0 and event["level"] == 0 and event["hyperparameter"] == "lr" and event["value"] < 0
+    assert f"after step {event['step']}," in messages[0]
+    assert (min(alphas) >= 0.0) == keep and (0.0 in alphas) == keep
+    assert warned[0].filename == __file__  # the warning points at the caller's step()
+
+
+def test_a_stack_of_runs_notes_each_runs_first_value_out_of_range():
+    generator = torch.Generator().manual_seed(0)
+    batches = [(torch.rand(64, 1, 28, 28, generator=generator, dtype=torch.float64),
+                torch.randint(10, (64,), generator=generator)) for _ in range(6)]
+    models = []
+    for _ in range(3):
+        torch.manual_seed(0)
+        models.append(MLP().double())
+    runs = batch_models(models)
+    optimizer = hyperopt.stack(["SGD(0.01)/SGD(1e3)", "SGD(0.01)/SGD(0)", "SGD(0.01)/SGD(1e3)"], runs.parameters())
+    for x, y in batches[:6]:
+        optimizer.zero_grad()
+        F.nll_loss(runs(x.expand(3, *x.shape)).flatten(0, 1), y.repeat(3)).backward()
+        optimizer.step()
+    assert [event["run"] for event in optimizer.out_of_range()] == [0, 2]
