@@ -99,6 +99,7 @@ def test_each_experiments_own_values_are_checked(name, override, key):
     assert error.value.key == key
 
 
+@pytest.mark.slow  # reads MNIST
 def test_a_schedule_shapes_a_learned_step_size_and_the_record_holds_the_values_used(tmp_path):
     """schedule= on a stack that learns α: the record's α is the schedule's factor times the learned value, 0 at
     the end of a warmup-cosine decay to 0 (a schedule that did nothing would leave the learned value itself)."""
@@ -111,6 +112,7 @@ def test_a_schedule_shapes_a_learned_step_size_and_the_record_holds_the_values_u
     assert record["summary"]["status"] == "ok"
 
 
+@pytest.mark.slow  # reads MNIST
 def test_a_learned_value_out_of_range_is_said_once_and_kept_in_the_summary(tmp_path):
     result = train("+exp=mnist_sgd", "optimizer='SGD(0.5, 0.9)/SGD(1)'", "epochs=2", "data.subset=1024",
                    f"hydra.run.dir={tmp_path}")
