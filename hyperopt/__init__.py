@@ -14,10 +14,11 @@ from .adagrad import AdaGrad
 from .adam import Adam
 from .adamw import AdamW
 from .divergence import DivergenceError, OutOfRangeWarning
+from .gradients import ClippedGradientWarning
 from .hyperoptimizer import Hyperoptimizer
 from .notation import GRAMMAR, format_stack, parse, stack
 from .rmsprop import RMSProp
 from .sgd import SGD
 
-__all__ = ["SGD", "Adam", "AdamW", "AdaGrad", "RMSProp", "Hyperoptimizer", "DivergenceError", "OutOfRangeWarning", "stack", "parse",
+__all__ = ["SGD", "Adam", "AdamW", "AdaGrad", "RMSProp", "Hyperoptimizer", "DivergenceError", "OutOfRangeWarning", "ClippedGradientWarning", "stack", "parse",
            "format_stack", "GRAMMAR"]

@@ -191,11 +191,10 @@ def update(level, group: dict, grads: list[torch.Tensor | None], active: torch.T
             p.add_(direction, alpha=-scale)
 
 
-def gradient(level, group: dict, p: torch.Tensor) -> torch.Tensor:
-    """A parameter's gradient, with weight decay added as torch.optim.SGD adds it (unless the level decouples
+def gradient(level, group: dict, p: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor | None:
+    """A parameter's gradient g, with weight decay added as torch.optim.SGD adds it (unless the level decouples
     it): the update and the hypergradient are then those of the loss plus (weight_decay / 2)·|w|². None without
     one."""
-    g = p.grad
     if g is None:
         return None
     decay = 0.0 if level.DECOUPLED_DECAY else group.get("weight_decay", 0.0)
@@ -204,19 +203,32 @@ def gradient(level, group: dict, p: torch.Tensor) -> torch.Tensor:
     return g + decay * p if decay else g
 
 
-def step_stack(weights) -> None:
+def step_stack(weights, grad_scale: torch.Tensor | None = None) -> None:
     """One step of the stack whose weights' optimizer is `weights`: each level's hyperparameters are updated by
     the level above before they update the level below (the reference code's order). Every level of a param group
-    steps once a step, so the group's step count, kept by the weights' optimizer, is every level's."""
+    steps once a step, so the group's step count, kept by the weights' optimizer, is every level's. The weights'
+    hypergradient is from their gradients as backward made them (hyperopt/gradients.py); `grad_scale`, a
+    GradScaler's scale, is taken off first."""
     levels = weights.levels()
     host = on_host(weights)
     states = [weights.state[group["params"][0]] for group in weights.param_groups]
     counts = [state.get("step") for state in states]  # updates so far; None before the first
     ts = [None if count is None else float(count) if host else count for count in counts]
-    grads = [[[gradient(weights, group, p) for p in group["params"]] for group in weights.param_groups]]
+    unscale = None if grad_scale is None else grad_scale.double().reciprocal().float()
+    made = [[p.grad if p.grad is None or weights.backward is None else weights.backward.made(p, unscale)
+             for p in group["params"]] for group in weights.param_groups]
+    if unscale is not None:
+        for group in weights.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad.mul_(unscale.to(p.grad.device))
+    grads = [[[gradient(weights, group, p, p.grad) for p in group["params"]] for group in weights.param_groups]]
+    upstream = [[g if m is p.grad else gradient(weights, group, p, m) for p, g, m in zip(group["params"], gs, ms)]
+                for group, gs, ms in zip(weights.param_groups, grads[0], made)]
     for level in levels[:-1]:
         grads.append([[hypergradient(level, group, us, t, host)]
-                      for group, us, t in zip(level.param_groups, grads[-1], ts)])
+                      for group, us, t in zip(level.param_groups, upstream, ts)])
+        upstream = grads[-1]
         for group, (h,) in zip(level.param_groups, grads[-1]):
             group["hyper_raw"].grad = h  # the level above's gradient, as torch.optim would see it
     active = None
@@ -233,6 +245,8 @@ def step_stack(weights) -> None:
             update(level, group, g, active, t, count is None, host)
     if weights.check_finite and len(levels) > 1:
         check_ranges(weights, levels, states[0]["step"], host)
+    if weights.backward is not None:
+        weights.backward.forget()
 
 
 def check_ranges(weights, levels, step: torch.Tensor, host: bool) -> None:

@@ -27,6 +27,7 @@ import torch
 from . import hypergradient
 from .checks import check_learn, check_values, numbers, per_hyperparameter
 from .divergence import Divergence
+from .gradients import BackwardGradients
 from .parameterisations import SQUARE, Parameterisation
 
 
@@ -54,6 +55,10 @@ class Hyperoptimizer(torch.optim.Optimizer):
           hypergradient_terms(h, learned, sums) makes Σ ∂(last step)/∂value · u per learned value, once the
           group's sums are added up. Tests check them against autograd of `update` itself.
     """
+
+    # GradScaler hands its scale and whether it found an infinite gradient to step() (grad_scale, found_inf),
+    # rather than unscaling the gradients itself: the hypergradient needs them as backward made them
+    _step_supports_amp_scaling = True
 
     NAME: str
     HYPERPARAMETERS: dict[str, tuple[float, Parameterisation, bool]]
@@ -97,6 +102,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
         self.attached = False
         self._owner: Hyperoptimizer | None = None
         self.divergence: Divergence | None = None  # the weights' optimizer's: where each run diverged
+        self.backward: BackwardGradients | None = None  # the weights' optimizer's, under a level above
         # torch wraps step() in hooks that read these; a level not attached yet must still fail with our message.
         self._optimizer_step_pre_hooks, self._optimizer_step_post_hooks = OrderedDict(), OrderedDict()
         if params is not None:
@@ -196,6 +202,9 @@ class Hyperoptimizer(torch.optim.Optimizer):
             elif len(self.divergence.tensors["step"]) != count:
                 raise ValueError(f"{self.NAME}: every param group of a stack of runs has the same number of runs "
                                  f"({len(self.divergence.tensors['step'])}), not {count}")
+        if self.hyper is not None and self._owner is None:
+            self.backward = self.backward or BackwardGradients()
+            self.backward.watch(group["params"])
         if self.hyper is not None:
             # the level above sees this group's runs on the leading dimension of hyper_raw, one run for a lone one
             hyper_group = {"params": [group["hyper_raw"]], "runs": count,
@@ -362,7 +371,13 @@ class Hyperoptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        hypergradient.step_stack(self)
+        found_inf, grad_scale = getattr(self, "found_inf", None), getattr(self, "grad_scale", None)
+        if found_inf is not None:  # a GradScaler's step
+            if float(found_inf) > 0:  # as GradScaler skips torch.optim's step: nothing changes
+                return loss
+            if grad_scale is None and self.backward is not None:
+                self.backward.unscaled_first()
+        hypergradient.step_stack(self, grad_scale)
         return loss
 
     def diverged(self) -> list[dict]:
@@ -422,8 +437,16 @@ class Hyperoptimizer(torch.optim.Optimizer):
     # ----------------------------------------------------------------- saving and resuming
     def __getstate__(self) -> dict:
         # torch.optim pickles only defaults, state and param_groups; a level also needs the stack around it (copy,
-        # deepcopy, pickle, torch.save of the optimizer). Compiled functions are made again where needed.
-        return {**self.__dict__, "_compiled": {}}
+        # deepcopy, pickle, torch.save of the optimizer). Compiled functions are made again where needed, and
+        # the hooks on the copy's own parameters.
+        return {**self.__dict__, "_compiled": {}, "backward": None}
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        if self.hyper is not None and self._owner is None and self.attached:
+            self.backward = BackwardGradients()
+            for group in self.param_groups:
+                self.backward.watch(group["params"])
 
     def state_dict(self) -> dict:
         state = super().state_dict()

@@ -258,3 +258,65 @@ def test_a_stack_of_runs_notes_each_runs_first_value_out_of_range():
         F.nll_loss(runs(x.expand(3, *x.shape)).flatten(0, 1), y.repeat(3)).backward()
         optimizer.step()
     assert [event["run"] for event in optimizer.out_of_range()] == [0, 2]
+
+
+def scaled_training(model, optimizer, batches, scaler, between=None):
+    for x, y in batches:
+        optimizer.zero_grad()
+        scaler.scale(loss_of(model, x, y)).backward()
+        if between is not None:
+            between(model, scaler, optimizer)
+        scaler.step(optimizer)
+        scaler.update()
+
+
+def test_a_grad_scaler_is_taken_off_exactly_and_a_step_it_skips_is_skipped(batches):
+    torch.manual_seed(0)
+    models = [MLP().double(), None]
+    models[1] = copy.deepcopy(models[0])
+    optimizers = [hyperopt.stack("Adam/SGD(1e-5)", m.parameters()) for m in models]
+    scaled_training(models[0], optimizers[0], batches, torch.amp.GradScaler("cpu", init_scale=2.0 ** 12))
+    for x, y in batches:
+        optimizers[1].zero_grad()
+        loss_of(models[1], x, y).backward()
+        optimizers[1].step()
+    for a, b in zip(*(m.parameters() for m in models)):
+        assert torch.equal(a, b)  # a power of two on and off again changes no bit
+    assert optimizers[0].hyperparameters() == optimizers[1].hyperparameters()
+
+    def overflow(model, scaler, optimizer):
+        model.layer2.bias.grad[0] = float("inf")
+    weights, values = [p.clone() for p in models[0].parameters()], optimizers[0].hyperparameters()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 12)
+    scaled_training(models[0], optimizers[0], batches[:1], scaler, overflow)
+    assert all(torch.equal(a, b) for a, b in zip(weights, models[0].parameters()))
+    assert optimizers[0].hyperparameters() == values and scaler.get_scale() == 2.0 ** 11
+
+
+def test_clipping_after_a_grad_scaler_unscaled_says_what_the_hypergradient_sees(batches):
+    torch.manual_seed(0)
+    model = MLP().double()
+    optimizer = hyperopt.stack("SGD(0.1)/SGD(1e-3)", model.parameters())
+
+    def unscale_and_clip(model, scaler, optimizer):
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.05)
+    with pytest.warns(hyperopt.ClippedGradientWarning, match="GradScaler.unscale_"):
+        scaled_training(model, optimizer, batches[:4], torch.amp.GradScaler("cpu"), unscale_and_clip)
+    assert optimizer.hyperparameters()[0]["lr"] != 0.1
+
+
+def test_clipping_sees_the_same_gradient_whether_zero_grad_sets_none_or_zeros(batches):
+    torch.manual_seed(0)
+    models = [MLP().double(), None]
+    models[1] = copy.deepcopy(models[0])
+    optimizers = [hyperopt.stack("SGD(0.1, 0.9)/SGD(1e-2)", m.parameters()) for m in models]
+    for x, y in batches:
+        for model, optimizer, to_none in zip(models, optimizers, (True, False)):
+            optimizer.zero_grad(set_to_none=to_none)
+            for half in (slice(0, len(x) // 2), slice(len(x) // 2, None)):  # two micro-batches, accumulated
+                (loss_of(model, x[half], y[half]) / 2).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.05)
+            optimizer.step()
+    assert optimizers[0].hyperparameters() == optimizers[1].hyperparameters()
+    assert optimizers[0].hyperparameters()[0]["lr"] != 0.1

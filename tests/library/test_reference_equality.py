@@ -97,3 +97,40 @@ def test_the_reference_backend_of_the_harness_computes_our_numbers(spec, synthet
     assert_close(torch.cat([p.reshape(-1) for p in ours.parameters()]),
                  torch.cat([p.detach().reshape(-1) for p in theirs.parameters()]), "weights")
     assert optimizer.hyperparameters()[0]["lr"] != hyperopt.stack(spec, MLP().parameters()).hyperparameters()[0]["lr"]
+
+
+CLIPPINGS = {
+    "clip_grad_norm_": lambda params: torch.nn.utils.clip_grad_norm_(params, 0.05),
+    "clip_grad_value_": lambda params: torch.nn.utils.clip_grad_value_(params, 1e-3),
+}
+
+
+@pytest.mark.parametrize("clip", CLIPPINGS)
+@pytest.mark.parametrize("spec", ["SGD(0.5)/SGD(1e-2)", "SGD(0.1, 0.9)/SGD(1e-3)", "Adam/SGD(1e-5)",
+                                  "RMSProp/SGD(1e-4)/SGD(1e-4)"])
+def test_with_clipping_the_hypergradient_is_the_reference_codes(spec, clip, batches):
+    """Clipping between backward() and step() changes the step taken, not the derivative of the loss: the
+    hypergradient is from the gradient as backward made it (the reference gets it from the graph)."""
+    torch.manual_seed(0)
+    model = MLP().double()
+    theirs = copy.deepcopy(model)
+    ours = hyperopt.stack(spec, model.parameters())
+    wrapper = reference.gdtuo.ModuleWrapper(theirs, optimizer=reference.reference_stack(spec))
+    wrapper.initialize()
+    for step, (x, y) in enumerate(batches[:12]):
+        ours.zero_grad()
+        F.nll_loss(model(x), y).backward()
+        CLIPPINGS[clip](model.parameters())
+        ours.step()
+        wrapper.begin()
+        loss = F.nll_loss(wrapper.forward(x), y)
+        wrapper.zero_grad()
+        loss.backward(create_graph=True)
+        CLIPPINGS[clip](theirs.parameters())
+        wrapper.step()
+        for level, (our_level, ref_level) in enumerate(zip(ours.hyperparameters(), natural_values(wrapper.optimizer))):
+            for name, value in ref_level.items():
+                assert_close(our_level[name], value, f"level {level} {name} at step {step}")
+        assert_close(torch.cat([p.reshape(-1) for p in model.parameters()]),
+                     torch.cat([p.detach().reshape(-1) for p in theirs.parameters()]), f"weights at step {step}")
+    assert ours.hyperparameters()[0]["lr"] != hyperopt.stack(spec, MLP().parameters()).hyperparameters()[0]["lr"]
