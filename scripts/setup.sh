@@ -9,8 +9,7 @@ cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-# compat: the checkout on sys.path, so that Hydra finds hydra_plugins/batched_launcher (hydra/launcher=batched)
-.venv/bin/python -m pip install -q -e ".[experiments,test]" --config-settings editable_mode=compat
+.venv/bin/python -m pip install -q -e ".[experiments,test]"
 if [ ! -e data ]; then
     for candidate in "${HYPEROPT_DATA_ROOT:-}" ../shared/data; do
         if [ -n "$candidate" ] && [ -d "$candidate" ]; then

@@ -6,11 +6,14 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from experiments.records import read_records
+from tests.conftest import ROOT, data_root
 from tests.harness import train
 from tests.test_resume import start, wait_for_first_epoch, without_timings
 
@@ -149,3 +152,40 @@ def test_a_batched_sweep_killed_after_an_epoch_resumes_to_the_same_records(tmp_p
         assert without_timings(a)[:2] == without_timings(b)[:2]
         assert a["summary"]["test_error"] == b["summary"]["test_error"]
     assert not (tmp_path / "killed" / "0" / "checkpoint.pt").exists()
+
+
+def bare_venv(folder) -> str:
+    """A new venv that sees this one's packages (torch, Hydra, ...) but not the checkout, and builds with this
+    one's setuptools: the Python of a user's fresh install, into which the project is then installed."""
+    subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
+    python = str(folder / "bin" / "python")
+    purelib = lambda python: subprocess.run(  # noqa: E731
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], capture_output=True, text=True,
+        check=True).stdout.strip()
+    # a path in a .pth file is added as it is: the editable install's own .pth inside it is not read
+    (Path(purelib(python)) / "outer.pth").write_text(purelib(sys.executable) + "\n")
+    subprocess.run([python, "-m", "pip", "uninstall", "-q", "-y", "setuptools"], check=True)
+    return python
+
+
+@pytest.mark.parametrize("install", ["pip install -e .", "a wheel"])
+def test_the_batched_launcher_is_found_however_the_project_is_installed(install, tmp_path):
+    python = bare_venv(tmp_path / "venv")
+    pip = [python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index"]
+    if install == "a wheel":
+        subprocess.run([python, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index",
+                        "-w", str(tmp_path / "dist"), str(ROOT)], check=True)
+        subprocess.run([*pip, *map(str, (tmp_path / "dist").glob("*.whl"))], check=True)
+    else:  # setuptools' default editable mode, not the compat mode scripts/setup.sh asks for
+        subprocess.run([*pip, "-e", str(ROOT)], check=True)
+    sweep = ["-m", "hydra/launcher=batched", "+exp=mnist_sgd", "seed=0,1", "epochs=1", "data.subset=512",
+             f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    command = [python, "-m", "experiments.train"] if install == "a wheel" else [python, str(ROOT / "experiments" /
+                                                                                         "train.py")]
+    result = subprocess.run([*command, *sweep], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "HYPEROPT_DATA_ROOT": str(data_root())})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Launching 2 jobs as 1 groups trained together and 0 alone" in result.stdout + result.stderr
+    where = subprocess.run([python, "-c", "import experiments; print(experiments.__file__)"], cwd=tmp_path,
+                           capture_output=True, text=True).stdout
+    assert (str(ROOT) in where) == (install != "a wheel")  # the wheel's own copy ran
