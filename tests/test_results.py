@@ -25,7 +25,10 @@ README_BLOCKS = {"table1.md": "table1", "figure2.md": "figure2", "figure3.md": "
                  "table1_reference.md": "table1_reference"}
 
 
-@pytest.mark.parametrize("name, arguments, files", RESULTS, ids=[name for name, _, _ in RESULTS])
+# Figure 2 draws its 40-odd curves in six seconds: the full suite's
+@pytest.mark.parametrize("name, arguments, files", [
+    pytest.param(*result, marks=pytest.mark.slow) if result[0] == "figure2" else result for result in RESULTS],
+    ids=[name for name, _, _ in RESULTS])
 def test_committed_results_regenerate_from_their_committed_records(tmp_path, name, arguments, files):
     script(name, *arguments, "--out", str(tmp_path))
     readme = (ROOT / "README.md").read_text()
@@ -109,6 +112,7 @@ def sensitivity_records(root):
                 [{"epoch": 1, "step": 1, "test_error": error, "hyperparameters": [{"lr": alpha}]}])
 
 
+@pytest.mark.slow  # two processes that draw the figure
 def test_figure_3_draws_the_same_picture_whatever_the_hash_seed(tmp_path):
     sensitivity_records(tmp_path / "runs")
     pictures = []
