@@ -439,12 +439,17 @@ class Hyperoptimizer(torch.optim.Optimizer):
         # torch.optim pickles only defaults, state and param_groups; a level also needs the stack around it (copy,
         # deepcopy, pickle, torch.save of the optimizer). Compiled functions are made again where needed, and
         # the hooks on the copy's own parameters.
-        return {**self.__dict__, "_compiled": {}, "backward": None}
+        return {**self.__dict__, "_compiled": {}, "backward": self.backward is not None and self.backward.copying}
 
     def __setstate__(self, state: dict) -> None:
+        if "backward" not in state:  # torch.optim's load_state_dict sets the state and groups alone
+            return super().__setstate__(state)
+        copying = state.pop("backward")
         super().__setstate__(state)
+        self.backward = None
         if self.hyper is not None and self._owner is None and self.attached:
             self.backward = BackwardGradients()
+            self.backward.copying = copying
             for group in self.param_groups:
                 self.backward.watch(group["params"])
 
@@ -455,6 +460,8 @@ class Hyperoptimizer(torch.optim.Optimizer):
             state["hyper"] = self.hyper.state_dict()
         if self.divergence is not None:
             state["divergence"] = self.divergence.state_dict()
+        if self.backward is not None:  # whether p.grad is changed before step() (clipping): its hooks copy it
+            state["gradients_changed"] = self.backward.copying
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -463,6 +470,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
         state_dict = dict(state_dict)
         hyper_state = state_dict.pop("hyper", None)
         divergence = state_dict.pop("divergence", None)
+        changed = state_dict.pop("gradients_changed", False)
         state_dict.pop("optimizer")
         # The level above holds each group's hyper_raw as its parameter: restore values in place, keep the objects.
         raws = [group["hyper_raw"] for group in self.param_groups]
@@ -475,6 +483,8 @@ class Hyperoptimizer(torch.optim.Optimizer):
                 state["step"] = state["step"].to(raw)
         if divergence is not None and self.divergence is not None:
             self.divergence.load_state_dict(divergence)
+        if self.backward is not None:
+            self.backward.copying = bool(changed)
         if self.hyper is not None:
             self.hyper.load_state_dict(hyper_state)
 
