@@ -62,6 +62,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
 
     NAME: str
     HYPERPARAMETERS: dict[str, tuple[float, Parameterisation, bool]]
+    OPTIONS: dict[str, bool] = {}  # switches of the update rule, never learned (SGD's nesterov)
     EPSILON: float | None = None  # a fixed ε the update adds in the parameters' dtype (Adam's is its eps)
     DECOUPLED_DECAY = False  # its weight_decay shrinks the weights (x ← x(1 - αλ)) rather than adding λx to g
     update: Callable
@@ -72,6 +73,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
     def __init__(self, params: Iterable | None = None, *, hyper: Hyperoptimizer | None = None,
                  learn: Iterable[str] | None = None, check_finite: bool = True, keep_in_range: bool = False,
                  compile: bool = False, runs: int | None = None, **values):
+        options = {**self.OPTIONS, **{name: bool(values.pop(name)) for name in list(values) if name in self.OPTIONS}}
         unknown = set(values) - set(self.HYPERPARAMETERS)
         if unknown:
             raise TypeError(self._no_such_hyperparameter(unknown))
@@ -89,6 +91,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
         check_learn(self.NAME, self.HYPERPARAMETERS, learn)
         defaults["learn"] = learn
         defaults["runs"] = runs
+        defaults.update(options)
         if hyper is not None and not isinstance(hyper, Hyperoptimizer):
             raise TypeError(f"hyper must be a hyperopt optimizer (SGD, Adam, AdaGrad, RMSProp), not {type(hyper)}")
         if hyper is not None and hyper.attached:
@@ -117,6 +120,9 @@ class Hyperoptimizer(torch.optim.Optimizer):
     def step_scalars(h: dict, t: torch.Tensor) -> dict:
         return {}
 
+    def check_options(self, group: dict) -> None:
+        """Raise ValueError where the group's options do not fit its values."""
+
     # ----------------------------------------------------------------- construction and param groups
     def _attach(self, params):
         self.attached = True
@@ -136,7 +142,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
     def add_param_group(self, param_group: dict) -> None:
         if not isinstance(param_group, dict):
             raise TypeError(f"a param group is a dict, not {type(param_group).__name__}")
-        unknown = set(param_group) - set(self.HYPERPARAMETERS) - self.GROUP_KEYS
+        unknown = set(param_group) - set(self.HYPERPARAMETERS) - set(self.OPTIONS) - self.GROUP_KEYS
         if unknown:
             raise ValueError(f"a param group holds a key {self.NAME} would not use: "
                              + self._no_such_hyperparameter(unknown))
@@ -162,6 +168,9 @@ class Hyperoptimizer(torch.optim.Optimizer):
                                  f"leading dimension of {runs}, but has parameters of shape {bad}")
         check_values(self.NAME, self.HYPERPARAMETERS, group, self.learned(group))
         check_learn(self.NAME, self.HYPERPARAMETERS, group["learn"])
+        for name in self.OPTIONS:
+            group[name] = bool(group[name])
+        self.check_options(group)
         epsilons = numbers(group["eps"]) if "eps" in group else [self.EPSILON] if self.EPSILON else []
         smallest = torch.finfo(first.dtype).tiny * torch.finfo(first.dtype).eps if first.is_floating_point() else 0
         if any(0.0 < eps < smallest / 2 for eps in epsilons):
@@ -317,6 +326,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
                 value = now * (value / initial) if not isinstance(now, torch.Tensor) else torch.where(
                     now == initial, value, now * (value / initial))
             values[name] = value
+        values.update({name: group[name] for name in self.OPTIONS})  # (a bool: the operands keep it as it is)
         if t is not None:
             values.update(self.step_scalars(values, t))
         return values
@@ -416,6 +426,8 @@ class Hyperoptimizer(torch.optim.Optimizer):
                 raise ValueError(f"this stack trains {count} runs: say which (run=0 to {count - 1})")
             values = {}
             for name, value in level.values(g).items():
+                if name in level.OPTIONS:  # a switch, not a value
+                    continue
                 if isinstance(value, torch.Tensor) and value.dim() == 2:  # (runs, 1) or (runs, L): one per run
                     value = value[run or 0]
                 given_per_hyperparameter = isinstance(value, torch.Tensor) and not level._is_per_run(name, value)

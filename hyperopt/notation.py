@@ -30,6 +30,7 @@ GRAMMAR = """\
                                                 positional order: SGD(lr, momentum, weight_decay),
                                                 Adam(lr, beta1, beta2, eps), AdaGrad(lr), RMSProp(lr, gamma),
                                                 AdamW(lr, beta1, beta2, eps, weight_decay)
+                                                SGD(0.1, 0.9, nesterov=1): Nesterov momentum
   per-level  := "{" symbol ":" number ( "," symbol ":" number )* "}"
                                                 at the top of a stack: a value for each hyperparameter the
                                                 level learns, e.g. its step size for α and for μ
@@ -109,6 +110,9 @@ def parse(spec: str) -> list[tuple[type[Hyperoptimizer], dict, tuple[str, ...] |
         for position, arg in enumerate(args):
             if "=" in arg:
                 key, text = arg.split("=", 1)
+                if key.strip().lower() in cls.OPTIONS:  # a switch: nesterov=1
+                    values[key.strip().lower()] = bool(_number(spec, part, text))
+                    continue
                 name = _hyperparameter(spec, part, key)
             else:
                 if any("=" in a for a in args[:position]):
@@ -161,7 +165,9 @@ def structure(levels: Levels) -> list[tuple[type[Hyperoptimizer], tuple[str, ...
     for cls, values, learned in levels:
         full = {name: default for name, (default, _, _) in cls.HYPERPARAMETERS.items()} | values
         per_hyperparameter = tuple(sorted(name for name, value in values.items() if isinstance(value, dict)))
-        shape.append((cls, tuple(learned) if learned is not None else cls.default_learn(full), per_hyperparameter))
+        options = tuple(sorted({**cls.OPTIONS, **{k: v for k, v in values.items() if k in cls.OPTIONS}}.items()))
+        shape.append((cls, tuple(learned) if learned is not None else cls.default_learn(full), per_hyperparameter,
+                      options))
     return shape
 
 
@@ -176,14 +182,14 @@ def _stack_of_runs(runs: list[Levels], params, **options) -> Hyperoptimizer:
                              "differ only in their values")
     hyper = None
     for position in reversed(range(len(shapes[0]))):
-        cls, learned, per_hyperparameter = shapes[0][position]
+        cls, learned, per_hyperparameter, options_of_level = shapes[0][position]
         values = {name: [float(levels[position][1].get(name, default)) for levels in runs]
                   for name, (default, _, _) in cls.HYPERPARAMETERS.items() if name not in per_hyperparameter}
         for name in per_hyperparameter:  # one {name: number} for all runs, or one per run
             given = [levels[position][1][name] for levels in runs]
             values[name] = given[0] if all(value == given[0] for value in given) else given
         hyper = cls(params if position == 0 else None, hyper=hyper, learn=learned, runs=len(runs),
-                    **options, **values)
+                    **options, **values, **dict(options_of_level))
     return hyper
 
 
@@ -221,6 +227,7 @@ def format_level(level: Hyperoptimizer, values: dict[str, float], learned: tuple
     defaults = [_format_number(default, single_precision) for default, _, _ in level.HYPERPARAMETERS.values()]
     while len(numbers) > 1 and numbers[-1] == defaults[len(numbers) - 1]:
         numbers.pop()
+    numbers += [f"{name}=1" for name in level.OPTIONS if values.get(name)]
     return text + "(" + ", ".join(numbers) + ")"
 
 
@@ -234,7 +241,8 @@ def format_stack(optimizer: Hyperoptimizer, group: int = 0, run: int | None = No
         if level.attached:
             g = level.param_groups[group]
             single = g["hyper_raw"].dtype.itemsize <= 4
-            texts.append(format_level(level, level_values, g["learn"], single))
+            switches = {name: g[name] for name in level.OPTIONS}
+            texts.append(format_level(level, {**level_values, **switches}, g["learn"], single))
         else:
             texts.append(format_level(level, level_values, level.defaults["learn"]))
     return "/".join(texts)

@@ -25,25 +25,41 @@ def update(h, learned, g, state):
         state["buf"].mul_(h["momentum"]).add_(g)
     else:
         state["buf"] = g.clone()
+    if h["nesterov"]:  # the gradient plus μ times the new buffer, as torch.optim.SGD(nesterov=True) steps
+        momentum = h["momentum"]
+        if isinstance(momentum, torch.Tensor):
+            return torch.addcmul(g, state["buf"], momentum), h["lr"]
+        return g.add(state["buf"], alpha=momentum), h["lr"]
     return state["buf"], h["lr"]
 
 
 def keep(h, learned, g, state):
     if not uses_momentum(h, learned):
         return {"grad_prev": g}
+    kept = {"grad_prev": g} if h["nesterov"] else {}
     if "momentum" in learned and "buf" in state:
-        return {"buf_prev": state["buf"]}
-    return {}
+        kept["buf_prev"] = state["buf"]
+    return kept
 
 
 def hypergradient_dots(h, learned, state, u, dot):
-    sums = [dot(state["buf"] if "buf" in state else state["grad_prev"], u)]
+    if h["nesterov"]:  # the step's direction g + μ b, from its parts
+        sums = [dot(state["grad_prev"], u), dot(state["buf"], u)]
+    else:
+        sums = [dot(state["buf"] if "buf" in state else state["grad_prev"], u)]
     if "momentum" in learned:  # 0 after the first update, whose buffer had no past
         sums.append(dot(state["buf_prev"], u) if "buf_prev" in state else torch.zeros_like(sums[0]))
     return sums
 
 
 def hypergradient_terms(h, learned, sums):
+    if h["nesterov"]:
+        # step = α (g + μ b), b = μ b_prev + g: ∂/∂α = g + μ b, ∂/∂μ = α (b + μ b_prev)
+        g_u, b_u = sums[0], sums[1]
+        terms = {"lr": g_u + h["momentum"] * b_u}
+        if "momentum" in learned:
+            terms["momentum"] = h["lr"] * (b_u + h["momentum"] * sums[2])
+        return [terms[name] for name in learned]
     terms = {"lr": sums[0]}
     if "momentum" in learned:
         terms["momentum"] = h["lr"] * sums[1]
@@ -51,15 +67,21 @@ def hypergradient_terms(h, learned, sums):
 
 
 class SGD(Hyperoptimizer):
-    """SGD(lr, momentum, weight_decay). As in the reference, momentum is used (and learned) only when it starts
-    non-zero; pass ``learn=("lr", "momentum")`` to learn it from 0 as well. The buffer starts at the first
-    gradient. Weight decay (not in the reference) adds weight_decay·w to the gradient, as torch.optim.SGD does."""
+    """SGD(lr, momentum, weight_decay, nesterov=False). As in the reference, momentum is used (and learned) only
+    when it starts non-zero; pass ``learn=("lr", "momentum")`` to learn it from 0 as well. The buffer starts at the
+    first gradient. Weight decay (not in the reference) adds weight_decay·w to the gradient, and nesterov=True
+    steps along g + μ·buffer, as torch.optim.SGD does."""
 
     NAME = "SGD"
     HYPERPARAMETERS = {"lr": (0.01, IDENTITY, True), "momentum": (0.0, IDENTITY, True),
                        "weight_decay": (0.0, IDENTITY, False)}
+    OPTIONS = {"nesterov": False}
     update, keep = staticmethod(update), staticmethod(keep)
     hypergradient_dots, hypergradient_terms = staticmethod(hypergradient_dots), staticmethod(hypergradient_terms)
+
+    def check_options(self, group):
+        if group["nesterov"] and not uses_momentum(group, self.learned(group)):
+            raise ValueError("SGD: nesterov=True needs a momentum (as in torch.optim.SGD): give one, or learn it")
 
     @classmethod
     def default_learn(cls, values):

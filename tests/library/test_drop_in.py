@@ -320,3 +320,24 @@ def test_clipping_sees_the_same_gradient_whether_zero_grad_sets_none_or_zeros(ba
             optimizer.step()
     assert optimizers[0].hyperparameters() == optimizers[1].hyperparameters()
     assert optimizers[0].hyperparameters()[0]["lr"] != 0.1
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_nesterov_sgd_is_torch_optim_sgd_with_nesterov(weight_decay, batches):
+    torch.manual_seed(0)
+    ours = MLP().double()
+    theirs = copy.deepcopy(ours)
+    optimizers = [hyperopt.stack(f"SGD(0.1, 0.9, {weight_decay}, nesterov=1)", ours.parameters()),
+                  torch.optim.SGD(theirs.parameters(), lr=0.1, momentum=0.9, weight_decay=weight_decay,
+                                  nesterov=True, foreach=False)]
+    assert str(optimizers[0]) == f"SGD(0.1, 0.9{', 0.01' if weight_decay else ''}, nesterov=1)"
+    for x, y in batches:
+        for model, opt in zip((ours, theirs), optimizers):
+            opt.zero_grad()
+            loss_of(model, x, y).backward()
+            opt.step()
+    eps = torch.finfo(torch.float64).eps  # to rounding: with several tensors μ and α are one-element tensors
+    for a, b in zip(ours.parameters(), theirs.parameters()):
+        torch.testing.assert_close(a, b, rtol=50 * eps, atol=50 * eps * float(b.detach().abs().max()))
+    with pytest.raises(ValueError, match="nesterov=True needs a momentum"):
+        hyperopt.SGD(MLP().parameters(), lr=0.1, nesterov=True)

@@ -65,7 +65,7 @@ def test_sgd_over_sgd_is_baydins_hypergradient_descent(batches):
 @pytest.mark.parametrize("spec", ["SGD^{α,μ}(0.1, 0.0)/SGD", "SGD(0.1, 0.5)/SGD", "Adam/SGD(1e-5)", "Adam^α/SGD(1e-5)",
                                   "Adam^{β1}/SGD(1e-5)", "Adam^{β2}/SGD(1e-5)", "AdaGrad/SGD", "RMSProp/SGD(1e-4)",
                                   "RMSProp^α/SGD(1e-4)", "RMSProp^γ/SGD(1e-4)", "AdamW(0.01, wd=0.1)/SGD(1e-4)",
-                                  "AdamW^{α,λ}(0.01, wd=0.1)/SGD(1e-4)"])
+                                  "AdamW^{α,λ}(0.01, wd=0.1)/SGD(1e-4)", "SGD(0.1, 0.9, nesterov=1)/SGD(1e-3)"])
 @pytest.mark.parametrize("runs", [None, 2])
 def test_the_hypergradient_equals_autograd_through_the_update(spec, runs, batches):
     """Each optimizer's hypergradient, from dot products of its state and never its Jacobian's columns, equals the
@@ -439,7 +439,7 @@ def test_a_param_group_with_its_own_momentum_learns_it(batches):
 @pytest.mark.parametrize("build, error, message", [
     (lambda p: hyperopt.Adam(p, weight_decay=0.01), TypeError, "Adam takes no weight decay"),
     (lambda p: hyperopt.Adam([{"params": p, "weight_decay": 0.01}]), ValueError, "Adam takes no weight decay"),
-    (lambda p: hyperopt.SGD([{"params": p, "nesterov": True}]), ValueError, "SGD has no hyperparameter ['nesterov']"),
+    (lambda p: hyperopt.SGD([{"params": p, "dampening": 0.1}]), ValueError, "SGD has no hyperparameter ['dampening']"),
     (lambda p: hyperopt.SGD([torch.zeros(3, dtype=torch.complex64, requires_grad=True)]), ValueError,
      "complex parameters"),
     (lambda p: hyperopt.stack("RMSProp(0)/SGD", p), ValueError, "would stay 0"),
