@@ -53,6 +53,7 @@ class Divergence:
         # the first learned value of each run that left its range, and that value
         self.left = {key: torch.zeros(runs, dtype=torch.long, device=device) for key in self.KEYS}
         self.left["value"] = torch.zeros(runs, dtype=torch.float64, device=device)
+        self.left_range_said = False  # a lone run's, read on the host: once said, its ranges are not looked at
 
     def note(self, step: torch.Tensor, level: int, hypergradient: torch.Tensor, gradient: bool = False) -> None:
         """Record the runs whose hypergradient (runs, learned) at this level (or, `gradient`, whose sum of the
@@ -96,3 +97,4 @@ class Divergence:
         for key, value in state.items():  # (a state saved before values' ranges were kept has no left_*)
             target = self.left[key[len("left_"):]] if key.startswith("left_") else self.tensors[key]
             target.copy_(value)
+        self.left_range_said = bool((self.left["step"] != 0).all())

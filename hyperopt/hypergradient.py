@@ -259,13 +259,17 @@ def check_ranges(weights, levels, step: torch.Tensor, host: bool) -> None:
             learned = level.learned(group)
             parameterisations = [level.HYPERPARAMETERS[name][1] for name in learned]
             raw = group["hyper_raw"]
-            if host:  # numbers: the tensors are written only when a value leaves its range
+            if host:  # numbers: the tensors are written only when a value first leaves its range
+                said = weights.divergence.left_range_said
+                if said and not weights.keep_in_range:
+                    continue
                 values = [p.to_value(x) for p, x in zip(parameterisations, raw.tolist()[0])]
                 outside = [value < 0.0 or name in UNIT_RANGE and value >= 1.0 for name, value in zip(learned, values)]
                 if not any(outside):
                     continue
-                newly = weights.divergence.note_left(step, k, torch.tensor([outside]), torch.tensor([values]))
-                if bool(newly[0]):
+                if not said:
+                    weights.divergence.note_left(step, k, torch.tensor([outside]), torch.tensor([values]))
+                    weights.divergence.left_range_said = True
                     index = outside.index(True)
                     warnings.warn(OutOfRangeWarning(k, level.NAME, learned[index], int(step), values[index],
                                                     weights.keep_in_range), stacklevel=6)

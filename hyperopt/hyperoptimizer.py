@@ -250,7 +250,9 @@ class Hyperoptimizer(torch.optim.Optimizer):
                 raise ValueError(f"{self.NAME}: {name} has {len(given)} values for {count} runs")
             if name in learned:
                 raw.append([parameterisation.to_raw(n) for n in given])
-                group[name] = torch.tensor(given, dtype=dtype, device=device).reshape(count, 1)
+                # what a schedule sets (the value it scales): a number for one run, as in a lone run's group
+                group[name] = given[0] if count == 1 else torch.tensor(given, dtype=dtype, device=device).reshape(
+                    count, 1)
                 continue
             if self.hyper is None and name in group["learn"]:
                 given = [parameterisation.to_value(parameterisation.to_raw(n)) for n in given]
