@@ -2,13 +2,18 @@
 
 checkpoint.pt is the latest and checkpoint.prev.pt the one before it. Each is written to a temporary file and then
 renamed, so a run killed while saving leaves the previous files whole; a file damaged some other way (cut short by
-a full disk, say) is detected when loading and the one before it is used instead.
+a full disk, say) is detected when loading and the one before it is used instead. Nothing a checkpoint holds is
+executed: it is loaded with `weights_only=True` (tensors and plain values), and one holding anything else (a pickle
+that could run code, planted in a shared folder say) is refused.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import pickle
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -17,6 +22,14 @@ import torch
 
 log = logging.getLogger(__name__)
 LATEST, PREVIOUS = "checkpoint.pt", "checkpoint.prev.pt"
+
+
+class CheckpointNotSaved(OSError):
+    """A checkpoint that could not be written (a full disk); the message is one line."""
+
+
+class UnsafeCheckpoint(ValueError):
+    """A checkpoint that holds more than tensors and plain values: refused, not loaded."""
 
 
 class Checkpoints:
@@ -30,16 +43,26 @@ class Checkpoints:
         return self.every_seconds is not None and time.monotonic() - self.last_saved >= self.every_seconds
 
     def save(self, state: dict) -> None:
+        """Save atomically; CheckpointNotSaved (the previous checkpoints left whole) if the file cannot be written.
+        The state is serialised in memory first, so that a full disk is the system's own error, not torch's."""
         latest = self.directory / LATEST
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
         handle, temporary = tempfile.mkstemp(dir=self.directory, prefix=".checkpoint.", suffix=".tmp")
         try:
             with os.fdopen(handle, "wb") as file:
-                torch.save(state, file)
+                file.write(buffer.getbuffer())
                 file.flush()
                 os.fsync(file.fileno())
             if latest.exists():
                 os.replace(latest, self.directory / PREVIOUS)
             os.replace(temporary, latest)
+        except OSError as error:
+            Path(temporary).unlink(missing_ok=True)
+            raise CheckpointNotSaved(
+                f"the checkpoint could not be written to {latest} ({error.strerror or error}, "
+                f"{shutil.disk_usage(self.directory).free / 1e6:.1f} MB free there): the run stopped at its last "
+                "saved checkpoint; make room and run the same command again to continue") from None
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
@@ -52,8 +75,13 @@ class Checkpoints:
             if not path.exists():
                 continue
             try:
-                return torch.load(path, map_location="cpu", weights_only=False)
-            except Exception as error:  # any unreadable file is passed over, and said so
+                return torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as error:  # any unreadable file is passed over, and said so; an unsafe one refused
+                if isinstance(error, pickle.UnpicklingError) and "Weights only load failed" in str(error):
+                    raise UnsafeCheckpoint(
+                        f"{path} holds objects other than tensors and plain values, which loading would run (a "
+                        "pickle of code); it was not loaded and the run not resumed: if it is not this project's, "
+                        "remove it, and the same command trains the run from its first step") from None
                 log.warning("checkpoint %s is damaged (%s: %s); trying an older one", path, type(error).__name__,
                             error)
         return None

@@ -33,9 +33,25 @@ def read_binary(path: Path) -> tuple[numpy.ndarray, numpy.ndarray]:
     return records[:, 1:].reshape(-1, 3, 32, 32), records[:, 0].astype(numpy.int64)
 
 
+class ArraysOnly(pickle.Unpickler):
+    """An unpickler of the python release's batches that builds dicts, lists, bytes and numpy arrays and nothing
+    else: a pickle names the functions it calls, and a planted one would run code when loaded."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it would call {module}.{name}, which a CIFAR-10 batch never does")
+        return super().find_class(module, name)
+
+
 def read_pickle(path: Path) -> tuple[numpy.ndarray, numpy.ndarray]:
     with open(path, "rb") as file:
-        batch = pickle.load(file, encoding="bytes")
+        try:
+            batch = ArraysOnly(file, encoding="bytes").load()
+        except pickle.UnpicklingError as error:
+            raise ValueError(f"{path} is not a CIFAR-10 python batch and was not loaded: {error}") from None
     images = numpy.asarray(batch[b"data"], dtype=numpy.uint8).reshape(-1, 3, 32, 32)
     return images, numpy.asarray(batch[b"labels"], dtype=numpy.int64)
 

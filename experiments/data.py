@@ -51,21 +51,60 @@ class TensorDataset:
             yield self.test_x[start:start + batch_size], self.test_y[start:start + batch_size]
 
 
+class DamagedData(ValueError):
+    """A data file that is there but cannot be what it should be; the message is one line naming it."""
+
+
+MNIST_FILES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", 60000),
+               False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", 10000)}
+
+
+def read_idx(path: Path, rank: int, count: int) -> torch.Tensor:
+    """An MNIST file in the IDX layout (a magic number naming the rank, the sizes, then uint8 values), checked:
+    a file of the wrong kind, cut short or too long is DamagedData."""
+    data = path.read_bytes()
+    kind = "image" if rank == 3 else "label"
+    magic = int.from_bytes(data[:4], "big") if len(data) >= 4 else None
+    if magic != 0x800 + rank:
+        raise DamagedData(f"{path} is not an MNIST {kind} file: it starts with "
+                          f"{data[:4].hex() or 'nothing'}, not {0x800 + rank:08x}")
+    sizes = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(rank)]
+    expected = [count, 28, 28][:rank]
+    if sizes != expected:
+        raise DamagedData(f"{path} holds {' × '.join(map(str, sizes))} values, not MNIST's "
+                          f"{' × '.join(map(str, expected))}")
+    header, size = 4 + 4 * rank, 1
+    for n in sizes:
+        size *= n
+    if len(data) != header + size:
+        raise DamagedData(f"{path} is {len(data)} bytes, not the {header + size} of {count} {kind}s: it was cut "
+                          "short or changed (fetch it again)")
+    values = torch.frombuffer(bytearray(data[header:]), dtype=torch.uint8).reshape(sizes)
+    if rank == 1 and int(values.max()) > 9:
+        raise DamagedData(f"{path} holds labels up to {int(values.max())}, not digits 0-9: it is damaged")
+    return values
+
+
 def load_mnist(root: str | os.PathLike, device: torch.device | str = "cpu", download: bool = False,
                subset: int | None = None, dtype: torch.dtype = torch.float32) -> TensorDataset:
     """MNIST from ``root/MNIST/raw`` (torchvision's layout), scaled to [0, 1] as ToTensor does; downloaded there
-    first when it is missing and `download`."""
-    from torchvision.datasets import MNIST
-
+    first when it is missing and `download`. A file that is there but damaged is said to be, by name."""
     root = Path(root).expanduser()
+    raw = root / "MNIST" / "raw"
+    if not all((raw / name).exists() for train in (True, False) for name in MNIST_FILES[train][:2]):
+        try:
+            if not download:
+                raise FileNotFoundError
+            from torchvision.datasets import MNIST
+            for train in (True, False):
+                MNIST(str(root), train=train, download=True)
+        except (RuntimeError, OSError) as error:
+            raise DataNotFound("MNIST", raw.resolve(), "MNIST/raw", download, error) from None
     splits = []
     for train in (True, False):
-        try:
-            dataset = MNIST(str(root), train=train, download=download)
-        except (RuntimeError, OSError) as error:
-            raise DataNotFound("MNIST", root.resolve() / "MNIST" / "raw", "MNIST/raw", download, error) from None
-        x = dataset.data.to(device=device, dtype=dtype).div_(255.0).unsqueeze(1)
-        splits += [x, dataset.targets.to(device)]
+        images, labels, count = MNIST_FILES[train]
+        x = read_idx(raw / images, 3, count).to(device=device, dtype=dtype).div_(255.0).unsqueeze(1)
+        splits += [x, read_idx(raw / labels, 1, count).to(device=device, dtype=torch.int64)]
     if subset is not None:
         splits[0], splits[1] = splits[0][:subset], splits[1][:subset]
     return TensorDataset(*splits)

@@ -27,12 +27,12 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 import hyperopt
-from experiments.checkpoints import Checkpoints
+from experiments.checkpoints import CheckpointNotSaved, Checkpoints, UnsafeCheckpoint
 from experiments.config import register_table_1, validate
 from experiments.loggers import make_logger
 from experiments.optimizers import Baseline, build_optimizer, set_mode, stack_levels
 from experiments.provenance import machine
-from experiments.runs import BeforeTraining, OpenRun, failed, open_run, report
+from experiments.runs import RunFailure, OpenRun, failed, open_run, report
 from experiments.schedules import Schedule
 from experiments.tasks import make_task
 from models import batch_models, build_model
@@ -221,7 +221,7 @@ def train_group(runs: list[OpenRun], as_one_network: bool = False) -> None:
             validate(run.config)
             ready.append(run)
         except ValueError as error:
-            failed(run, BeforeTraining(str(error)))
+            failed(run, RunFailure(str(error)))
             if not as_one_network and not run.multirun:
                 sys.exit(1)
     if not ready:
@@ -242,7 +242,7 @@ def train_group(runs: list[OpenRun], as_one_network: bool = False) -> None:
                 trainee = Alone(ready[0], task, device) if alone else Together(ready, task, device)
             except Exception as error:
                 plain = isinstance(error, (ValueError, FileNotFoundError, ImportError))  # messages for users
-                raise BeforeTraining(str(error) if plain else f"{type(error).__name__}: {error}") from error
+                raise RunFailure(str(error) if plain else f"{type(error).__name__}: {error}") from error
             progress = show_progress(ready[0].cfg.progress, ready[0].multirun or not alone)
             with logging_redirect_tqdm(loggers=[logging.getLogger()] if progress else []):
                 summaries = train(ready, task, trainee, loggers, progress, stop, own_logs=as_one_network)
@@ -257,13 +257,15 @@ def train_group(runs: list[OpenRun], as_one_network: bool = False) -> None:
                     interruption, ready[0].directory)
         sys.exit(128 + interruption.signal_number)
     except BaseException as error:
+        if isinstance(error, CheckpointNotSaved):  # a full disk: said in one line
+            error = RunFailure(str(error))
         for run, logger in itertools.zip_longest(ready, loggers):  # a failure of the group is each unfinished run's
             if run.record.summary.get("status") in (None, "running"):
                 failed(run, error, logger)
         multirun = ready[0].multirun or not alone
-        if isinstance(error, BeforeTraining) and not multirun:
+        if isinstance(error, RunFailure) and not multirun:
             sys.exit(1)
-        if isinstance(error, BeforeTraining) or multirun and isinstance(error, Exception):
+        if isinstance(error, RunFailure) or multirun and isinstance(error, Exception):
             return
         raise
     for run, logger, summary in zip(ready, loggers, summaries):
@@ -288,7 +290,10 @@ def train(runs: list[OpenRun], task, trainee, loggers: list, progress: bool, sto
     resuming = any(run.record.attempt > 1 for run in runs)
     schedule = None if cfg.schedule is None else Schedule(
         runs[0].config["schedule"], task.steps_per_epoch, cfg.epochs, trainee.param_groups)
-    saved = checkpoints.load() if resuming else None
+    try:
+        saved = checkpoints.load() if resuming else None
+    except UnsafeCheckpoint as error:
+        raise RunFailure(str(error)) from None
     if saved is not None and saved.get("members") != members:
         log.warning("the checkpoint in %s is of other runs: these start from their first step", runs[0].directory)
         saved = None

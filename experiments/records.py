@@ -6,25 +6,52 @@
     summary.json    status (running, ok, diverged, failed, interrupted), the last epoch reached, final metrics,
                     learned hyperparameters, wall seconds, attempt (1, then 2, ... for each resumption)
 
-JSON files are replaced atomically (write a temporary file, then rename), so a reader never sees half a file.
+JSON files are replaced atomically (write a temporary file, then rename), so a reader never sees half a file. A
+folder has one writer at a time: the process that opened the record holds a lock on its `.lock` file until the run
+ends, and the kernel lets go of it when that process dies, however it dies (a SIGKILL included).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
 import shutil
+import socket
 import tempfile
 import time
 from pathlib import Path
 
-SUMMARY, RUN, METRICS = "summary.json", "run.json", "metrics.jsonl"
+SUMMARY, RUN, METRICS, LOCK = "summary.json", "run.json", "metrics.jsonl", ".lock"
 TRAJECTORY = "hyperparameters.jsonl"  # every level's hyperparameters every log_every_steps steps
 
 
 class RecordExistsError(FileExistsError):
     pass
+
+
+class RunHeld(RecordExistsError):
+    """Another process is writing this run's folder."""
+
+
+def hold(directory: Path):
+    """The open lock file of a run folder, held by this process until it is closed; RunHeld if another holds it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    file = open(directory / LOCK, "a+")
+    try:
+        fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        file.seek(0)
+        holder = file.read().strip() or "another process"
+        file.close()
+        raise RunHeld(f"{directory} is being written by {holder}: one process writes a run folder at a time (wait "
+                      "for it, or stop it; a run killed any way lets go of its folder)") from None
+    file.seek(0)
+    file.truncate()
+    file.write(f"process {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    file.flush()
+    return file
 
 
 class RunFinished(Exception):
@@ -71,7 +98,12 @@ class RunRecord:
 
     def __init__(self, directory: str | os.PathLike, config: dict, provenance: dict):
         self.directory = Path(directory)
-        earlier = self._earlier_attempt(config)
+        self._lock = hold(self.directory)  # before anything is read: the folder is this process's from here on
+        try:
+            earlier = self._earlier_attempt(config)
+        except BaseException:
+            self._lock.close()
+            raise
         self.started = time.time()
         if earlier is None:
             self.attempt, self.earlier_status = 1, None
@@ -156,6 +188,8 @@ class RunRecord:
     def finish(self, status: str, **fields) -> dict:
         self._close_trajectory()
         self.progress(**fields, status=status)
+        if status != "interrupted":  # (an interrupted run's process saves its checkpoint first, then exits)
+            self._lock.close()
         return self.summary
 
 
@@ -167,31 +201,60 @@ def _field(line: str, name: str) -> float:
         return math.inf
 
 
-def _json_lines(path: Path) -> list[dict]:
+class DamagedRecord(ValueError):
+    """A record file that cannot be read as the harness writes it; the message names the file and what is wrong."""
+
+
+def _json_lines(path: Path, finished: bool) -> list[dict]:
+    """The JSON lines of a record file. A last line cut short is what a run that died while writing leaves, and
+    is passed over, unless the run finished (then the file was damaged afterwards); any other bad line is damage."""
     lines = []
     if path.exists():
-        for line in path.read_text().splitlines():
+        text = path.read_text(errors="replace").splitlines()
+        for number, line in enumerate(text, 1):
             try:
                 lines.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut short by a run that died while writing it
-                break
+            except json.JSONDecodeError as error:
+                if number == len(text) and not finished:
+                    break
+                raise DamagedRecord(f"{path}: line {number} of {len(text)} is not JSON ({error.msg}, column "
+                                    f"{error.colno}): the file was cut or changed after the run wrote it") from None
     return lines
 
 
-def read_records(*roots: str | os.PathLike, experiment: str | None = None) -> list[dict]:
+def _json_file(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(errors="replace"))
+    except json.JSONDecodeError as error:
+        raise DamagedRecord(f"{path} is not JSON ({error.msg} at line {error.lineno}, column {error.colno}): the "
+                            "file was cut or changed after the run wrote it") from None
+    if not isinstance(data, dict):
+        raise DamagedRecord(f"{path} holds a {type(data).__name__}, not a record's object")
+    return data
+
+
+def read_records(*roots: str | os.PathLike, experiment: str | None = None, damaged: list | None = None) -> list[dict]:
     """Every run record under the given folders (of one experiment, if named): run.json, summary.json, the
-    metrics and the hyperparameters' trajectory, one dict per run."""
+    metrics and the hyperparameters' trajectory, one dict per run. A record that cannot be read raises
+    DamagedRecord, or, given a list `damaged`, is left out and its DamagedRecord put there."""
     records = []
     for root in roots:
         for summary_path in sorted(Path(root).rglob(SUMMARY)):
             directory = summary_path.parent
-            run_path = directory / RUN
-            run = json.loads(run_path.read_text()) if run_path.exists() else {}
-            if experiment is not None and run.get("config", {}).get("experiment") != experiment:
+            try:
+                run = _json_file(directory / RUN) if (directory / RUN).exists() else {}
+                if experiment is not None and run.get("config", {}).get("experiment") != experiment:
+                    continue
+                summary = _json_file(summary_path)
+                finished = summary.get("status") in ("ok", "diverged")
+                record = {"directory": str(directory), "summary": summary, "run": run,
+                          "metrics": _json_lines(directory / METRICS, finished),
+                          "trajectory": _json_lines(directory / TRAJECTORY, finished)}
+            except DamagedRecord as error:
+                if damaged is None:
+                    raise
+                damaged.append(error)
                 continue
-            record = {"directory": str(directory), "summary": json.loads(summary_path.read_text()), "run": run}
-            record["metrics"] = _json_lines(directory / METRICS)
-            record["trajectory"] = _json_lines(directory / TRAJECTORY)
             records.append(record)
     return records
 

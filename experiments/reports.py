@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from experiments.paper import PROTOCOLS
-from experiments.records import copy_record, read_records, safe_name
+from experiments.records import DamagedRecord, copy_record, read_records, safe_name
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -62,18 +63,34 @@ def figure_inputs(description: str, experiment: str, markers: str, out: Path, ex
     parser.add_argument("--readme", type=Path, help=f"also put the table between the {markers} markers of this file")
     parser.add_argument("--export-records", type=Path, metavar="DIR",
                         help="also copy each run's small record files here (to commit them)")
+    add_skip_damaged(parser)
     if extra is not None:
         extra(parser)
     args = parser.parse_args()
-    return args, records_of(experiment, args.records)
+    return args, records_of(experiment, args.records, args.skip_damaged)
 
 
-def records_of(experiment: str, folders: list[str]) -> list[dict]:
-    """The run records of `experiment` under the folders; a script stops with one line when there are none."""
+def add_skip_damaged(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--skip-damaged", action="store_true",
+                        help="leave out a record that cannot be read (each is named) rather than stop")
+
+
+def records_of(experiment: str, folders: list[str], skip_damaged: bool = False) -> list[dict]:
+    """The run records of `experiment` under the folders; a script stops with one line when there are none, or
+    when one cannot be read (unless `skip_damaged`: then each one left out is named, and the output says so)."""
     missing = [folder for folder in folders if not Path(folder).is_dir()]
     if missing:
         raise SystemExit(f"no such folder: {', '.join(missing)}")
-    records = read_records(*folders, experiment=experiment)
+    damaged = [] if skip_damaged else None
+    try:
+        records = read_records(*folders, experiment=experiment, damaged=damaged)
+    except DamagedRecord as error:
+        raise SystemExit(f"{error} (--skip-damaged leaves such a record out of the results)") from None
+    for error in damaged or ():
+        print(f"left out, damaged: {error}", file=sys.stderr)
+    if damaged:
+        print(f"{len(damaged)} damaged record(s) left out: these results are of the {len(records)} others",
+              file=sys.stderr)
     if not records:
         raise SystemExit(f"no {experiment} run records under {', '.join(folders)} (a record is a folder holding "
                          "run.json and summary.json, written by experiments/train.py)")

@@ -18,9 +18,10 @@ from experiments.sweep import note_action
 log = logging.getLogger("train")
 
 
-class BeforeTraining(RuntimeError):
-    """A run that failed before its first step: bad input (a config value, a device, the data, the optimizer),
-    reported in one line rather than a traceback."""
+class RunFailure(RuntimeError):
+    """A run that failed for a reason a user can act on, reported in one line rather than a traceback: bad input
+    before its first step (a config value, a device, the data, the optimizer, a checkpoint that would run code),
+    or a checkpoint it could not save (a full disk)."""
 
 
 class OpenRun:
@@ -55,12 +56,12 @@ def open_run(cfg: DictConfig) -> OpenRun | None:
 
 def failed(run: OpenRun, error: BaseException, logger=None) -> dict:
     """Record the run as failed with its error; a failure before training in one line."""
-    summary = run.record.finish("failed", error=str(error) if isinstance(error, BeforeTraining)
+    summary = run.record.finish("failed", error=str(error) if isinstance(error, RunFailure)
                                 else f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
     if logger is not None:
         logger.finish(summary)
-    if isinstance(error, BeforeTraining):
-        log.error("run failed before training: %s (record: %s)", summary["error"], run.directory)
+    if isinstance(error, RunFailure):
+        log.error("run failed: %s (record: %s)", summary["error"], run.directory)
     elif isinstance(error, Exception) and run.multirun:
         log.error("run failed, the sweep goes on: %s (record: %s)", summary["error"], run.directory)
     return summary

@@ -49,7 +49,12 @@ def load_text(root: str | os.PathLike, device: torch.device | str = "cpu", file:
     if not path.is_file():
         raise FileNotFoundError(f"no text at {path.resolve()}: point data.root (or HYPEROPT_DATA_ROOT) at the folder "
                                 f"holding {file}, or data.file at any UTF-8 text file under it")
-    text = path.read_text(encoding="utf-8")[:subset]
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")[:subset]
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not UTF-8 text: byte {error.start} ({data[error.start:error.start + 1].hex()}) "
+                         f"{error.reason}; the file is damaged or in another encoding (convert it to UTF-8)") from None
     if len(text) < 100:
         raise ValueError(f"{path} holds {len(text)} characters; a language model needs a real text")
     train_end = int(len(text) * split[0])

@@ -21,7 +21,7 @@ import pandas as pd
 import hyperopt
 from experiments.paper import TABLE_1
 from experiments.records import copy_record, describe_commits, safe_name
-from experiments.reports import deviation_note, protocol_run, records_of, replace_between_markers
+from experiments.reports import add_skip_damaged, deviation_note, protocol_run, records_of, replace_between_markers
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = {row.stack: row.epochs for row in TABLE_1}
@@ -41,9 +41,9 @@ def learned_notation(runs: list[dict]) -> str | None:
     return f"{bottom}(" + ", ".join(f"{mean[name]:.4g}" for name in learn) + ")"
 
 
-def runs_from_records(roots: list[str]) -> list[dict]:
+def runs_from_records(roots: list[str], skip_damaged: bool = False) -> list[dict]:
     runs = []
-    for record in records_of("table1", roots):
+    for record in records_of("table1", roots, skip_damaged):
         config = record["run"].get("config", {})
         summary = record["summary"]
         runs.append({**protocol_run(record, config.get("row"), EPOCHS.get(config.get("row"))),
@@ -179,10 +179,11 @@ def main() -> None:
     parser.add_argument("--export-records", type=Path, metavar="DIR",
                         help="also copy each run's small record files here (to commit them)")
     parser.add_argument("--readme", type=Path, help="also put the table between the table1 markers of this file")
+    add_skip_damaged(parser)
     args = parser.parse_args()
     if not args.records and not args.wandb:
         parser.error("give a folder of run records or --wandb ENTITY/PROJECT")
-    runs = runs_from_wandb(args.wandb) if args.wandb else runs_from_records(args.records)
+    runs = runs_from_wandb(args.wandb) if args.wandb else runs_from_records(args.records, args.skip_damaged)
     if not runs:
         raise SystemExit(f"no table1 runs in {args.wandb}")
     if args.export_records:

@@ -4,6 +4,7 @@ and per-hyperparameter step sizes in the hyperoptimizer, bf16 autocast, and the 
 import copy
 import hashlib
 import json
+import os
 import pickle
 import shutil
 
@@ -74,6 +75,21 @@ def test_the_python_release_reads_the_same_images(tmp_path):
     assert torch.equal(data.train_x, torch.from_numpy(images[:30]))
     assert torch.equal(data.train_y, torch.from_numpy(labels[:30]))
     assert torch.equal(data.test_x, torch.from_numpy(images[30:40]))
+
+
+def test_a_python_batch_that_would_run_code_is_refused_and_its_code_never_runs(tmp_path):
+    class Planted:
+        def __reduce__(self):
+            return os.system, (f"touch {tmp_path / 'it ran'}",)
+    folder = tmp_path / PICKLE
+    folder.mkdir()
+    for name in ("data_batch_1", "test_batch"):
+        with open(folder / name, "wb") as file:
+            pickle.dump({b"data": Planted(), b"labels": []}, file)
+    with pytest.raises(ValueError, match=r"data_batch_1 is not a CIFAR-10 python batch and was not loaded: it "
+                                         r"would call (posix|os)\.system"):
+        load_cifar10(tmp_path)
+    assert not (tmp_path / "it ran").exists()
 
 
 @pytest.mark.slow

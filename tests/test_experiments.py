@@ -2,6 +2,7 @@
 1's script."""
 
 import json
+import shutil
 
 import pandas as pd
 import pytest
@@ -244,6 +245,30 @@ def test_a_failed_download_says_where_it_looked_and_what_to_set(tmp_path, monkey
     assert message.startswith(f"MNIST is not under {tmp_path.resolve()}/MNIST/raw and downloading it failed "
                               "(<urlopen error [Errno -2] Name or service not known>)")
     assert "HYPEROPT_DATA_ROOT" in message and "\n" not in message
+
+
+DAMAGES = {  # what was done to a real MNIST file, and what the one line says of it
+    "labels full of noise": ("train-labels-idx1-ubyte", lambda data: data[:8] + bytes(range(256)) * 234 + data[:96],
+                             "holds labels up to 255, not digits 0-9"),
+    "images cut short": ("train-images-idx3-ubyte", lambda data: data[: len(data) // 3],
+                         "is 15680005 bytes, not the 47040016 of 60000 images: it was cut short"),
+    "another kind of file": ("t10k-labels-idx1-ubyte", lambda data: b"<html>" + data,
+                             "is not an MNIST label file: it starts with 3c68746d, not 00000801"),
+}
+
+
+@pytest.mark.slow  # copies MNIST
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_mnist_file_is_named_with_what_is_wrong(damage, tmp_path):
+    name, damaged, message = DAMAGES[damage]
+    raw = tmp_path / "MNIST" / "raw"
+    shutil.copytree(data_root() / "MNIST" / "raw", raw)
+    (raw / name).write_bytes(damaged((raw / name).read_bytes()))
+    result = train("+exp=mnist_sgd", f"data.root={tmp_path}", "data.download=false",
+                   f"hydra.run.dir={tmp_path / 'run'}", check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    [line] = [line for line in result.stderr.splitlines() + result.stdout.splitlines() if "ERROR" in line]
+    assert f"{raw / name} {message}" in line
 
 
 @pytest.mark.slow

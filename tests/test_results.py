@@ -3,6 +3,7 @@ up for the purpose (no dataset needed)."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -124,3 +125,24 @@ def test_figure_3_draws_the_same_picture_whatever_the_hash_seed(tmp_path):
         pictures.append((out / "figure3.png").read_bytes())
     assert pictures[0] == pictures[1]
     assert "Not the paper's protocol" not in (tmp_path / "out1" / "figure3.md").read_text()  # it states no length
+
+
+@pytest.mark.slow  # three runs of the table's script
+def test_a_damaged_record_stops_the_table_in_one_line_or_is_left_out_and_named(tmp_path):
+    records = tmp_path / "runs"
+    shutil.copytree(ROOT / "results" / "table1" / "runs", records)
+    [metrics, *_] = sorted(records.rglob("metrics.jsonl"))
+    text = metrics.read_text()
+    metrics.write_text(text[: len(text) - len(text.splitlines()[-1]) // 2 - 1])  # its last line cut in half
+    [summary, *_] = [path for path in sorted(records.rglob("summary.json")) if path.parent != metrics.parent]
+    summary.write_text("{not json")
+    result = script("table1", str(records), "--out", str(tmp_path / "out"), check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(str(metrics if metrics < summary else summary)) and "--skip-damaged" in line
+    assert not (tmp_path / "out" / "table1.md").exists()
+    result = script("table1", str(records), "--out", str(tmp_path / "out"), "--skip-damaged")
+    notes = result.stderr.strip().splitlines()
+    assert f"left out, damaged: {metrics}: line {len(text.splitlines())} of {len(text.splitlines())} is not JSON" \
+        in notes[0] + notes[1] and f"left out, damaged: {summary} is not JSON" in "\n".join(notes)
+    assert notes[-1].startswith("2 damaged record(s) left out: these results are of the")

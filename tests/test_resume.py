@@ -3,12 +3,14 @@ have had uninterrupted; SIGTERM and SIGINT checkpoint and say so; a sweep run ag
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
+import torch
 
 from experiments.records import read_records
 from tests.conftest import ROOT, data_root
@@ -100,6 +102,79 @@ def test_a_damaged_checkpoint_is_passed_over_for_the_one_before(tmp_path):
         result.stderr
     straight, resumed = (read_records(tmp_path / part)[0] for part in ("straight", "damaged"))
     assert without_timings(resumed) == without_timings(straight)
+
+
+class Planted:
+    """What an attacker with write access to a shared run folder might leave as its checkpoint."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_its_code_never_runs(tmp_path):
+    overrides = ["+exp=mnist_adam_sgd", "epochs=4", "data.subset=4096"]
+    folder, marker = tmp_path / "run", tmp_path / "it ran"
+    process = start(*overrides, f"hydra.run.dir={folder}")
+    wait_for_first_epoch(folder, process)
+    process.kill()
+    process.wait()
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):
+        torch.save({"trainee": Planted(marker)}, folder / name)
+    result = train(*overrides, f"hydra.run.dir={folder}", check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "Traceback" not in output and not marker.exists()
+    [line] = [line for line in output.splitlines() if "ERROR" in line]
+    assert f"{folder / 'checkpoint.pt'} holds objects other than tensors and plain values" in line
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["status"] == "failed" and "resumed from" not in output and summary["last_epoch"] == 1
+
+
+def test_two_processes_never_write_one_run_folder_and_a_killed_one_lets_go(tmp_path):
+    overrides = ["+exp=mnist_adam_sgd", "epochs=4", "data.subset=4096", f"hydra.run.dir={tmp_path / 'run'}"]
+    first, second = start(*overrides), start(*overrides)  # two terminals, or a job resubmitted while it runs
+    outputs = [process.communicate(timeout=300)[0] for process in (first, second)]
+    codes = sorted(process.returncode for process in (first, second))
+    assert codes == [0, 1], outputs
+    refusal = outputs[[first.returncode, second.returncode].index(1)]
+    [line] = [line for line in refusal.splitlines() if "ERROR" in line]
+    assert "is being written by process" in line and "one process writes a run folder at a time" in line
+    [record] = read_records(tmp_path / "run")
+    assert [m["epoch"] for m in record["metrics"]] == [1, 2, 3, 4] and record["summary"]["attempt"] == 1
+
+    folder = tmp_path / "killed"
+    holder = start(*overrides[:-1], f"hydra.run.dir={folder}")
+    wait_for_first_epoch(folder, holder)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    result = train(*overrides[:-1], f"hydra.run.dir={folder}")
+    assert "resumed from the checkpoint" in result.stdout + result.stderr
+
+
+def no_bigger_files_than(size: int):
+    """For a child process: a file can grow to `size` bytes only, and a write beyond fails (EFBIG, as a full
+    disk's ENOSPC does) rather than killing it."""
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    return limit
+
+
+def test_a_checkpoint_that_cannot_be_written_stops_the_run_in_one_line_and_the_same_command_resumes(tmp_path):
+    overrides = ["+exp=mnist_adam_sgd", "epochs=2", "data.subset=2048", f"hydra.run.dir={tmp_path}"]
+    env = {**os.environ, "HYPEROPT_DATA_ROOT": str(data_root())}
+    full = subprocess.run([sys.executable, str(ROOT / "experiments" / "train.py"), *overrides], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300, preexec_fn=no_bigger_files_than(300_000))
+    output = full.stdout + full.stderr
+    assert full.returncode == 1 and "Traceback" not in output, output
+    [line] = [line for line in output.splitlines() if "ERROR" in line]
+    assert f"the checkpoint could not be written to {tmp_path / 'checkpoint.pt'} (File too large" in line
+    assert "make room and run the same command again to continue" in line
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "failed"
+    result = train(*overrides)  # room made
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "ok", result.stdout
 
 
 def test_a_sweep_run_again_skips_resumes_and_retries(tmp_path):

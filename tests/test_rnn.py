@@ -35,9 +35,11 @@ def test_characters_unseen_in_training_map_to_unknown(tmp_path):
     assert data.decode(data.test).count(UNKNOWN) == 3
 
 
-def test_a_missing_or_empty_text_is_a_clear_error(tmp_path):
-    for file, message in (("absent.txt", "no text at"), ("empty.txt", "holds 0 characters")):
-        (tmp_path / "empty.txt").write_text("")
+def test_a_missing_empty_or_damaged_text_is_a_clear_error(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "damaged.txt").write_bytes("War and Peace ".encode() * 20 + b"\xff\xfe" + b"Tolstoy" * 20)
+    for file, message in (("absent.txt", "no text at"), ("empty.txt", "holds 0 characters"),
+                          ("damaged.txt", "damaged.txt is not UTF-8 text: byte 280 (ff) invalid start byte")):
         try:
             load_text(tmp_path, file=file)
         except (FileNotFoundError, ValueError) as error:

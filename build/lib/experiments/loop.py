@@ -1,0 +1,431 @@
+"""The training loop: a group of runs, one run alone or many trained as one network, each writing its own record.
+
+A lone run trains its model with any optimizer (a stack, a learning-rate-free one, the reference code) and may have
+a schedule; a group of runs trains models.batch_models of each run's own model with one hyperopt stack of runs
+(experiments/batched.py says which runs can share one). Everything else is one loop: the epochs and their batches
+(each run its own order), the hyperparameter log, checkpoints (at each epoch's end, every checkpoint.every_minutes
+and on SIGTERM/SIGINT, in the first run's folder), evaluation, and divergence, which a run reports as one event (the
+step it diverged at and why) whether its stack raised, froze it, or its loss was not finite.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import signal
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+import hyperopt
+from experiments.checkpoints import CheckpointNotSaved, Checkpoints, UnsafeCheckpoint
+from experiments.config import register_table_1, validate
+from experiments.loggers import make_logger
+from experiments.optimizers import Baseline, build_optimizer, set_mode, stack_levels
+from experiments.provenance import machine
+from experiments.runs import RunFailure, OpenRun, failed, open_run, report
+from experiments.schedules import Schedule
+from experiments.tasks import make_task
+from models import batch_models, build_model
+
+log = logging.getLogger("train")
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+register_table_1()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name} but this machine has no CUDA device; use device=cpu or device=auto")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device={name} but this machine has {torch.cuda.device_count()} CUDA device(s), "
+                         "cuda:0 to cuda:N-1")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={name} but this machine has no MPS device; use device=cpu or device=auto")
+    return device
+
+
+def log_every(setting, total_steps: int) -> int:
+    """Steps between two logs of every level's hyperparameters: `auto` gives about 250 points per run."""
+    return max(1, -(-total_steps // 250)) if setting == "auto" else int(setting)
+
+
+def show_progress(setting, multirun: bool) -> bool:
+    if setting == "auto":
+        return sys.stderr.isatty() and not multirun and not os.environ.get("CI")
+    return bool(setting)
+
+
+def seeded_model(cfg: DictConfig, config: dict, task, device: torch.device) -> torch.nn.Module:
+    """The run's model, its initial weights drawn under the run's seed (alone or as one of a batched group)."""
+    torch.manual_seed(cfg.seed)
+    options = {k: v for k, v in config["model"].items() if k != "name"}
+    return build_model(cfg.model.name, **task.model_options, **options).to(device)
+
+
+class Alone:
+    """One run: its model and any optimizer, with its schedule."""
+
+    def __init__(self, run: OpenRun, task, device: torch.device):
+        cfg = run.cfg
+        self.task = task
+        self.model = seeded_model(cfg, run.config, task, device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if cfg.backend == "reference":
+            from experiments.reference import ReferenceBackend
+            if cfg.schedule is not None:
+                raise ValueError("backend=reference runs the reference code's stacks, which take no schedule")
+            self.optimizer = ReferenceBackend(run.config["optimizer"], self.model)
+            return
+        self.optimizer = build_optimizer(run.config["optimizer"], self.model.parameters(), compile=cfg.compile)
+        # the weights' step sizes, which a schedule sets
+        self.param_groups = (self.optimizer.optimizer if isinstance(self.optimizer, Baseline)
+                             else self.optimizer).param_groups
+
+    def step(self, batches: list) -> torch.Tensor:
+        return self.task.step(self.model, self.optimizer, batches[0]).reshape(1)
+
+    def evaluate(self, train_losses: list[float]) -> list[dict]:
+        set_mode(self.optimizer, "eval")
+        evaluation = self.task.evaluate(self.model, train_losses[0])
+        set_mode(self.optimizer, "train")
+        return [evaluation]
+
+    def hyperparameters(self, run: int) -> list[dict]:
+        return self.optimizer.hyperparameters()
+
+    def describe(self, run: int) -> str:
+        return str(self.optimizer)
+
+    def frozen(self) -> dict[int, dict]:
+        return {}  # a lone stack raises DivergenceError instead
+
+    def out_of_range(self, run: int) -> list[dict]:
+        return self.optimizer.out_of_range() if isinstance(self.optimizer, hyperopt.Hyperoptimizer) else []
+
+    def model_of(self, run: int) -> torch.nn.Module:
+        set_mode(self.optimizer, "eval")
+        return self.model
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+class Together:
+    """Runs trained as one network (models.batch_models of each run's own model) by one hyperopt stack of runs."""
+
+    def __init__(self, runs: list[OpenRun], task, device: torch.device):
+        self.task = task
+        self.model = batch_models([seeded_model(run.cfg, run.config, task, device) for run in runs]).to(device)
+        self.optimizer = hyperopt.stack([stack_levels(run.config["optimizer"]) for run in runs],
+                                        self.model.parameters(), compile=runs[0].cfg.compile)
+        self.param_groups = self.optimizer.param_groups
+
+    def step(self, batches: list) -> torch.Tensor:
+        x = torch.stack([batch[0] for batch in batches])
+        y = torch.stack([batch[1] for batch in batches])
+        return self.task.step_runs(self.model, self.optimizer, x, y)
+
+    def evaluate(self, train_losses: list[float]) -> list[dict]:
+        return self.task.evaluate_runs(self.model, train_losses)
+
+    def hyperparameters(self, run: int) -> list[dict]:
+        return self.optimizer.hyperparameters(run=run)
+
+    def describe(self, run: int) -> str:
+        return hyperopt.format_stack(self.optimizer, run=run)
+
+    def frozen(self) -> dict[int, dict]:
+        events = {}
+        for event in self.optimizer.diverged():
+            error = hyperopt.DivergenceError(event["level"], event["optimizer"], event["hyperparameter"],
+                                             event["step"], float("nan"))
+            events[event["run"]] = {"step": event["step"], "error": str(error)}
+        return events
+
+    def out_of_range(self, run: int) -> list[dict]:
+        return [event for event in self.optimizer.out_of_range() if event["run"] == run]
+
+    def model_of(self, run: int) -> torch.nn.Module:
+        return self.model.run_model(run).eval()
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT arrived: the runs were checkpointed at a step boundary and stop (a sweep stops with
+    them)."""
+
+    def __init__(self, signal_number: int, step: int):
+        self.signal_number, self.step = signal_number, step
+        super().__init__(f"{signal.Signals(signal_number).name} at step {step}")
+
+
+class StopRequest:
+    """Turns SIGTERM and SIGINT into a request that the training loop honours at its next step boundary."""
+
+    def __init__(self):
+        self.signal_number = None
+
+    def __call__(self, signal_number, frame) -> None:
+        self.signal_number = signal_number
+
+    def __enter__(self):
+        self.previous = {number: signal.signal(number, self) for number in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def __exit__(self, *exception) -> None:
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+
+
+def _run_log(directory: str) -> logging.Logger:
+    """A run's own train.log, for a run trained with others (a lone run's is its Hydra job's log)."""
+    logger = logging.getLogger(f"train.run.{directory}")
+    logger.propagate = False
+    if not logger.handlers:
+        handler = logging.FileHandler(Path(directory) / "train.log")
+        handler.setFormatter(logging.Formatter("[%(asctime)s][train][%(levelname)s] - %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    return logger
+
+
+def train_group(runs: list[OpenRun], as_one_network: bool = False) -> None:
+    """Train these runs, one alone (its own model and optimizer) or any number as one network, and write each one's
+    record."""
+    ready = []
+    for run in runs:
+        try:
+            validate(run.config)
+            ready.append(run)
+        except ValueError as error:
+            failed(run, RunFailure(str(error)))
+            if not as_one_network and not run.multirun:
+                sys.exit(1)
+    if not ready:
+        return
+    alone = not as_one_network
+    loggers = []
+    warnings.simplefilter("ignore", hyperopt.OutOfRangeWarning)  # each run's log and summary say it instead
+    try:
+        with StopRequest() as stop:
+            try:
+                device = resolve_device(ready[0].cfg.device)
+                for run in ready:
+                    run.record.amend(machine=machine(device))
+                    loggers.append(make_logger(run.cfg.logger, run.config["wandb"], run.config, run.directory,
+                                               name=f"{run.cfg.row} seed={run.cfg.seed}",
+                                               group=f"{run.cfg.experiment}/{run.cfg.row}"))
+                task = make_task(ready[0].cfg, device)
+                trainee = Alone(ready[0], task, device) if alone else Together(ready, task, device)
+            except Exception as error:
+                plain = isinstance(error, (ValueError, FileNotFoundError, ImportError))  # messages for users
+                raise RunFailure(str(error) if plain else f"{type(error).__name__}: {error}") from error
+            progress = show_progress(ready[0].cfg.progress, ready[0].multirun or not alone)
+            with logging_redirect_tqdm(loggers=[logging.getLogger()] if progress else []):
+                summaries = train(ready, task, trainee, loggers, progress, stop, own_logs=as_one_network)
+    except Interrupted as interruption:
+        for run, logger in itertools.zip_longest(ready, loggers):
+            if run.record.summary.get("status") in (None, "running"):
+                summary = run.record.finish("interrupted", interrupted_at_step=interruption.step,
+                                            error=str(interruption))
+                if logger is not None:
+                    logger.finish(summary)
+        log.warning("interrupted by %s; checkpointed, run the same command again to continue (record: %s)",
+                    interruption, ready[0].directory)
+        sys.exit(128 + interruption.signal_number)
+    except BaseException as error:
+        if isinstance(error, CheckpointNotSaved):  # a full disk: said in one line
+            error = RunFailure(str(error))
+        for run, logger in itertools.zip_longest(ready, loggers):  # a failure of the group is each unfinished run's
+            if run.record.summary.get("status") in (None, "running"):
+                failed(run, error, logger)
+        multirun = ready[0].multirun or not alone
+        if isinstance(error, RunFailure) and not multirun:
+            sys.exit(1)
+        if isinstance(error, RunFailure) or multirun and isinstance(error, Exception):
+            return
+        raise
+    for run, logger, summary in zip(ready, loggers, summaries):
+        logger.finish(summary)
+        report(run.cfg.row, summary, run.directory)
+
+
+def train(runs: list[OpenRun], task, trainee, loggers: list, progress: bool, stop: StopRequest,
+          own_logs: bool) -> list[dict]:
+    """The epochs of a group of runs (trainee: Alone or Together); each run's summary. `own_logs`: each run's
+    lines go to its own train.log (a lone run's go to its Hydra job's)."""
+    cfg = runs[0].cfg
+    count = len(runs)
+    members = [run.directory for run in runs]
+    run_logs = [_run_log(directory) for directory in members] if own_logs else [log]
+    shuffles = [torch.Generator().manual_seed(run.cfg.seed) for run in runs]
+    epoch, done, step, losses, epoch_seconds = 1, 0, 0, [], []
+    epoch_starts = [shuffle.get_state() for shuffle in shuffles]  # before each epoch draws its order
+    outcomes: dict[int, dict] = {}
+    last = {i: run.record.last_metrics() for i, run in enumerate(runs)}  # a run stopped after its last epoch
+    checkpoints = Checkpoints(runs[0].directory, cfg.checkpoint.every_minutes)
+    resuming = any(run.record.attempt > 1 for run in runs)
+    schedule = None if cfg.schedule is None else Schedule(
+        runs[0].config["schedule"], task.steps_per_epoch, cfg.epochs, trainee.param_groups)
+    try:
+        saved = checkpoints.load() if resuming else None
+    except UnsafeCheckpoint as error:
+        raise RunFailure(str(error)) from None
+    if saved is not None and saved.get("members") != members:
+        log.warning("the checkpoint in %s is of other runs: these start from their first step", runs[0].directory)
+        saved = None
+    if saved is not None:
+        trainee.load_state_dict(saved["trainee"])
+        torch.set_rng_state(saved["torch_rng"])
+        if saved["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
+        epoch, done, step, epoch_starts = saved["epoch"], saved["batches_done"], saved["step"], saved["epoch_starts"]
+        device = next(trainee.model.parameters()).device
+        losses, epoch_seconds = list(saved["losses"].to(device)), saved["epoch_seconds"]
+        outcomes = saved["outcomes"]
+        log.info("resumed from the checkpoint at epoch %d, step %d (attempt %d)", epoch, step, runs[0].record.attempt)
+    elif resuming:
+        log.warning("no usable checkpoint in %s: the run starts again from its first step", runs[0].directory)
+    for i, run in enumerate(runs):
+        run.record.forget_from(epoch, step)
+        run.record.summary.setdefault("optimizer_initial", trainee.describe(i))
+    every = log_every(cfg.log_every_steps, task.steps_per_epoch * cfg.epochs)
+    log.info("%s on %s: %s, %s", f"{count} runs as one network" if own_logs else trainee.describe(0),
+             next(trainee.model.parameters()).device, task.description, cfg.experiment)
+
+    def state(seconds_in_epoch: float) -> dict:
+        return {"members": members, "epoch": epoch, "batches_done": done, "step": step,
+                "epoch_starts": epoch_starts, "losses": torch.stack(losses).cpu() if losses else torch.zeros(0),
+                "epoch_seconds": epoch_seconds, "seconds_in_epoch": seconds_in_epoch, "outcomes": outcomes,
+                "trainee": trainee.state_dict(), "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "task": task.state_dict()}
+
+    seconds_before = saved["seconds_in_epoch"] if saved else 0.0
+    epochs = tqdm(range(epoch, cfg.epochs + 1), desc=str(cfg.row), unit="epoch", disable=not progress)
+    for epoch in epochs:
+        start = time.perf_counter() - seconds_before
+        first_step = step - done + 1
+        streams = []
+        for shuffle, epoch_start in zip(shuffles, epoch_starts):
+            shuffle.set_state(epoch_start)
+            streams.append(task.batches(shuffle))
+        batches = zip(*streams)
+        if done:  # resuming within the epoch: its order is drawn again, the batches already taken are passed over
+            batches = itertools.islice(batches, done, None)
+            task.load_state_dict(saved["task"])
+        raised = {}
+        try:
+            for batch in tqdm(batches, total=task.steps_per_epoch, initial=done, leave=False, unit="step",
+                              disable=not progress):
+                if schedule is not None:
+                    schedule.apply(step + 1)
+                losses.append(trainee.step(list(batch)))
+                step, done = step + 1, done + 1
+                if step % every == 0:
+                    for i, run in enumerate(runs):
+                        if i not in outcomes:
+                            run.record.log_hyperparameters(step, trainee.hyperparameters(i))
+                if stop.signal_number is not None or checkpoints.due():
+                    checkpoints.save(state(time.perf_counter() - start))
+                    if stop.signal_number is not None:
+                        raise Interrupted(stop.signal_number, step)
+        except hyperopt.DivergenceError as error:  # a lone stack: nothing changed in that step
+            raised = {0: {"step": error.step, "error": str(error)}}
+        stacked = torch.stack(losses).cpu() if losses else torch.zeros(0, count)  # (steps, runs)
+        diverged = {**trainee.frozen(), **raised}
+        train_losses, steps, newly = [], [], {}
+        for i in range(count):
+            # a run that diverged at step s (in this epoch: an earlier one is an outcome already) stopped before
+            # it, with s - 1 steps behind it
+            event = None if i in outcomes else diverged.get(i)
+            taken = len(stacked) if event is None else event["step"] - first_step
+            run_losses = stacked[:taken, i]
+            finite = torch.isfinite(run_losses)
+            if event is None and not bool(finite.all()):
+                at = first_step + int((~finite).nonzero()[0])
+                event = {"step": at, "error": f"the training loss became NaN or infinite at step {at}"}
+            if event is not None and i not in outcomes:
+                newly[i] = {"status": "diverged", "diverged_at_step": event["step"], "error": event["error"]}
+            train_losses.append(float(run_losses.mean()) if taken else float("nan"))
+            steps.append(first_step - 1 + taken)
+        evaluations = trainee.evaluate(train_losses)
+        epoch_seconds.append(time.perf_counter() - start)
+        for i, run in enumerate(runs):
+            if i in outcomes:
+                continue
+            metrics = {"epoch": epoch, "step": steps[i], "train_loss": train_losses[i], **evaluations[i],
+                       "hyperparameters": trainee.hyperparameters(i), "epoch_seconds": epoch_seconds[-1]}
+            run.record.log_epoch(metrics)
+            run.record.progress(last_epoch=epoch, steps=steps[i])
+            loggers[i].log(metrics, step=epoch)
+            together = f" ({count} runs as one)" if own_logs else ""
+            run_logs[i].info("epoch %d: train loss %.4f, %s, %.2f s%s", epoch, train_losses[i],
+                             task.describe(metrics), epoch_seconds[-1], together)
+            last[i] = metrics
+            left = trainee.out_of_range(i)
+            if left and "out_of_range" not in run.record.summary:  # said once per run, and kept in its summary
+                event = {k: v for k, v in left[0].items() if k != "run"}
+                run.record.progress(out_of_range=event)
+                run_logs[i].warning("level %d (%s): the learned %r left its range after step %d (it was %g)",
+                                    event["level"], event["optimizer"], event["hyperparameter"], event["step"],
+                                    event["value"])
+            if i in newly:
+                run_logs[i].warning("diverged: %s", newly[i]["error"])
+        outcomes.update(newly)
+        if not own_logs:
+            epochs.set_postfix(loss=f"{train_losses[0]:.4f}", evaluation=task.describe(last[0]))
+        else:
+            log.info("epoch %d: %d runs as one, %.2f s%s", epoch, count, epoch_seconds[-1],
+                     f", {len(outcomes)} diverged" if outcomes else "")
+        if len(outcomes) == count:
+            break
+        epoch, done, losses, seconds_before = epoch + 1, 0, [], 0.0
+        epoch_starts = [shuffle.get_state() for shuffle in shuffles]
+        checkpoints.save(state(0.0))
+    summaries = []
+    for i, run in enumerate(runs):
+        metrics = last[i]
+        finished = task.finish(trainee.model_of(i), run.record.directory, run.cfg.seed)
+        outcome = dict(outcomes.get(i, {"status": "ok"}))
+        batched = {"batched": {"runs": count, "members": members}} if own_logs else {}
+        summaries.append(run.record.finish(
+            outcome.pop("status"), **outcome, data=task.description, train_examples=task.train_examples,
+            epochs_completed=metrics["epoch"], steps=metrics["step"],
+            **{k: v for k, v in metrics.items() if k not in ("epoch", "step", "epoch_seconds")}, **finished,
+            optimizer_initial=run.record.summary["optimizer_initial"], optimizer_final=trainee.describe(i),
+            seconds_per_epoch=statistics.median(epoch_seconds) if epoch_seconds else float("nan"), **batched))
+    if not cfg.checkpoint.keep:
+        checkpoints.remove()
+    return summaries
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIGS), config_name="config")
+def main(cfg: DictConfig) -> None:
+    """The Hydra task: one run, trained alone (experiments/train.py; hydra/launcher=batched groups runs itself)."""
+    run = open_run(cfg)
+    if run is not None:
+        train_group([run])

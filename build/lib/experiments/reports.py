@@ -1,0 +1,161 @@
+"""Writing results: a benchmark's JSON with a Markdown table beside it, tables and figures from run records (marked
+when their runs depart from the paper's protocol), and generated blocks in the README."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from experiments.paper import PROTOCOLS
+from experiments.records import DamagedRecord, copy_record, read_records, safe_name
+
+
+def markdown_table(rows: list[dict]) -> str:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+
+    def cell(value):
+        if isinstance(value, float):
+            return f"{value:.3g}"
+        text = "" if value is None else str(value)
+        return text if len(text) <= 60 else text[:57] + "…"
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(column)) for column in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def publish(report: dict, out: Path | None, readme: Path | None = None) -> None:
+    """Print a benchmark's JSON report; with `out`, write it there and its results as Markdown beside it (and
+    into the README block named after the file, with `readme`)."""
+    text = json.dumps(report, indent=2, ensure_ascii=False)
+    print(text)
+    if out is None:
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text + "\n")
+    machine = report.get("machine", {})
+    where = machine.get("gpu") or f"{machine.get('cpu_count')}-core CPU, {machine.get('torch_threads')} threads"
+    markdown = (f"{report['benchmark']}; {report['method']}. Measured on {where}, torch "
+                f"{report.get('versions', {}).get('torch')}, commit {str(report.get('git', {}).get('commit'))[:10]}"
+                f" by `{' '.join(report.get('command', []))}`.\n\n" + markdown_table(report["results"]))
+    out.with_suffix(".md").write_text(markdown)
+    if readme is not None:
+        replace_between_markers(readme, out.stem, markdown)
+
+
+def replace_between_markers(path: Path, name: str, text: str) -> None:
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    content = path.read_text()
+    if begin not in content or end not in content:
+        raise SystemExit(f"{path} has no {begin} ... {end} block to fill")
+    head, rest = content.split(begin, 1)
+    path.write_text(head + begin + "\n" + text.strip() + "\n" + end + rest.split(end, 1)[1])
+
+
+def figure_inputs(description: str, experiment: str, markers: str, out: Path, extra=None):
+    """(arguments, run records) of a figure script: record folders, --out, --readme, --export-records, and
+    whatever `extra(parser)` adds; it stops with a message when the folders hold no run of `experiment`."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("records", nargs="+", help=f"folders holding the {experiment} runs' records (searched "
+                                                   "recursively)")
+    parser.add_argument("--out", type=Path, default=out, help="where the figure and its tables go")
+    parser.add_argument("--readme", type=Path, help=f"also put the table between the {markers} markers of this file")
+    parser.add_argument("--export-records", type=Path, metavar="DIR",
+                        help="also copy each run's small record files here (to commit them)")
+    add_skip_damaged(parser)
+    if extra is not None:
+        extra(parser)
+    args = parser.parse_args()
+    return args, records_of(experiment, args.records, args.skip_damaged)
+
+
+def add_skip_damaged(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--skip-damaged", action="store_true",
+                        help="leave out a record that cannot be read (each is named) rather than stop")
+
+
+def records_of(experiment: str, folders: list[str], skip_damaged: bool = False) -> list[dict]:
+    """The run records of `experiment` under the folders; a script stops with one line when there are none, or
+    when one cannot be read (unless `skip_damaged`: then each one left out is named, and the output says so)."""
+    missing = [folder for folder in folders if not Path(folder).is_dir()]
+    if missing:
+        raise SystemExit(f"no such folder: {', '.join(missing)}")
+    damaged = [] if skip_damaged else None
+    try:
+        records = read_records(*folders, experiment=experiment, damaged=damaged)
+    except DamagedRecord as error:
+        raise SystemExit(f"{error} (--skip-damaged leaves such a record out of the results)") from None
+    for error in damaged or ():
+        print(f"left out, damaged: {error}", file=sys.stderr)
+    if damaged:
+        print(f"{len(damaged)} damaged record(s) left out: these results are of the {len(records)} others",
+              file=sys.stderr)
+    if not records:
+        raise SystemExit(f"no {experiment} run records under {', '.join(folders)} (a record is a folder holding "
+                         "run.json and summary.json, written by experiments/train.py)")
+    return records
+
+
+def protocol_run(record: dict, key, paper_epochs: int | None) -> dict:
+    """What of a run the paper's protocol speaks of (see experiments.paper.Protocol.deviations)."""
+    config, summary = record["run"].get("config", {}), record["summary"]
+    examples = summary.get("train_examples")
+    if examples is None and summary.get("data"):  # records written before train_examples was
+        examples = int(str(summary["data"]).split()[0])
+    data = config.get("data", {})
+    return {"key": key, "epochs": config.get("epochs"), "paper_epochs": paper_epochs, "train_examples": examples,
+            "subset": data.get("subset"), "test_subset": data.get("test_subset")}
+
+
+def deviation_note(experiment: str, runs: list[dict]) -> str:
+    """A bold line saying how the runs depart from the paper's protocol, or "" when they follow it."""
+    found = PROTOCOLS[experiment].deviations(runs)
+    return "**Not the paper's protocol:** " + "; ".join(found) + "." if found else ""
+
+
+def pyplot():
+    """matplotlib's pyplot, drawing to files only."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def mark_deviations(figure, note: str) -> None:
+    """Write a deviation note across the top of a figure, so that the picture cannot pass for the paper's."""
+    if note:
+        figure.text(0.5, 0.998, note.replace("**", ""), ha="center", va="top", color="firebrick", fontsize=9,
+                    wrap=True)
+
+
+def write_table(markdown: str, path: Path, readme: Path | None, markers: str) -> None:
+    """A generated table: into its Markdown file, into the README block named `markers` (with `readme`), and out."""
+    path.write_text(markdown, encoding="utf-8")
+    if readme is not None:
+        replace_between_markers(readme, markers, markdown)
+    print(markdown)
+
+
+def save_figure(figure, out: Path) -> None:
+    """Write a matplotlib figure (its folder made if need be) and free it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=120)
+    pyplot().close(figure)
+
+
+def hyperparameter_path(record: dict, level: int = 0) -> list[tuple[int, dict]]:
+    """(step, that level's hyperparameters) along a run: every log_every_steps steps where its record logged them
+    (hyperparameters.jsonl), else once an epoch (records made before it did)."""
+    return [(point["step"], point["hyperparameters"][level]) for point in record.get("trajectory") or record["metrics"]]
+
+
+def export_records(records: list[dict], destination: Path | None, name_of, extra: tuple[str, ...] = ()) -> None:
+    """With --export-records: copy each record's small files to destination/NAME/seedS, NAME from its config."""
+    if destination is None:
+        return
+    for record in records:
+        config = record["run"]["config"]
+        copy_record(record["directory"], destination / safe_name(name_of(config)) / f"seed{config['seed']}", extra)

@@ -1,0 +1,42 @@
+"""AdaGrad(lr) as the reference code defines it (the accumulator starts at 0.1): its update and its hypergradient.
+
+∂step/∂α is g / √(G + ε) with the accumulator G after the update: one dot product.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .hyperoptimizer import Hyperoptimizer
+from .parameterisations import IDENTITY
+
+EPS = 1e-10
+
+
+def update(h, learned, g, state):
+    if "sum" not in state:
+        state["sum"] = torch.zeros_like(g) + 0.1
+    accumulator = state["sum"].add_(g * g)
+    return (h["lr"] * g).div_((accumulator + EPS).sqrt_()), 1.0  # α·g first, as the reference (see RMSProp)
+
+
+def keep(h, learned, g, state):
+    return {"grad_prev": g}
+
+
+def hypergradient_dots(h, learned, state, u, dot):
+    return [dot(state["grad_prev"] / torch.sqrt(state["sum"] + EPS), u)]
+
+
+def hypergradient_terms(h, learned, sums):
+    return sums
+
+
+class AdaGrad(Hyperoptimizer):
+    """AdaGrad(lr). The accumulator starts at 0.1, as in the reference."""
+
+    NAME = "AdaGrad"
+    EPSILON = EPS
+    HYPERPARAMETERS = {"lr": (0.01, IDENTITY, True)}
+    update, keep = staticmethod(update), staticmethod(keep)
+    hypergradient_dots, hypergradient_terms = staticmethod(hypergradient_dots), staticmethod(hypergradient_terms)

@@ -1,0 +1,85 @@
+"""Adam(lr, beta1, beta2, eps) as the reference code defines it (v starts at ε; β stored as atanh(2β - 1)): its
+update and its hypergradient terms.
+
+The update is α m̂ / (√v̂ + ε). Its Jacobian is never made: with w = u / (√v̂ + ε), α's term is m·w / (1 - β1^t),
+and β1's and β2's follow from g·w, q·v and (q g)·g with q = m w / ((√v̂ + ε) √v̂), g the last gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .hyperoptimizer import Hyperoptimizer
+from .parameterisations import IDENTITY, UNIT_INTERVAL
+from .scalars import divide
+
+
+def step_scalars(h, t):
+    # The bias corrections 1 - β^t and their slopes t β^(t-1) / (1 - β^t), as the reference computes them; the
+    # weights 1 - β of the new gradient in m and v, and α / (1 - β1^t): once per group rather than per tensor.
+    scalars = {}
+    for beta in ("beta1", "beta2"):
+        correction = 1.0 - h[beta] ** t
+        scalars[f"{beta}_correction"] = correction
+        scalars[f"{beta}_slope"] = divide(t * h[beta] ** (t - 1), correction)
+        scalars[f"{beta}_weight"] = 1.0 - h[beta]
+    scalars["step_size"] = divide(h["lr"], scalars["beta1_correction"])
+    return scalars
+
+
+def update(h, learned, g, state):
+    if "m" not in state:
+        state["m"], state["v"] = torch.zeros_like(g), torch.zeros_like(g) + h["eps"]
+    m, v = state["m"], state["v"]
+    # β m + (1 - β) g as m + (1 - β)(g - m), one pass over the tensor (as torch.optim.Adam), likewise for v
+    m.lerp_(g, h["beta1_weight"])
+    v.lerp_(g * g, h["beta2_weight"])
+    denominator = (v / h["beta2_correction"]).sqrt_().add_(h["eps"])
+    return m / denominator, h["step_size"]
+
+
+def keep(h, learned, g, state):
+    return {"grad_prev": g} if "beta1" in learned or "beta2" in learned else {}
+
+
+def hypergradient_dots(h, learned, state, u, dot):
+    m, v = state["m"], state["v"]
+    root = (v / h["beta2_correction"]).sqrt_()
+    denominator = root + h["eps"]
+    w = u / denominator
+    sums = [dot(m, w)]
+    if "beta1" in learned or "beta2" in learned:
+        g = state["grad_prev"]
+    if "beta1" in learned:
+        sums.append(dot(g, w))
+    if "beta2" in learned:
+        q = w.mul_(m).div_(denominator.mul_(root))
+        sums += [dot(q, v), dot(q.mul_(g), g)]
+    return sums
+
+
+def hypergradient_terms(h, learned, sums):
+    m_w, rest = sums[0], list(sums[1:])
+    lr, c1, c2 = h["lr"], h["beta1_correction"], h["beta2_correction"]
+    terms = {"lr": divide(m_w, c1)}
+    if "beta1" in learned:
+        # ∂m̂/∂β1 = (m_old - g) / (1 - β1^t) + m̂ t β1^(t-1) / (1 - β1^t), and m_old - g = (m - g) / β1
+        g_w = rest.pop(0)
+        terms["beta1"] = divide(lr, c1) * divide(m_w - g_w, h["beta1"]) + (lr * h["beta1_slope"]) * terms["lr"]
+    if "beta2" in learned:
+        # ∂step/∂β2 = -step / ((√v̂ + ε) 2√v̂) · ∂v̂/∂β2, and v_old - g² = (v - g²) / β2
+        q_v, q_gg = rest
+        terms["beta2"] = -divide(lr, c1) / 2.0 * (divide(divide(q_v - q_gg, h["beta2"]), c2)
+                                                  + divide(q_v, c2) * h["beta2_slope"])
+    return [terms[name] for name in learned]
+
+
+class Adam(Hyperoptimizer):
+    """Adam(lr, beta1, beta2, eps). v starts at eps, as in the reference (√ is not differentiable at 0).
+    ``learn=("lr",)`` is the paper's Adam^α (the reference's AdamBaydin): it keeps nothing beyond m and v."""
+
+    NAME = "Adam"
+    HYPERPARAMETERS = {"lr": (1e-3, IDENTITY, True), "beta1": (0.9, UNIT_INTERVAL, True),
+                       "beta2": (0.999, UNIT_INTERVAL, True), "eps": (1e-8, IDENTITY, False)}
+    step_scalars, update, keep = staticmethod(step_scalars), staticmethod(update), staticmethod(keep)
+    hypergradient_dots, hypergradient_terms = staticmethod(hypergradient_dots), staticmethod(hypergradient_terms)

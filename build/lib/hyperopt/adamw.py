@@ -1,0 +1,67 @@
+"""AdamW(lr, beta1, beta2, eps, weight_decay) as torch.optim.AdamW defines it (v starts at 0, decay decoupled
+from the gradient): its update and its hypergradient terms; the step size and the decay can be learned.
+
+The step is ``x ← x (1 - αλ) - α m̂ / (√v̂ + ε)``. The decay's part of the hypergradient is the decoupled decay's
+(hypergradient.decoupled_decay_terms); what is left, α's term of Adam's own step, is m·w / (1 - β1^t) with
+w = u / (√v̂ + ε), as in adam.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import adam
+from .hyperoptimizer import Hyperoptimizer
+from .parameterisations import IDENTITY, UNIT_INTERVAL
+from .scalars import divide
+
+
+def step_scalars(h, t):
+    scalars = adam.step_scalars(h, t)
+    c2 = scalars["beta2_correction"]
+    scalars["beta2_correction_root"] = c2.sqrt() if isinstance(c2, torch.Tensor) else math.sqrt(c2)
+    return scalars
+
+
+def update(h, learned, g, state):
+    if "m" not in state:
+        state["m"], state["v"] = torch.zeros_like(g), torch.zeros_like(g)
+    m, v = state["m"], state["v"]
+    m.lerp_(g, h["beta1_weight"])
+    v.mul_(h["beta2"]).addcmul_(g, g, value=h["beta2_weight"])  # torch.optim.AdamW's order of operations
+    denominator = (v.sqrt() / h["beta2_correction_root"]).add_(h["eps"])
+    return m / denominator, h["step_size"]
+
+
+def keep(h, learned, g, state):
+    return {}
+
+
+def hypergradient_dots(h, learned, state, u, dot):
+    denominator = (state["v"].sqrt() / h["beta2_correction_root"]).add_(h["eps"])
+    return [dot(state["m"], u / denominator)]
+
+
+def hypergradient_terms(h, learned, sums):
+    # ∂(Adam's step)/∂α; the decay's terms are added to it by the decoupled decay
+    return [divide(sums[0], h["beta1_correction"]) if name == "lr" else 0.0 for name in learned]
+
+
+class AdamW(Hyperoptimizer):
+    """AdamW(lr, beta1, beta2, eps, weight_decay): torch.optim.AdamW, step for step, when nothing is learned. A
+    level above learns its step size (``learn=("lr",)``, the default) and, if asked, its weight decay
+    (``learn=("lr", "weight_decay")``); its betas are fixed."""
+
+    NAME = "AdamW"
+    HYPERPARAMETERS = {"lr": (1e-3, IDENTITY, True), "beta1": (0.9, UNIT_INTERVAL, False),
+                       "beta2": (0.999, UNIT_INTERVAL, False), "eps": (1e-8, IDENTITY, False),
+                       "weight_decay": (1e-2, IDENTITY, True)}
+    DECOUPLED_DECAY = True
+    step_scalars, update, keep = staticmethod(step_scalars), staticmethod(update), staticmethod(keep)
+    hypergradient_dots, hypergradient_terms = staticmethod(hypergradient_dots), staticmethod(hypergradient_terms)
+
+    @classmethod
+    def default_learn(cls, values):
+        return ("lr",)

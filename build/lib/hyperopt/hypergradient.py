@@ -1,0 +1,325 @@
+"""The step of a whole stack: hypergradients bottom-up, then updates top-down, and the chain rule between levels.
+
+After step t-1 the parameters of level k are ``x_t = x_{t-1} - step_k(h_k)``, where the step is built from detached
+gradients and state but the current hyperparameters ``h_k``. So
+
+    ∂L(w_t)/∂h_0 = -Jac_0ᵀ ∇L(w_t),    ∂L(w_t)/∂h_k = -Jac_kᵀ ∂L(w_t)/∂h_{k-1}
+
+which is exactly what the reference code gets from ``loss.backward(create_graph=True)`` (it detaches every gradient
+inside the update, so nothing of second order survives): a plain ``loss.backward()`` and a few dot products per
+learned hyperparameter and level. `hypergradient` below is that chain rule; each optimizer's module (sgd.py,
+adam.py, adagrad.py, rmsprop.py) writes its ``Jacᵀ u`` as dot products (``hypergradient_dots``) and the scalars that
+combine them (``hypergradient_terms``), from the state its update keeps, never making the Jacobian's columns.
+
+Every value the step uses is a tensor on the parameters' device, the step count included, and nothing is read back
+to the host while the step is compiled: divergence is recorded on the device (hyperopt.divergence). A lone run in
+eager mode reads one flag before its updates, to raise DivergenceError with nothing changed, and on the CPU does its
+scalar arithmetic in Python numbers (`on_host`).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+
+import torch
+
+from .divergence import UNIT_RANGE, DivergenceError, OutOfRangeWarning
+from .parameterisations import IDENTITY
+from .scalars import divide
+
+
+def run_dot(a: torch.Tensor, b: torch.Tensor, runs: int | None) -> torch.Tensor:
+    """Σ a·b over each run's slice: a scalar for a lone run's tensor (or a tensor of one run), (runs,) for a tensor
+    of runs."""
+    if runs is None or runs == 1:
+        return torch.dot(a.flatten(), b.flatten())
+    return torch.bmm(a.reshape(runs, 1, -1), b.reshape(runs, -1, 1)).reshape(runs)
+
+
+def on_host(weights) -> bool:
+    """The one switch between two ways of doing a step's scalar arithmetic. A lone run on the CPU in eager mode
+    does it in Python numbers, read off its hyperparameter tensors (reading costs no synchronisation there, and an
+    operation on a one-element tensor costs about a microsecond, on a number nothing; bench_overhead.py measures
+    it); everything else (a GPU, a stack of runs, a compiled step) keeps them as tensors on the device."""
+    group = weights.param_groups[0]
+    return group["runs"] is None and group["hyper_raw"].is_cpu and not torch.compiler.is_compiling()
+
+
+def operands(h: dict, runs: int | None, ranks, dtype) -> list[dict]:
+    """h as the tensor operations of each rank take it. A value per run, held as (runs, 1), is made to broadcast
+    against a tensor of that rank: a scalar for a lone run, (runs, 1, ..., 1) for a stack of runs (rank 1: against
+    the per-run sums). For a group of several tensors, numbers become one-element tensors once for all of them:
+    an operation on a small tensor costs about three times as much with a Python number; a fixed 0 stays a number,
+    since it switches a term off (SGD without momentum)."""
+    if len(ranks) > 1:
+        numbers = [name for name, value in h.items() if isinstance(value, float) and value != 0.0]
+        if numbers:
+            # (compiled, they are the graph's constants: dynamo would trace through the cache)
+            make = one_element_tensors.__wrapped__ if torch.compiler.is_compiling() else one_element_tensors
+            h = {**h, **dict(zip(numbers, make(tuple(h[name] for name in numbers), dtype)))}
+    count = 1 if runs is None else runs
+    per_run = [k for k, v in h.items() if isinstance(v, torch.Tensor) and v.shape == (count, 1)]
+    if not per_run:
+        return [h] * len(ranks)
+    by_rank = {}
+    for rank in set(ranks):
+        shape = () if runs is None else (runs,) + (1,) * (rank - 1)
+        by_rank[rank] = {**h, **{k: h[k].reshape(shape) for k in per_run}}
+    return [by_rank[rank] for rank in ranks]
+
+
+@functools.lru_cache(maxsize=64)
+def one_element_tensors(numbers: tuple[float, ...], dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    # A fixed value (every value of a plain optimizer) is the same at every step: made once, not once a step. The
+    # tensors are only read.
+    return torch.tensor(numbers, dtype=dtype).unbind()
+
+
+def hypergradient(level, group: dict, upstream: list[torch.Tensor | None], t, host: bool) -> torch.Tensor:
+    """∂L/∂(the group's raw hyperparameters), (runs, learned), from u = ∂L/∂(each of its parameters) (None for one
+    without a gradient), t updates after the first (None before it: the loss does not depend on h yet). A
+    parameter adds to it if it has a gradient now and was updated by the last step."""
+    raw, runs = group["hyper_raw"], group["runs"]
+    skipped = set(group["without_grad"])
+    chosen = [i for i, u in enumerate(upstream) if u is not None and i not in skipped]
+    if t is None or not chosen:
+        return torch.zeros_like(raw)
+    params, upstream = [group["params"][i] for i in chosen], [upstream[i] for i in chosen]
+    learned = level.learned(group)
+    h = level.values(group, t, host=host)
+    states = [level.state[p] for p in params]
+    ranks = [p.dim() for p in params]
+    sums = level.compiled("group_dots", group_dots)(level, operands(h, runs, ranks, raw.dtype), learned, states,
+                                                    upstream, runs)
+    if host:
+        totals = sums.tolist() if isinstance(sums, torch.Tensor) else [float(total) for total in sums]
+        terms = level.hypergradient_terms(h, learned, totals)  # (a lone run's sums are scalars)
+        raw_values = raw.tolist()[0]
+    else:
+        h = operands(h, runs, [1], raw.dtype)[0]
+        terms = level.hypergradient_terms(h, learned, list(sums))
+        raw_values = raw.detach().unbind(1)
+    if level.DECOUPLED_DECAY:
+        terms = decoupled_decay_terms(h, learned, terms, params, upstream, runs, host)
+    slopes = level.schedule_slopes(group)
+    columns = []
+    for name, term, value in zip(learned, terms, raw_values):  # the chain rule through a schedule's factor and
+        if name in slopes:                                      # each parameterisation
+            slope = slopes[name]
+            term = term * (slope if host or not isinstance(slope, torch.Tensor) else slope.reshape(-1))
+        derivative = level.HYPERPARAMETERS[name][1].derivative(value)
+        columns.append(term if derivative is None else term * derivative)
+    if host:
+        return raw.new_tensor([[-column for column in columns]])
+    count = raw.shape[0]
+    return torch.stack([column.reshape(count) for column in columns], dim=-1).to(raw.dtype).neg_()
+
+
+def decoupled_decay_terms(h: dict, learned: tuple[str, ...], terms: list, params, upstream, runs, host) -> list:
+    """The terms of an optimizer whose step is ``x ← x (1 - αλ) - step(α)``, from those of its own step (linear in
+    α): ∂/∂α gains λ⟨u, x_prev⟩, and ∂/∂λ is α⟨u, x_prev⟩. The parameters before the last step are not kept:
+    ⟨u, x_prev⟩ = (⟨u, x⟩ + α ⟨u, ∂step/∂α⟩) / (1 - αλ)."""
+    alpha, decay = h["lr"], h["weight_decay"]
+    if "weight_decay" not in learned and not isinstance(decay, torch.Tensor) and decay == 0.0:
+        return terms
+    now = functools.reduce(torch.add, (run_dot(p, u, runs) for p, u in zip(params, upstream)))
+    own = dict(zip(learned, terms))
+    before = divide((float(now) if host else now) + alpha * own["lr"], 1.0 - alpha * decay)
+    own["lr"] = own["lr"] + decay * before
+    if "weight_decay" in learned:
+        own["weight_decay"] = alpha * before
+    return [own[name] for name in learned]
+
+
+def group_dots(level, hs: list[dict], learned: tuple[str, ...], states: list[dict], upstream: list[torch.Tensor],
+               runs: int | None):
+    """Each optimizer's dot products summed over the group's tensors, each a scalar or (runs,): the one tensor's
+    own, or for several one (sums, ...) tensor. One function, so that compile=True fuses the group."""
+    dot = functools.partial(run_dot, runs=runs)
+    per_tensor = [level.hypergradient_dots(h, learned, state, u, dot) for h, state, u in zip(hs, states, upstream)]
+    if len(per_tensor) == 1:
+        return per_tensor[0]
+    return torch.stack([dot for sums in per_tensor for dot in sums]).unflatten(0, (len(per_tensor), -1)).sum(0)
+
+
+def group_update(level, hs: list[dict], learned: tuple[str, ...], grads: list[torch.Tensor],
+                 states: list[dict]) -> list[tuple]:
+    """(direction, scale) of every tensor of a group, its state updated in place with what the next
+    hypergradient keeps: one function, so that compile=True fuses the group."""
+    steps = []
+    for h, g, state in zip(hs, grads, states):
+        if learned:
+            for name, tensor in level.keep(h, learned, g, state).items():
+                if name in state:  # a caller's in-place zero_grad, or the update, must not change it
+                    state[name].copy_(tensor)
+                else:
+                    state[name] = tensor.clone()
+        steps.append(level.update(h, learned, g, state))
+    return steps
+
+
+def update(level, group: dict, grads: list[torch.Tensor | None], active: torch.Tensor | None, t, first: bool,
+           host: bool) -> None:
+    """Update t of a group's parameters (`first`: the group's first); a run not active (diverged) keeps its
+    parameters, and a parameter without a gradient (None) is left as it is, state and all, as torch.optim leaves
+    it."""
+    group["without_grad"] = [i for i, g in enumerate(grads) if g is None]
+    chosen = [i for i, g in enumerate(grads) if g is not None]
+    if not chosen:
+        return
+    params, grads = [group["params"][i] for i in chosen], [grads[i] for i in chosen]
+    runs, raw = group["runs"], group["hyper_raw"]
+    h = level.values(group, t, host=host)
+    run = group_update if first else level.compiled("group_update", group_update)  # the first makes the state
+    hs = operands(h, runs, [p.dim() for p in params], raw.dtype)
+    steps = run(level, hs, level.learned(group), list(grads), [level.state[p] for p in params])
+    decays = [None] * len(params)
+    if level.DECOUPLED_DECAY:
+        decays = [1.0 - h_p["lr"] * h_p["weight_decay"] for h_p in hs]
+    for p, (direction, scale), decay in zip(params, steps, decays):
+        if decay is not None and (isinstance(decay, torch.Tensor) or decay != 1.0):
+            p.mul_(decay if active is None else torch.where(
+                active.reshape((-1,) + (1,) * (p.dim() - 1)) if runs else active.reshape(()), decay, 1.0))
+        if active is not None:
+            direction = torch.where(active.reshape((-1,) + (1,) * (p.dim() - 1)) if runs else active.reshape(()),
+                                    direction, 0.0)
+        if isinstance(scale, torch.Tensor):
+            p.addcmul_(direction, scale, value=-1.0)
+        else:
+            p.add_(direction, alpha=-scale)
+
+
+def gradient(level, group: dict, p: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor | None:
+    """A parameter's gradient g, with weight decay added as torch.optim.SGD adds it (unless the level decouples
+    it): the update and the hypergradient are then those of the loss plus (weight_decay / 2)·|w|². None without
+    one."""
+    if g is None:
+        return None
+    decay = 0.0 if level.DECOUPLED_DECAY else group.get("weight_decay", 0.0)
+    if isinstance(decay, torch.Tensor):  # one per run
+        return g + operands({"decay": decay}, group["runs"], [p.dim()], p.dtype)[0]["decay"] * p
+    return g + decay * p if decay else g
+
+
+def step_stack(weights, grad_scale: torch.Tensor | None = None) -> None:
+    """One step of the stack whose weights' optimizer is `weights`: each level's hyperparameters are updated by
+    the level above before they update the level below (the reference code's order). Every level of a param group
+    steps once a step, so the group's step count, kept by the weights' optimizer, is every level's. The weights'
+    hypergradient is from their gradients as backward made them (hyperopt/gradients.py); `grad_scale`, a
+    GradScaler's scale, is taken off first."""
+    levels = weights.levels()
+    host = on_host(weights)
+    states = [weights.state[group["params"][0]] for group in weights.param_groups]
+    counts = [state.get("step") for state in states]  # updates so far; None before the first
+    ts = [None if count is None else float(count) if host else count for count in counts]
+    unscale = None if grad_scale is None else grad_scale.double().reciprocal().float()
+    made = [[p.grad if p.grad is None or weights.backward is None else weights.backward.made(p, unscale)
+             for p in group["params"]] for group in weights.param_groups]
+    if unscale is not None:
+        for group in weights.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad.mul_(unscale.to(p.grad.device))
+    grads = [[[gradient(weights, group, p, p.grad) for p in group["params"]] for group in weights.param_groups]]
+    upstream = [[g if m is p.grad else gradient(weights, group, p, m) for p, g, m in zip(group["params"], gs, ms)]
+                for group, gs, ms in zip(weights.param_groups, grads[0], made)]
+    for level in levels[:-1]:
+        grads.append([[hypergradient(level, group, us, t, host)]
+                      for group, us, t in zip(level.param_groups, upstream, ts)])
+        upstream = grads[-1]
+        for group, (h,) in zip(level.param_groups, grads[-1]):
+            group["hyper_raw"].grad = h  # the level above's gradient, as torch.optim would see it
+    active = None
+    if weights.check_finite and len(levels) > 1:
+        active = check(weights, levels, grads, counts)
+    for group, state, count in zip(weights.param_groups, states, counts):
+        if count is None:
+            raw = group["hyper_raw"]
+            state["step"] = torch.zeros((), dtype=raw.dtype, device=raw.device)
+        state["step"].add_(1)
+    ts = [float(state["step"]) if host else state["step"] for state in states]
+    for level, level_grads in reversed(list(zip(levels, grads))):
+        for group, g, t, count in zip(level.param_groups, level_grads, ts, counts):
+            update(level, group, g, active, t, count is None, host)
+    if weights.check_finite and len(levels) > 1:
+        check_ranges(weights, levels, states[0]["step"], host)
+    if weights.backward is not None:
+        weights.backward.forget()
+
+
+def check_ranges(weights, levels, step: torch.Tensor, host: bool) -> None:
+    """Record, for each run, the first learned value that left the range its optimizer needs (a step size below
+    0, a momentum outside [0, 1)), said at once (OutOfRangeWarning) by a lone run in eager mode on the CPU; with
+    keep_in_range, put it back at the edge (where it is stored as itself: a parameterisation keeps the others in
+    range, but for a β that rounds to 1)."""
+    for k, level in enumerate(levels[:-1]):
+        for group in level.param_groups:
+            learned = level.learned(group)
+            parameterisations = [level.HYPERPARAMETERS[name][1] for name in learned]
+            raw = group["hyper_raw"]
+            if host:  # numbers: the tensors are written only when a value first leaves its range
+                said = weights.divergence.left_range_said
+                if said and not weights.keep_in_range:
+                    continue
+                values = [p.to_value(x) for p, x in zip(parameterisations, raw.tolist()[0])]
+                outside = [value < 0.0 or name in UNIT_RANGE and value >= 1.0 for name, value in zip(learned, values)]
+                if not any(outside):
+                    continue
+                if not said:
+                    weights.divergence.note_left(step, k, torch.tensor([outside]), torch.tensor([values]))
+                    weights.divergence.left_range_said = True
+                    index = outside.index(True)
+                    warnings.warn(OutOfRangeWarning(k, level.NAME, learned[index], int(step), values[index],
+                                                    weights.keep_in_range), stacklevel=6)
+            else:
+                values = [p.to_value(column) for p, column in zip(parameterisations, raw.unbind(1))]
+                outside = torch.stack([(value < 0.0) | (value >= 1.0) if name in UNIT_RANGE else value < 0.0
+                                       for name, value in zip(learned, values)], dim=1)
+                weights.divergence.note_left(step.to(raw.device), k, outside, torch.stack(values, dim=1))
+            if weights.keep_in_range:
+                for i, (name, parameterisation) in enumerate(zip(learned, parameterisations)):
+                    if parameterisation is IDENTITY:
+                        raw[:, i].clamp_(0.0, math.nextafter(1.0, 0.0) if name in UNIT_RANGE else None)
+
+
+def check(weights, levels, grads, counts) -> torch.Tensor | None:
+    """Record, on the device, the runs whose hypergradient is not finite and return which go on (counts: each
+    group's updates so far; grads: the weights' gradients, then each level's hypergradients). At the first step,
+    which has no hypergradient yet, the weights' gradients are looked at instead. A lone run in eager mode reads
+    one flag and raises DivergenceError before anything changes."""
+    count, hypergradients = counts[0], grads[1:]
+    first = weights_gradient_sums(weights, grads[0]) if count is None else None
+    if weights.param_groups[0]["runs"] is None and not torch.compiler.is_compiling():
+        if first is not None and not math.isfinite(float(first.sum())):
+            raise DivergenceError(0, weights.NAME, None, 1, float(first.sum()))
+        raise_if_not_finite(levels, hypergradients, count)
+        return None
+    step = torch.ones((), dtype=torch.long) if count is None else count + 1
+    if first is not None:
+        weights.divergence.note(step.to(first.device), 0, first.reshape(-1, 1), gradient=True)
+    for k, groups in enumerate(hypergradients):
+        for (hypergradient,) in groups:
+            weights.divergence.note(step.to(hypergradient.device), k, hypergradient)
+    return weights.divergence.active()
+
+
+def weights_gradient_sums(weights, grads: list[list]) -> torch.Tensor | None:
+    """Σ of every gradient of the weights, per run ((runs,), one for a lone run): NaN or infinite if any is."""
+    count = weights.param_groups[0]["hyper_raw"].shape[0]
+    sums = [g.reshape(count, -1).sum(1) for group_grads in grads for g in group_grads if g is not None]
+    return functools.reduce(torch.add, sums) if sums else None
+
+
+def raise_if_not_finite(levels, hypergradients, count: torch.Tensor | None) -> None:
+    """DivergenceError for the first hypergradient that is not finite, at the step after `count` updates."""
+    flat = [g[0] for groups in hypergradients for g in groups]
+    total = flat[0].sum() if len(flat) == 1 else torch.cat([g.reshape(-1) for g in flat]).sum()
+    if math.isfinite(float(total)):  # NaN and ±inf survive a sum (a finite sum that overflows is looked into)
+        return
+    for k, (level, groups) in enumerate(zip(levels, hypergradients)):
+        for group, (hypergradient,) in zip(level.param_groups, groups):
+            for name, value in zip(level.learned(group), hypergradient.reshape(-1).tolist()):
+                if not math.isfinite(value):
+                    raise DivergenceError(k, level.NAME, name, 1 if count is None else int(count) + 1, value)

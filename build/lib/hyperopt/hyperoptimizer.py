@@ -1,0 +1,531 @@
+"""One level of a hyperoptimizer stack: a `torch.optim.Optimizer` whose hyperparameters a level above may learn.
+
+The weights' optimizer (level 0) owns its parameters; the level above it (``hyper=``) is an optimizer whose
+parameters are level 0's learned hyperparameters, held per param group as one raw tensor ``group["hyper_raw"]``
+of shape (runs, learned): a lone run is a stack of one run. And so on up the stack; the top level's
+hyperparameters are fixed. `step()` steps the whole stack (hyperopt/hypergradient.py).
+
+A schedule (any torch.optim.lr_scheduler, or a hand-set ``group["lr"] = ...``) works at any level. On a fixed value
+it is what torch.optim does. On a learned value it scales what the level above learns: the step uses
+``group[name] × learned / group["initial"][name]``, the learned value times the factor by which the schedule has
+moved the group's value from the one it was made with, and the hypergradient reaches the learned value through
+that factor. So ``group[name]`` and ``get_last_lr()`` are the schedule's values, which a plain optimizer would use;
+``hyperparameters()`` and the run records give the values used.
+
+Many runs as one. A param group with ``runs=N`` holds the parameters of N independent runs stacked on a leading
+dimension; each of its hyperparameters, at every level, is then one value per run, each run's hypergradient is the
+sum over its own slice only, and a run whose hypergradient becomes NaN or infinite is frozen while the others go on.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable, Iterable
+
+import torch
+
+from . import hypergradient
+from .checks import check_learn, check_values, numbers, per_hyperparameter
+from .divergence import Divergence
+from .gradients import BackwardGradients
+from .parameterisations import SQUARE, Parameterisation
+
+
+def _number_or_values(value):
+    """A hyperparameter's value as the optimizer holds it: a number (a one-element tensor too, as torch.optim takes
+    a tensor step size), or as given (one per run, one per hyperparameter below)."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0:
+        return float(value)
+    return value if isinstance(value, (dict, list, tuple, torch.Tensor)) else float(value)
+
+
+class Hyperoptimizer(torch.optim.Optimizer):
+    """Base class of the four optimizers. A subclass (one module each: sgd.py, adam.py, adagrad.py, rmsprop.py)
+    supplies, with ``h`` the hyperparameters shaped to broadcast against the tensor at hand:
+      NAME: the paper's name of the optimizer, as the notation writes it.
+      HYPERPARAMETERS: {name: (default, Parameterisation, learnable)}, in the notation's positional order.
+      default_learn(values) -> the names the reference learns for these initial values.
+      step_scalars(h, t) -> {name: value}: quantities of step t (Adam's bias corrections), added to h.
+      update(h, learned, g, state) -> (direction, scale): the update ``x_new = x - scale · direction`` of one
+          tensor, ``scale`` a value of ``h`` or 1 (so that the update is one pass over x); it changes ``state`` in place
+          (making its buffers at the first step), as torch.optim does.
+      keep(h, learned, g, state) -> {name: tensor}: what the next hypergradient needs beyond the new state, read
+          before the update changes the state; kept in the state as copies (in buffers kept from step to step).
+      hypergradient_dots(h, learned, state, u, dot) -> sums over one tensor (per run) from which
+          hypergradient_terms(h, learned, sums) makes Σ ∂(last step)/∂value · u per learned value, once the
+          group's sums are added up. Tests check them against autograd of `update` itself.
+    """
+
+    # GradScaler hands its scale and whether it found an infinite gradient to step() (grad_scale, found_inf),
+    # rather than unscaling the gradients itself: the hypergradient needs them as backward made them
+    _step_supports_amp_scaling = True
+
+    NAME: str
+    HYPERPARAMETERS: dict[str, tuple[float, Parameterisation, bool]]
+    OPTIONS: dict[str, bool] = {}  # switches of the update rule, never learned (SGD's nesterov)
+    EPSILON: float | None = None  # a fixed ε the update adds in the parameters' dtype (Adam's is its eps)
+    DECOUPLED_DECAY = False  # its weight_decay shrinks the weights (x ← x(1 - αλ)) rather than adding λx to g
+    update: Callable
+    keep: Callable
+    hypergradient_dots: Callable
+    hypergradient_terms: Callable
+
+    def __init__(self, params: Iterable | None = None, *, hyper: Hyperoptimizer | None = None,
+                 learn: Iterable[str] | None = None, check_finite: bool = True, keep_in_range: bool = False,
+                 compile: bool = False, runs: int | None = None, **values):
+        options = {**self.OPTIONS, **{name: bool(values.pop(name)) for name in list(values) if name in self.OPTIONS}}
+        unknown = set(values) - set(self.HYPERPARAMETERS)
+        if unknown:
+            raise TypeError(self._no_such_hyperparameter(unknown))
+        defaults = {name: float(default) for name, (default, _, _) in self.HYPERPARAMETERS.items()}
+        defaults.update({k: _number_or_values(v) for k, v in values.items() if v is not None})
+        check_values(self.NAME, self.HYPERPARAMETERS, defaults,
+                     learned=() if hyper is None else self.default_learn(defaults) if learn is None else tuple(learn))
+        given_per_hyperparameter = sorted(k for k, v in defaults.items() if per_hyperparameter(v))
+        if given_per_hyperparameter and (params is not None or hyper is not None):
+            raise ValueError(
+                f"{self.NAME}: a value per hyperparameter of the level below ({', '.join(given_per_hyperparameter)}"
+                "={...}) is for a level above another optimizer, at the top of the stack where values are fixed")
+        self._learn_given = learn is not None  # else each param group learns what its own values call for
+        learn = self.default_learn(defaults) if learn is None else tuple(learn)
+        check_learn(self.NAME, self.HYPERPARAMETERS, learn)
+        defaults["learn"] = learn
+        defaults["runs"] = runs
+        defaults.update(options)
+        if hyper is not None and not isinstance(hyper, Hyperoptimizer):
+            raise TypeError(f"hyper must be a hyperopt optimizer (SGD, Adam, AdaGrad, RMSProp), not {type(hyper)}")
+        if hyper is not None and hyper.attached:
+            raise ValueError("this hyper optimizer already has parameters; a level above takes none of its own")
+        self.hyper = hyper
+        self.check_finite = check_finite
+        self.keep_in_range = keep_in_range
+        self.compile = compile
+        self._compiled: dict[str, Callable] = {}
+        self.defaults = defaults  # (torch.optim.Optimizer sets it again when the level gets its parameters)
+        self.attached = False
+        self._owner: Hyperoptimizer | None = None
+        self.divergence: Divergence | None = None  # the weights' optimizer's: where each run diverged
+        self.backward: BackwardGradients | None = None  # the weights' optimizer's, under a level above
+        # torch wraps step() in hooks that read these; a level not attached yet must still fail with our message.
+        self._optimizer_step_pre_hooks, self._optimizer_step_post_hooks = OrderedDict(), OrderedDict()
+        if params is not None:
+            self._attach(params)
+
+    @classmethod
+    def default_learn(cls, values: dict) -> tuple[str, ...]:
+        """What the reference code learns for these initial values: every learnable hyperparameter."""
+        return tuple(name for name, (_, _, learnable) in cls.HYPERPARAMETERS.items() if learnable)
+
+    @staticmethod
+    def step_scalars(h: dict, t: torch.Tensor) -> dict:
+        return {}
+
+    def check_options(self, group: dict) -> None:
+        """Raise ValueError where the group's options do not fit its values."""
+
+    # ----------------------------------------------------------------- construction and param groups
+    def _attach(self, params):
+        self.attached = True
+        super().__init__(params, dict(self.defaults))
+
+    def _no_such_hyperparameter(self, names) -> str:
+        hint = ""
+        if "weight_decay" in names:
+            hint = (f" ({self.NAME} takes no weight decay, as in the reference code: AdamW(lr, beta1, beta2, eps, "
+                    "weight_decay) decouples it, SGD(lr, momentum, weight_decay) adds it to the gradient, or add "
+                    "(λ/2)·|w|² to the loss)")
+        return f"{self.NAME} has no hyperparameter {sorted(names)}; it has {list(self.HYPERPARAMETERS)}{hint}"
+
+    # Keys a param group may hold beyond the hyperparameters: torch.optim's own, and a scheduler's.
+    GROUP_KEYS = {"params", "param_names", "name", "learn", "runs", "initial", "without_grad", "initial_lr"}
+
+    def add_param_group(self, param_group: dict) -> None:
+        if not isinstance(param_group, dict):
+            raise TypeError(f"a param group is a dict, not {type(param_group).__name__}")
+        unknown = set(param_group) - set(self.HYPERPARAMETERS) - set(self.OPTIONS) - self.GROUP_KEYS
+        if unknown:
+            raise ValueError(f"a param group holds a key {self.NAME} would not use: "
+                             + self._no_such_hyperparameter(unknown))
+        param_group = {**param_group, **{k: _number_or_values(v) for k, v in param_group.items()
+                                          if k in self.HYPERPARAMETERS}}
+        if "learn" not in param_group and not self._learn_given:
+            param_group["learn"] = self.default_learn({**self.defaults, **param_group})
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        first = group["params"][0]
+        runs = group["runs"]
+        complex_ = [tuple(p.shape) for p in group["params"] if p.is_complex()]
+        if complex_:
+            raise ValueError(f"{self.NAME}: complex parameters (of shape {complex_}) are not supported; optimize "
+                             "torch.view_as_real of them, whose real and imaginary parts are two real parameters")
+        if runs is not None:
+            if not isinstance(runs, int) or isinstance(runs, bool) or runs < 1:
+                raise ValueError(f"{self.NAME}: runs must be a whole number ≥ 1 (the leading dimension every "
+                                 f"parameter of the group stacks its runs on), not {runs!r}")
+            bad = [tuple(p.shape) for p in group["params"] if p.dim() == 0 or p.shape[0] != runs]
+            if bad:
+                raise ValueError(f"{self.NAME}: a param group of runs={runs} holds each run's parameters on a "
+                                 f"leading dimension of {runs}, but has parameters of shape {bad}")
+        check_values(self.NAME, self.HYPERPARAMETERS, group, self.learned(group))
+        check_learn(self.NAME, self.HYPERPARAMETERS, group["learn"])
+        for name in self.OPTIONS:
+            group[name] = bool(group[name])
+        self.check_options(group)
+        epsilons = numbers(group["eps"]) if "eps" in group else [self.EPSILON] if self.EPSILON else []
+        smallest = torch.finfo(first.dtype).tiny * torch.finfo(first.dtype).eps if first.is_floating_point() else 0
+        if any(0.0 < eps < smallest / 2 for eps in epsilons):
+            raise ValueError(f"{self.NAME}: its ε ({', '.join(map(str, epsilons))}) is 0 in {first.dtype}, whose "
+                             f"smallest positive number is {smallest:.2g}: keep the parameters in float32 (autocast "
+                             "still computes in lower precision), or give a larger eps")
+        for name in self.learned(group) if self.hyper is not None else ():
+            if self.HYPERPARAMETERS[name][1] is SQUARE and 0.0 in numbers(group[name]):
+                raise ValueError(f"{self.NAME}: a learned {name} is stored as its square root (as the reference "
+                                 f"stores it), whose hypergradient is 0 at {name}=0: it would stay 0; start it "
+                                 "above 0")
+        if any(p.device != first.device or p.dtype != first.dtype for p in group["params"]):
+            raise ValueError("all parameters of a param group must share one device and dtype (their "
+                             "hyperparameters are one set of tensors); put the others in a param group of their own")
+        if "weight_decay" in self.learned(group) and "lr" not in self.learned(group):
+            raise ValueError(f"{self.NAME} learns its weight decay together with its step size: "
+                             "learn=('lr', 'weight_decay')")
+        if self._owner is not None and not self.DECOUPLED_DECAY and any(numbers(group.get("weight_decay", 0.0))):
+            raise ValueError(f"{self.NAME}: weight decay is for the weights' optimizer, not a level above it")
+        if self.hyper is not None and not group["learn"]:
+            raise ValueError(f"{self.NAME} learns no hyperparameter (learn=()), so the level above it has "
+                             "nothing to optimize: drop the level above or say what to learn")
+        if runs is None:
+            per_run = [name for name in self.HYPERPARAMETERS if self._is_per_run(name, group[name])]
+            if per_run:
+                raise ValueError(f"{self.NAME}: {', '.join(per_run)} has a value per run; say how many runs the "
+                                 "group stacks: runs=N")
+        count = 1 if runs is None else runs
+        group["hyper_raw"] = self._raw_values(group, count, torch.promote_types(first.dtype, torch.float32),
+                                              first.device)
+        group.setdefault("without_grad", [])  # the parameters the last step left alone, having no gradient
+        # what a schedule's factor is taken against (see the module's docstring)
+        group.setdefault("initial", {name: group[name].clone() if isinstance(group[name], torch.Tensor) else group[name]
+                                     for name in self.learned(group)})
+        if self._owner is None:
+            if self.divergence is None:
+                self.divergence = Divergence(count, first.device)
+            elif len(self.divergence.tensors["step"]) != count:
+                raise ValueError(f"{self.NAME}: every param group of a stack of runs has the same number of runs "
+                                 f"({len(self.divergence.tensors['step'])}), not {count}")
+        if self.hyper is not None and self._owner is None:
+            self.backward = self.backward or BackwardGradients()
+            self.backward.watch(group["params"])
+        if self.hyper is not None:
+            # the level above sees this group's runs on the leading dimension of hyper_raw, one run for a lone one
+            hyper_group = {"params": [group["hyper_raw"]], "runs": count,
+                           **self.hyper._per_hyperparameter_values(self.learned(group), group["hyper_raw"])}
+            if self.hyper.attached:
+                self.hyper.add_param_group(hyper_group)
+            else:
+                self.hyper._owner = self
+                self.hyper._attach([hyper_group])
+
+    def _is_per_run(self, name: str, value) -> bool:
+        # A level above holds a value per hyperparameter of the level below as a tensor too; any other sequence or
+        # tensor is a value per run.
+        given_per_hyperparameter = self._owner is not None and per_hyperparameter(self.defaults.get(name))
+        return isinstance(value, (list, tuple)) or isinstance(value, torch.Tensor) and not given_per_hyperparameter
+
+    def _raw_values(self, group: dict, count: int, dtype, device) -> torch.Tensor:
+        """The raw learned values of each run, (runs, learned). In a group of runs each hyperparameter becomes a
+        (runs, 1) tensor, or a number where the runs share a fixed value (a learnable one at the top of a stack
+        through its parameterisation and back, see _fixed); a lone run's group keeps its numbers, as torch.optim's
+        (so that a learning-rate scheduler works at the top of a stack)."""
+        learned = self.learned(group)
+        if group["runs"] is None:
+            raw = [[self.HYPERPARAMETERS[name][1].to_raw(group[name]) for name in learned]]
+            return torch.tensor(raw, dtype=dtype, device=device).reshape(1, len(learned))
+        raw = []
+        for name, (_, parameterisation, _) in self.HYPERPARAMETERS.items():
+            value = group[name]
+            if isinstance(value, torch.Tensor) and not self._is_per_run(name, value):
+                continue  # one value per hyperparameter below, the same for every run
+            given = numbers(value)
+            given = given * count if len(given) == 1 else given
+            if len(given) != count:
+                raise ValueError(f"{self.NAME}: {name} has {len(given)} values for {count} runs")
+            if name in learned:
+                raw.append([parameterisation.to_raw(n) for n in given])
+                # what a schedule sets (the value it scales): a number for one run, as in a lone run's group
+                group[name] = given[0] if count == 1 else torch.tensor(given, dtype=dtype, device=device).reshape(
+                    count, 1)
+                continue
+            if self.hyper is None and name in group["learn"]:
+                given = [parameterisation.to_value(parameterisation.to_raw(n)) for n in given]
+            # A fixed value the runs share stays a number, as in a lone run (SGD's momentum 0 stays unused).
+            group[name] = given[0] if len(set(given)) == 1 else torch.tensor(
+                given, dtype=dtype, device=device).reshape(count, 1)
+        return torch.tensor(raw, dtype=dtype, device=device).reshape(len(raw), count).T.contiguous()
+
+    def _per_hyperparameter_values(self, below: tuple[str, ...], raw: torch.Tensor) -> dict:
+        """This level's values given per hyperparameter of the level below (``lr={"lr": κ_α, "momentum": κ_μ}``:
+        a step size for each hyperparameter it learns), as tensors over that level's raw values, in its order: (L,),
+        or (runs, L) where each run has its own."""
+        resolved = {}
+        for name, value in self.defaults.items():
+            if not per_hyperparameter(value):
+                continue
+            per_run = [value] if isinstance(value, dict) else list(value)
+            for values in per_run:
+                if set(values) != set(below):
+                    raise ValueError(f"{self.NAME}: {name} is given for {sorted(values)}, but the level below "
+                                     f"learns {list(below)}: give one value for each")
+            if len(per_run) > 1 and len(per_run) != raw.shape[0]:
+                raise ValueError(f"{self.NAME}: {name} has {len(per_run)} values per hyperparameter, one per run, "
+                                 f"but the stack trains {raw.shape[0]} run(s)")
+            given = raw.new_tensor([[float(values[hyperparameter]) for hyperparameter in below]
+                                    for values in per_run])
+            resolved[name] = given[0] if isinstance(value, dict) else given
+        return resolved
+
+    # ----------------------------------------------------------------- the values a step uses
+    def levels(self) -> list[Hyperoptimizer]:
+        """This optimizer and every level above it, bottom first."""
+        chain = [self]
+        while chain[-1].hyper is not None:
+            chain.append(chain[-1].hyper)
+        return chain
+
+    def learned(self, group: dict) -> tuple[str, ...]:
+        """The hyperparameters of this group that the level above learns (none at the top of the stack)."""
+        return group["learn"] if self.hyper is not None else ()
+
+    def _fixed(self, group: dict) -> dict:
+        # A learnable value at the top of a stack goes through its parameterisation and back, as the reference,
+        # which stores it that way at every height, uses it (RMSProp's α is (√α)², to the last bit). A group of
+        # runs did so once, when it was made.
+        learned = self.learned(group)
+        fixed = {name: group[name] for name in self.HYPERPARAMETERS if name not in learned}
+        if self.hyper is None and group["runs"] is None:
+            for name in group["learn"]:
+                if isinstance(fixed[name], torch.Tensor):  # one value per hyperparameter below: set, not stored
+                    continue
+                parameterisation = self.HYPERPARAMETERS[name][1]
+                fixed[name] = parameterisation.to_value(parameterisation.to_raw(fixed[name]))
+        return fixed
+
+    def values(self, group: dict, t: torch.Tensor | None = None, raw: torch.Tensor | None = None,
+               host: bool = False) -> dict:
+        """The hyperparameters a group's update uses: each learned one a (runs, 1) tensor, each fixed one as the
+        group holds it; with the step t, also the quantities of that step (Adam's bias corrections).
+        ``raw`` stands in for the group's raw values (the tests differentiate the update through it). With
+        ``host`` (a lone run on the CPU: hypergradient.on_host), all of them Python numbers (t one too)."""
+        values = self._fixed(group)
+        if host:
+            raw = group["hyper_raw"].tolist()[0]
+        else:
+            raw = group["hyper_raw"].detach().unbind(1) if raw is None else raw.unbind(1)
+        scheduled = self.scheduled(group)
+        for name, value in zip(self.learned(group), raw):
+            value = self.HYPERPARAMETERS[name][1].to_value(value if host else value.unsqueeze(1))
+            if name in scheduled:
+                now, initial = scheduled[name]
+                # exactly the schedule's value while the learned one has not moved (now × 1.0)
+                value = now * (value / initial) if not isinstance(now, torch.Tensor) else torch.where(
+                    now == initial, value, now * (value / initial))
+            values[name] = value
+        values.update({name: group[name] for name in self.OPTIONS})  # (a bool: the operands keep it as it is)
+        if t is not None:
+            values.update(self.step_scalars(values, t))
+        return values
+
+    def scheduled(self, group: dict) -> dict:
+        """{name: (the group's value now, its value when the group was made)} for each learned hyperparameter a
+        schedule may have moved: one whose number has changed, or one held as a tensor (a value per run), which is
+        not read back to the host to find out."""
+        moved = {}
+        for name, initial in group["initial"].items() if self.hyper is not None else ():
+            now = group[name]
+            if isinstance(now, torch.Tensor) or isinstance(initial, torch.Tensor):
+                moved[name] = (now, initial)
+            elif now != initial:
+                if initial == 0.0:
+                    raise ValueError(f"{self.NAME}: {name} was set to {now} (by a schedule?), but the group was "
+                                     f"made with {name}=0, which a schedule's factor cannot scale: make it with "
+                                     f"the value the schedule starts from")
+                moved[name] = (now, initial)
+        return moved
+
+    def schedule_slopes(self, group: dict) -> dict:
+        """∂(value used)/∂(learned value) of each scheduled hyperparameter: the schedule's factor."""
+        slopes = {}
+        for name, (now, initial) in self.scheduled(group).items():
+            slopes[name] = now / initial if not isinstance(now, torch.Tensor) else torch.where(
+                now == initial, 1.0, now / initial)
+        return slopes
+
+    def compiled(self, name: str, function: Callable) -> Callable:
+        """`function`, compiled once per group layout where compile=True: the weights' optimizer fuses its group's
+        update and hypergradient dots, dozens of element-wise operations on each tensor, into a few loops."""
+        if not (self.compile and self._owner is None):
+            return function
+        if name not in self._compiled:
+            self._compiled[name] = torch.compile(function)
+        return self._compiled[name]
+
+    # ----------------------------------------------------------------- one step of the whole stack
+    @torch.no_grad()
+    def step(self, closure: Callable | None = None):
+        """Hypergradients bottom-up, then updates top-down (hyperopt/hypergradient.py)."""
+        if not self.attached:
+            raise RuntimeError(f"{self.NAME} has no parameters: pass them (params=...) or use it as hyper= of "
+                               "another optimizer")
+        if self._owner is not None:
+            raise RuntimeError(f"this {self.NAME} is a level above another optimizer: call step() on the "
+                               "weights' optimizer, which steps the whole stack")
+        for level in self.levels()[1:]:  # it steps too: a scheduler of a level above checks (torch reads this flag)
+            level._opt_called = True
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        found_inf, grad_scale = getattr(self, "found_inf", None), getattr(self, "grad_scale", None)
+        if found_inf is not None:  # a GradScaler's step
+            if float(found_inf) > 0:  # as GradScaler skips torch.optim's step: nothing changes
+                return loss
+            if grad_scale is None and self.backward is not None:
+                self.backward.unscaled_first()
+        hypergradient.step_stack(self, grad_scale)
+        return loss
+
+    def diverged(self) -> list[dict]:
+        """The runs that diverged and were frozen: run, step, level, hyperparameter (reads the device once). A
+        lone run in eager mode raises DivergenceError instead; compiled, it is frozen and reported here."""
+        found = []
+        for run, step, level, index in self.divergence.events():
+            optimizer = self.levels()[level]
+            found.append({"run": run, "step": step, "level": level, "optimizer": optimizer.NAME,
+                          "hyperparameter": None if index == Divergence.GRADIENT else
+                          optimizer.learned(optimizer.param_groups[0])[index]})
+        return found
+
+    def out_of_range(self) -> list[dict]:
+        """The first learned value of each run that left the range its optimizer needs (a step size below 0, a
+        momentum or β outside [0, 1)): run, step, level, hyperparameter, value (reads the device once)."""
+        found = []
+        for run, step, level, index, value in self.divergence.left_range():
+            optimizer = self.levels()[level]
+            found.append({"run": run, "step": step, "level": level, "optimizer": optimizer.NAME,
+                          "hyperparameter": optimizer.learned(optimizer.param_groups[0])[index], "value": value})
+        return found
+
+    # ----------------------------------------------------------------- reading the stack
+    def hyperparameters(self, group: int = 0, run: int | None = None) -> list[dict[str, float]]:
+        """Current hyperparameters of every level for one param group (and, in a stack of runs, one run), the
+        weights' optimizer first, in natural units (α, not the √α RMSProp stores; β in (0, 1), not its atanh)."""
+        result, below = [], ()
+        for level in self.levels():  # a level above has one group per group of the level below
+            if not level.attached:
+                result.append({k: v for k, v in level.defaults.items() if k in level.HYPERPARAMETERS})
+                continue
+            g = level.param_groups[group]
+            count = g["hyper_raw"].shape[0]
+            if count > 1 and run is None:
+                raise ValueError(f"this stack trains {count} runs: say which (run=0 to {count - 1})")
+            values = {}
+            for name, value in level.values(g).items():
+                if name in level.OPTIONS:  # a switch, not a value
+                    continue
+                if isinstance(value, torch.Tensor) and value.dim() == 2:  # (runs, 1) or (runs, L): one per run
+                    value = value[run or 0]
+                given_per_hyperparameter = isinstance(value, torch.Tensor) and not level._is_per_run(name, value)
+                values[name] = dict(zip(below, value.tolist())) if given_per_hyperparameter else float(value)
+            result.append(values)
+            below = level.learned(g)
+        return result
+
+    def __str__(self) -> str:
+        from .notation import format_stack
+        runs = self.param_groups[0]["runs"] if self.attached else None
+        if runs is None:
+            return format_stack(self)
+        return "[" + "; ".join(format_stack(self, run=run) for run in range(runs)) + "]"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__module__}.{type(self).__name__}({str(self)!r})"
+
+    # ----------------------------------------------------------------- saving and resuming
+    def __getstate__(self) -> dict:
+        # torch.optim pickles only defaults, state and param_groups; a level also needs the stack around it (copy,
+        # deepcopy, pickle, torch.save of the optimizer). Compiled functions are made again where needed, and
+        # the hooks on the copy's own parameters.
+        return {**self.__dict__, "_compiled": {}, "backward": self.backward is not None and self.backward.copying}
+
+    def __setstate__(self, state: dict) -> None:
+        if "backward" not in state:  # torch.optim's load_state_dict sets the state and groups alone
+            return super().__setstate__(state)
+        copying = state.pop("backward")
+        super().__setstate__(state)
+        self.backward = None
+        if self.hyper is not None and self._owner is None and self.attached:
+            self.backward = BackwardGradients()
+            self.backward.copying = copying
+            for group in self.param_groups:
+                self.backward.watch(group["params"])
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["optimizer"] = self.NAME
+        if self.hyper is not None:
+            state["hyper"] = self.hyper.state_dict()
+        if self.divergence is not None:
+            state["divergence"] = self.divergence.state_dict()
+        if self.backward is not None:  # whether p.grad is changed before step() (clipping): its hooks copy it
+            state["gradients_changed"] = self.backward.copying
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if self._owner is None:
+            self._refuse_unless_alike(state_dict, 0)  # before anything changes, at any level
+        state_dict = dict(state_dict)
+        hyper_state = state_dict.pop("hyper", None)
+        divergence = state_dict.pop("divergence", None)
+        changed = state_dict.pop("gradients_changed", False)
+        state_dict.pop("optimizer")
+        # The level above holds each group's hyper_raw as its parameter: restore values in place, keep the objects.
+        raws = [group["hyper_raw"] for group in self.param_groups]
+        super().load_state_dict(state_dict)
+        for group, raw in zip(self.param_groups, raws):
+            raw.copy_(group["hyper_raw"])
+            group["hyper_raw"] = raw
+            state = self.state[group["params"][0]]
+            if "step" in state:  # torch.optim leaves a step where it was saved; ours is used on the device
+                state["step"] = state["step"].to(raw)
+        if divergence is not None and self.divergence is not None:
+            self.divergence.load_state_dict(divergence)
+        if self.backward is not None:
+            self.backward.copying = bool(changed)
+        if self.hyper is not None:
+            self.hyper.load_state_dict(hyper_state)
+
+    def _refuse_unless_alike(self, state_dict: dict, level: int) -> None:
+        """One line saying what differs, where a state dict is not of a stack like this one from this level up."""
+        where = f"level {level} of this stack is {self.NAME}"
+        groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
+        if not isinstance(groups, list) or any(not isinstance(g, dict) or "hyper_raw" not in g for g in groups):
+            raise ValueError(f"this state dict is not a hyperopt stack's (a torch.optim optimizer's?): its param "
+                             f"groups hold no learned values; {where}")
+        if state_dict.get("optimizer") != self.NAME:
+            raise ValueError(f"the saved state's level {level} is {state_dict.get('optimizer')}, but {where}: "
+                             "rebuild the stack the state came from")
+        if len(groups) != len(self.param_groups):
+            raise ValueError(f"the saved state's level {level} has {len(groups)} param groups, this one "
+                             f"{len(self.param_groups)}")
+        for index, (saved, ours) in enumerate(zip(groups, self.param_groups)):
+            for key, same in (("learn", tuple(saved.get("learn") or ()) == tuple(ours["learn"])),
+                              ("runs", saved.get("runs") == ours["runs"])):
+                if not same:
+                    raise ValueError(f"the saved state's level {level} ({self.NAME}), param group {index}, has "
+                                     f"{key}={saved.get(key)!r}, this one {key}={ours[key]!r}")
+            if len(saved["params"]) != len(ours["params"]):
+                raise ValueError(f"the saved state's level {level}, param group {index}, has "
+                                 f"{len(saved['params'])} parameters, this one {len(ours['params'])}")
+        if (state_dict.get("hyper") is None) != (self.hyper is None):
+            raise ValueError(f"the saved stack and this one differ in height (at level {level + 1}); rebuild the "
+                             "stack the state came from")
+        if self.hyper is not None:
+            self.hyper._refuse_unless_alike(state_dict["hyper"], level + 1)

@@ -1,0 +1,61 @@
+"""RMSProp(lr, gamma) as the reference code defines it (α stored as √α, γ as atanh(2γ - 1)): its update and its
+hypergradient terms.
+
+With w = g / √(s + ε) (s after the update): ∂step/∂α = w and ∂step/∂γ = -α / (2γ) · w (s - g²) / (s + ε), so the
+hypergradient needs the dot products w·u and (w (s - g²) / (s + ε))·u.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .hyperoptimizer import Hyperoptimizer
+from .parameterisations import SQUARE, UNIT_INTERVAL
+from .scalars import divide
+
+EPS = 1e-8
+
+
+def step_scalars(h, t):
+    return {"gamma_weight": 1.0 - h["gamma"]}  # the weight of the new g², once per group
+
+
+def update(h, learned, g, state):
+    if "square_avg" not in state:
+        state["square_avg"] = torch.zeros_like(g)
+    square_average = state["square_avg"].mul_(h["gamma"]).add_(h["gamma_weight"] * (g * g))
+    # α·g first, as the reference: its first steps are near α·sign(g) (s starts at 0), which amplifies the last
+    # bit of (g / √s)·α against (α·g) / √s past 1e-9 of the weights within 30 steps on MNIST
+    return (h["lr"] * g).div_((square_average + EPS).sqrt_()), 1.0
+
+
+def keep(h, learned, g, state):
+    return {"grad_prev": g}
+
+
+def hypergradient_dots(h, learned, state, u, dot):
+    g, square_average = state["grad_prev"], state["square_avg"]
+    shifted = square_average + EPS
+    w = g / shifted.sqrt()
+    sums = [dot(w, u)]
+    if "gamma" in learned:
+        sums.append(dot((square_average - g * g).div_(shifted).mul_(w), u))
+    return sums
+
+
+def hypergradient_terms(h, learned, sums):
+    terms = {"lr": sums[0]}
+    if "gamma" in learned:
+        terms["gamma"] = divide(-h["lr"], 2.0 * h["gamma"]) * sums[1]
+    return [terms[name] for name in learned]
+
+
+class RMSProp(Hyperoptimizer):
+    """RMSProp(lr, gamma). While learned, α is stored as √α and γ as atanh(2γ - 1), as in the reference.
+    ``learn=("lr",)`` is the paper's RMSProp^α (the reference's RMSPropAlpha)."""
+
+    NAME = "RMSProp"
+    EPSILON = EPS
+    HYPERPARAMETERS = {"lr": (0.01, SQUARE, True), "gamma": (0.99, UNIT_INTERVAL, True)}
+    step_scalars, update, keep = staticmethod(step_scalars), staticmethod(update), staticmethod(keep)
+    hypergradient_dots, hypergradient_terms = staticmethod(hypergradient_dots), staticmethod(hypergradient_terms)

@@ -1,0 +1,19 @@
+"""The paper's networks, by the name a config gives (model.name)."""
+
+from torch import nn
+
+from .batched import Batched, batch_models
+from .char_rnn import CharRNN
+from .mlp import MLP
+from .resnet import ResNet, resnet20
+
+MODELS = {"mlp": MLP, "char_rnn": CharRNN, "resnet20": resnet20}
+
+
+def build_model(name: str, **options) -> nn.Module:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known: {sorted(MODELS)}")
+    return MODELS[name](**options)
+
+
+__all__ = ["Batched", "batch_models", "MLP", "CharRNN", "ResNet", "resnet20", "MODELS", "build_model"]
