@@ -19,7 +19,10 @@ def flatten(metrics: dict, prefix: str = "") -> dict:
 class LocalLogger:
     """The run record is the log; nothing else to do."""
 
-    def log(self, metrics: dict, step: int) -> None:
+    def log_trajectory(self, line: str) -> None:
+        pass
+
+    def log(self, metrics: dict, line: str) -> None:
         pass
 
     def finish(self, summary: dict) -> None:
@@ -27,24 +30,38 @@ class LocalLogger:
 
 
 class WandbLogger:
-    def __init__(self, settings: dict, config: dict, directory: str, name: str, group: str):
+    """A W&B mirror of the run record: charts of the flattened metrics, and every record line as it is written
+    (`record/metrics`, `record/trajectory`, `record/summary`, `record/run`: the JSON of metrics.jsonl's and
+    hyperparameters.jsonl's lines, summary.json and run.json), so that experiments/wandb_runs.py rebuilds the
+    record from W&B alone. The W&B run's id is the record's: a resumed run continues the same W&B run."""
+
+    def __init__(self, settings: dict, config: dict, directory: str, name: str, group: str, record):
         import wandb
 
+        self.record = record
         self.run = wandb.init(project=settings["project"], entity=settings.get("entity"), mode=settings["mode"],
                               dir=directory, name=name, group=group, job_type=config.get("experiment"),
-                              config=config, reinit="finish_previous")
+                              config=config, id=record.run["wandb_id"], resume="allow", reinit="finish_previous")
 
-    def log(self, metrics: dict, step: int) -> None:
-        self.run.log(flatten(metrics), step=step)
+    def log_trajectory(self, line: str) -> None:
+        self.run.log({"record/trajectory": line})
+
+    def log(self, metrics: dict, line: str) -> None:
+        self.run.log({**flatten(metrics), "record/metrics": line})
+        self._mirror_files()
+
+    def _mirror_files(self) -> None:
+        self.run.summary.update({"record/summary": self.record.summary_json(), "record/run": self.record.run_json()})
 
     def finish(self, summary: dict) -> None:
         self.run.summary.update(flatten(summary))
+        self._mirror_files()
         self.run.finish(exit_code=0 if summary.get("status") in ("ok", "diverged") else 1)
 
 
-def make_logger(kind: str, settings: dict, config: dict, directory: str, name: str, group: str):
+def make_logger(kind: str, settings: dict, config: dict, directory: str, name: str, group: str, record):
     if kind == "local":
         return LocalLogger()
     if kind == "wandb":
-        return WandbLogger(settings, config, directory, name, group)
+        return WandbLogger(settings, config, directory, name, group, record)
     raise ValueError(f"logger must be 'local' or 'wandb', not {kind!r}")

@@ -237,7 +237,7 @@ def train_group(runs: list[OpenRun], as_one_network: bool = False) -> None:
                     run.record.amend(machine=machine(device))
                     loggers.append(make_logger(run.cfg.logger, run.config["wandb"], run.config, run.directory,
                                                name=f"{run.cfg.row} seed={run.cfg.seed}",
-                                               group=f"{run.cfg.experiment}/{run.cfg.row}"))
+                                               group=f"{run.cfg.experiment}/{run.cfg.row}", record=run.record))
                 task = make_task(ready[0].cfg, device)
                 trainee = Alone(ready[0], task, device) if alone else Together(ready, task, device)
             except Exception as error:
@@ -348,7 +348,7 @@ def train(runs: list[OpenRun], task, trainee, loggers: list, progress: bool, sto
                 if step % every == 0:
                     for i, run in enumerate(runs):
                         if i not in outcomes:
-                            run.record.log_hyperparameters(step, trainee.hyperparameters(i))
+                            loggers[i].log_trajectory(run.record.log_hyperparameters(step, trainee.hyperparameters(i)))
                 if stop.signal_number is not None or checkpoints.due():
                     checkpoints.save(state(time.perf_counter() - start))
                     if stop.signal_number is not None:
@@ -379,9 +379,9 @@ def train(runs: list[OpenRun], task, trainee, loggers: list, progress: bool, sto
                 continue
             metrics = {"epoch": epoch, "step": steps[i], "train_loss": train_losses[i], **evaluations[i],
                        "hyperparameters": trainee.hyperparameters(i), "epoch_seconds": epoch_seconds[-1]}
-            run.record.log_epoch(metrics)
+            line = run.record.log_epoch(metrics)
             run.record.progress(last_epoch=epoch, steps=steps[i])
-            loggers[i].log(metrics, step=epoch)
+            loggers[i].log(metrics, line)
             together = f" ({count} runs as one)" if own_logs else ""
             run_logs[i].info("epoch %d: train loss %.4f, %s, %.2f s%s", epoch, train_losses[i],
                              task.describe(metrics), epoch_seconds[-1], together)

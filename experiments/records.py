@@ -21,6 +21,7 @@ import shutil
 import socket
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 SUMMARY, RUN, METRICS, LOCK = "summary.json", "run.json", "metrics.jsonl", ".lock"
@@ -109,11 +110,13 @@ class RunRecord:
             self.attempt, self.earlier_status = 1, None
             self.summary = {"status": "running", "started": self.started, "attempt": 1,
                             "attempt_started": self.started}
-            self.run = {"config": config, **provenance}
+            # the id of the run's W&B mirror, kept by every attempt (a random one: a W&B project holds many folders)
+            self.run = {"config": config, **provenance, "wandb_id": uuid.uuid4().hex[:16]}
             (self.directory / METRICS).unlink(missing_ok=True)
             (self.directory / TRAJECTORY).unlink(missing_ok=True)
         else:
             summary, self.run = earlier
+            self.run.setdefault("wandb_id", uuid.uuid4().hex[:16])
             self.attempt, self.earlier_status = summary.get("attempt", 1) + 1, summary["status"]
             ended = {key: summary.pop(key) for key in OUTCOME if key in summary}  # how the last attempt ended
             summary.setdefault("earlier_attempts", []).append(ended)
@@ -141,6 +144,12 @@ class RunRecord:
                               "to do")
         return summary, run
 
+    def summary_json(self) -> str:
+        return json.dumps(self.summary, default=_jsonable, ensure_ascii=False)
+
+    def run_json(self) -> str:
+        return json.dumps(self.run, default=_jsonable, ensure_ascii=False)
+
     def progress(self, **fields) -> None:
         """Say in summary.json how far the run has got (after each epoch), so that even a killed run tells."""
         self.summary.update(fields, wall_seconds=self.earlier_seconds + time.time() - self.started)
@@ -156,13 +165,15 @@ class RunRecord:
             if path.exists():
                 path.write_text("".join(line for line in path.read_text().splitlines(keepends=True) if keep(line)))
 
-    def log_hyperparameters(self, step: int, hyperparameters: list[dict]) -> None:
+    def log_hyperparameters(self, step: int, hyperparameters: list[dict]) -> str:
+        """Append a line to the trajectory; the line, for a mirror."""
         # A short run logs every step: the file stays open, and each line is handed to the system as it is written
         # (a killed process loses none of them; fsync is for the epoch's lines).
         if self._trajectory is None:
             self._trajectory = open(self.directory / TRAJECTORY, "a", buffering=1)
-        self._trajectory.write(json.dumps({"step": step, "hyperparameters": hyperparameters}, default=_jsonable)
-                               + "\n")
+        line = json.dumps({"step": step, "hyperparameters": hyperparameters}, default=_jsonable)
+        self._trajectory.write(line + "\n")
+        return line
 
     def _close_trajectory(self) -> None:
         if self._trajectory is not None:
@@ -174,11 +185,14 @@ class RunRecord:
         (self.run["later_attempts"][-1] if self.attempt > 1 else self.run).update(fields)
         write_json_atomically(self.directory / RUN, self.run)
 
-    def log_epoch(self, metrics: dict) -> None:
+    def log_epoch(self, metrics: dict) -> str:
+        """Append the epoch's line to metrics.jsonl; the line, for a mirror."""
+        line = json.dumps(metrics, default=_jsonable, ensure_ascii=False)
         with open(self.directory / METRICS, "a") as file:
-            file.write(json.dumps(metrics, default=_jsonable, ensure_ascii=False) + "\n")
+            file.write(line + "\n")
             file.flush()
             os.fsync(file.fileno())
+        return line
 
     def last_metrics(self) -> dict | None:
         path = self.directory / METRICS

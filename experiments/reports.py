@@ -57,33 +57,65 @@ def figure_inputs(description: str, experiment: str, markers: str, out: Path, ex
     """(arguments, run records) of a figure script: record folders, --out, --readme, --export-records, and
     whatever `extra(parser)` adds; it stops with a message when the folders hold no run of `experiment`."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("records", nargs="+", help=f"folders holding the {experiment} runs' records (searched "
-                                                   "recursively)")
+    add_sources(parser, experiment)
     parser.add_argument("--out", type=Path, default=out, help="where the figure and its tables go")
     parser.add_argument("--readme", type=Path, help=f"also put the table between the {markers} markers of this file")
     parser.add_argument("--export-records", type=Path, metavar="DIR",
                         help="also copy each run's small record files here (to commit them)")
-    add_skip_damaged(parser)
     if extra is not None:
         extra(parser)
     args = parser.parse_args()
-    return args, records_of(experiment, args.records, args.skip_damaged)
+    return args, records_of(experiment, args)
 
 
-def add_skip_damaged(parser: argparse.ArgumentParser) -> None:
+def add_sources(parser: argparse.ArgumentParser, experiment: str) -> None:
+    """The run source of every results script: record folders, a W&B project online, or W&B's offline folders."""
+    parser.add_argument("records", nargs="*", help=f"folders holding the {experiment} runs' records (searched "
+                                                   "recursively)")
+    parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs from this W&B project instead")
+    parser.add_argument("--wandb-dir", metavar="DIR", action="append",
+                        help="read the runs from the W&B offline run folders under DIR (what logger=wandb "
+                             "wandb.mode=offline writes), without a server; repeatable")
+    for name, what in (("group", "in this W&B group"), ("tag", "with this W&B tag (repeatable)"),
+                       ("state", "in this W&B state (finished, crashed, ...)"), ("sweep", "of this W&B sweep id")):
+        parser.add_argument(f"--wandb-{name}", action="append" if name == "tag" else "store",
+                            help=f"with --wandb: only the runs {what}")
     parser.add_argument("--skip-damaged", action="store_true",
                         help="leave out a record that cannot be read (each is named) rather than stop")
 
 
-def records_of(experiment: str, folders: list[str], skip_damaged: bool = False) -> list[dict]:
-    """The run records of `experiment` under the folders; a script stops with one line when there are none, or
-    when one cannot be read (unless `skip_damaged`: then each one left out is named, and the output says so)."""
+def describe_source(args) -> str:
+    if args.wandb:
+        return f"--wandb {args.wandb}"
+    if args.wandb_dir:
+        return " ".join(f"--wandb-dir {folder}" for folder in args.wandb_dir)
+    return " ".join(args.records)
+
+
+def records_of(experiment: str, args) -> list[dict]:
+    """The run records of `experiment` from the source `args` name (add_sources); a script stops with one line
+    when there are none, or when one cannot be read (unless --skip-damaged: then each one left out is named, and
+    the output says so)."""
+    from experiments import wandb_runs
+
+    sources = [bool(args.records), bool(args.wandb), bool(args.wandb_dir)]
+    if sum(sources) != 1:
+        raise SystemExit("give one source of runs: folders of run records, --wandb ENTITY/PROJECT or --wandb-dir DIR")
+    folders = args.records or args.wandb_dir or []
     missing = [folder for folder in folders if not Path(folder).is_dir()]
     if missing:
         raise SystemExit(f"no such folder: {', '.join(missing)}")
-    damaged = [] if skip_damaged else None
+    damaged = [] if args.skip_damaged else None
     try:
-        records = read_records(*folders, experiment=experiment, damaged=damaged)
+        if args.wandb:
+            filters = {key: value for key, value in (
+                ("group", args.wandb_group), ("state", args.wandb_state), ("sweep", args.wandb_sweep),
+                ("tags", {"$in": args.wandb_tag} if args.wandb_tag else None)) if value}
+            records = wandb_runs.records_from_project(args.wandb, experiment, filters, damaged)
+        elif args.wandb_dir:
+            records = wandb_runs.records_from_offline(args.wandb_dir, experiment, damaged, progress=sys.stderr.isatty())
+        else:
+            records = read_records(*folders, experiment=experiment, damaged=damaged)
     except DamagedRecord as error:
         raise SystemExit(f"{error} (--skip-damaged leaves such a record out of the results)") from None
     for error in damaged or ():
@@ -92,8 +124,8 @@ def records_of(experiment: str, folders: list[str], skip_damaged: bool = False) 
         print(f"{len(damaged)} damaged record(s) left out: these results are of the {len(records)} others",
               file=sys.stderr)
     if not records:
-        raise SystemExit(f"no {experiment} run records under {', '.join(folders)} (a record is a folder holding "
-                         "run.json and summary.json, written by experiments/train.py)")
+        raise SystemExit(f"no {experiment} run records in {describe_source(args)} (a record is a folder holding "
+                         "run.json and summary.json, written by experiments/train.py, or its W&B mirror)")
     return records
 
 

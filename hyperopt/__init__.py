@@ -20,5 +20,5 @@ from .notation import GRAMMAR, format_stack, parse, stack
 from .rmsprop import RMSProp
 from .sgd import SGD
 
-__all__ = ["SGD", "Adam", "AdamW", "AdaGrad", "RMSProp", "Hyperoptimizer", "DivergenceError", "OutOfRangeWarning", "ClippedGradientWarning", "stack", "parse",
-           "format_stack", "GRAMMAR"]
+__all__ = ["SGD", "Adam", "AdamW", "AdaGrad", "RMSProp", "Hyperoptimizer", "DivergenceError", "OutOfRangeWarning",
+           "ClippedGradientWarning", "stack", "parse", "format_stack", "GRAMMAR"]

@@ -17,8 +17,8 @@ import pandas as pd
 
 from experiments.paper import FIGURE_3_RANGE
 from experiments.records import copy_record, describe_commits, safe_name
-from experiments.reports import (deviation_note, figure_inputs, mark_deviations, protocol_run, pyplot, save_figure,
-                                 write_table)
+from experiments.reports import (describe_source, deviation_note, figure_inputs, mark_deviations, protocol_run, pyplot,
+                                 save_figure, write_table)
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEPT_BASELINES = ("ScheduleFreeSGD", "ScheduleFreeAdamW")
@@ -165,7 +165,7 @@ def main() -> None:
     table.to_csv(args.out / "figure3.csv", index=False)
     if not times.empty:
         times.to_csv(args.out / "figure3_runtime.csv", index=False)
-    command = "python scripts/figure3.py " + " ".join(args.records) + \
+    command = "python scripts/figure3.py " + describe_source(args) + \
         (f" --runtime {args.runtime}" if args.runtime else "")
     markdown = to_markdown(spread(table), times, points, command, describe_commits(records), note)
     write_table(markdown, args.out / "figure3.md", args.readme, "figure3")

@@ -2,6 +2,7 @@
 
     python scripts/table1.py runs/table1                       # records written by the Table 1 multirun
     python scripts/table1.py --wandb ENTITY/PROJECT            # or the runs mirrored to Weights & Biases
+    python scripts/table1.py --wandb-dir runs/table1           # or W&B's offline run folders, without a server
     python scripts/table1.py runs/table1 --export-records results/table1/runs   # keep the small record files
 
 Writes results/table1.md and results/table1.csv. Every row of the paper appears: runs that are missing, failed or
@@ -21,7 +22,8 @@ import pandas as pd
 import hyperopt
 from experiments.paper import TABLE_1
 from experiments.records import copy_record, describe_commits, safe_name
-from experiments.reports import add_skip_damaged, deviation_note, protocol_run, records_of, replace_between_markers
+from experiments.reports import (add_sources, describe_source, deviation_note, protocol_run, records_of,
+                                 replace_between_markers)
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = {row.stack: row.epochs for row in TABLE_1}
@@ -41,9 +43,9 @@ def learned_notation(runs: list[dict]) -> str | None:
     return f"{bottom}(" + ", ".join(f"{mean[name]:.4g}" for name in learn) + ")"
 
 
-def runs_from_records(roots: list[str], skip_damaged: bool = False) -> list[dict]:
+def runs_of(records: list[dict]) -> list[dict]:
     runs = []
-    for record in records_of("table1", roots, skip_damaged):
+    for record in records:
         config = record["run"].get("config", {})
         summary = record["summary"]
         runs.append({**protocol_run(record, config.get("row"), EPOCHS.get(config.get("row"))),
@@ -54,26 +56,6 @@ def runs_from_records(roots: list[str], skip_damaged: bool = False) -> list[dict
                      "wall_seconds": summary.get("wall_seconds"), "started": summary.get("started"),
                      "epochs_completed": summary.get("epochs_completed"), "directory": record["directory"],
                      "git": record["run"].get("git", {})})
-    return runs
-
-
-def runs_from_wandb(path: str) -> list[dict]:
-    import wandb
-
-    runs = []
-    for run in wandb.Api().runs(path):
-        summary, config = dict(run.summary), dict(run.config)
-        levels = sorted({int(key.split("/")[1]) for key in summary if key.startswith("hyperparameters/")})
-        hyperparameters = [{key.split("/")[2]: value for key, value in summary.items()
-                            if key.startswith(f"hyperparameters/{level}/")} for level in levels]
-        runs.append({"row": config.get("row"), "experiment": config.get("experiment"),
-                     "optimizer": config.get("optimizer"), "seed": config.get("seed"), "key": config.get("row"),
-                     "paper_epochs": EPOCHS.get(config.get("row")), "train_examples": summary.get("train_examples"),
-                     "subset": (config.get("data") or {}).get("subset"),
-                     "epochs": config.get("epochs"), "status": summary.get("status", run.state),
-                     "test_error": summary.get("test_error"), "hyperparameters": hyperparameters or None,
-                     "wall_seconds": summary.get("wall_seconds"), "started": summary.get("started"),
-                     "epochs_completed": summary.get("epochs_completed"), "directory": run.url})
     return runs
 
 
@@ -173,24 +155,18 @@ def export_records(runs: list[dict], destination: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("records", nargs="*", help="folders holding run records (searched recursively)")
-    parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs from Weights & Biases instead")
+    add_sources(parser, "table1")
     parser.add_argument("--out", type=Path, default=ROOT / "results", help="where table1.md and .csv go")
     parser.add_argument("--export-records", type=Path, metavar="DIR",
                         help="also copy each run's small record files here (to commit them)")
     parser.add_argument("--readme", type=Path, help="also put the table between the table1 markers of this file")
-    add_skip_damaged(parser)
     args = parser.parse_args()
-    if not args.records and not args.wandb:
-        parser.error("give a folder of run records or --wandb ENTITY/PROJECT")
-    runs = runs_from_wandb(args.wandb) if args.wandb else runs_from_records(args.records, args.skip_damaged)
-    if not runs:
-        raise SystemExit(f"no table1 runs in {args.wandb}")
+    runs = runs_of(records_of("table1", args))
     if args.export_records:
         export_records(runs, args.export_records)
     table = build_table(runs)
     args.out.mkdir(parents=True, exist_ok=True)
-    sources = f"--wandb {args.wandb}" if args.wandb else " ".join(args.records)
+    sources = describe_source(args)
     note = deviation_note("table1", [run for run in runs if run.get("experiment") == "table1"])
     markdown = to_markdown(table, sources, timing(runs), note)
     (args.out / "table1.md").write_text(markdown)

@@ -12,10 +12,10 @@ from experiments.config import ConfigError, validate
 from experiments.optimizers import BASELINES, build_optimizer, set_mode
 from experiments.paper import TABLE_1
 from experiments.records import copy_record, read_records
+from experiments.wandb_runs import read_offline_file
 from tests.conftest import ROOT, data_root
 from tests.harness import SMOKE, compose_experiment, script, train
 from tests.pictures import share_in_colour
-from tests.wandb_file import read_run
 
 TABLE_1_EXPERIMENTS = [row.config_name for row in TABLE_1]
 EXPERIMENTS = sorted(path.stem for path in (ROOT / "configs" / "exp").glob("*.yaml")) + TABLE_1_EXPERIMENTS
@@ -302,12 +302,13 @@ def test_wandb_offline_mirrors_the_metrics(tmp_path):
     train("+exp=mnist_adam_sgd", "epochs=2", "data.subset=512", "logger=wandb", "wandb.mode=offline",
           f"hydra.run.dir={tmp_path}")
     [run_file] = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
-    mirrored = read_run(run_file)
+    mirrored = read_offline_file(run_file)
     assert mirrored["name"] == "Adam/SGD(1e-5) seed=0" and mirrored["group"] == "table1/Adam/SGD(1e-5)"
     assert mirrored["config"]["optimizer"] == "Adam/SGD(1e-5)"
     record = read_records(tmp_path)[0]
-    assert [h["test_error"] for h in mirrored["history"]] == [m["test_error"] for m in record["metrics"]]
-    assert mirrored["history"][-1]["hyperparameters/0/lr"] == record["metrics"][-1]["hyperparameters"][0]["lr"]
+    epochs = [row for row in mirrored["rows"] if "test_error" in row]  # (the others: hyperparameters' lines)
+    assert [h["test_error"] for h in epochs] == [m["test_error"] for m in record["metrics"]]
+    assert epochs[-1]["hyperparameters/0/lr"] == record["metrics"][-1]["hyperparameters"][0]["lr"]
     assert mirrored["summary"]["status"] == "ok"
     assert mirrored["summary"]["test_error"] == record["summary"]["test_error"]
 

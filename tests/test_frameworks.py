@@ -59,8 +59,8 @@ def test_lightning_trains_checkpoints_and_resumes_a_stack_as_a_plain_loop_does(t
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32)
 
     def trainer(steps, **options):
-        return lightning.Trainer(max_epochs=steps // (STEPS // 2), accelerator="cpu", logger=False, enable_progress_bar=False,
-                                 enable_model_summary=False, gradient_clip_val=CLIP, default_root_dir=tmp_path,
+        return lightning.Trainer(max_epochs=steps // (STEPS // 2), accelerator="cpu", logger=False,
+                                 enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=CLIP, default_root_dir=tmp_path,
                                  **options)
     torch.manual_seed(0)
     model = MLP()
