@@ -134,6 +134,7 @@ def test_a_bad_value_fails_the_run_in_one_line_and_is_recorded(tmp_path):
     assert summary["status"] == "failed" and summary["error"].startswith("bad config value epochs='abc'")
 
 
+@pytest.mark.slow  # two runs of the harness (a bad value's, in the fast tier, takes the same path)
 @pytest.mark.parametrize("overrides, message", [
     (["device=cuda"] if not torch.cuda.is_available() else ["device=cuda:99"], "device=cuda"),
     (["logger=wandb", "wandb.mode=online"], "API key"),

@@ -296,6 +296,7 @@ def test_a_scheduler_drives_the_step_size_at_the_top_of_a_stack(batches):
         torch.testing.assert_close(a, b, rtol=50 * eps, atol=50 * eps * float(b.detach().abs().max()))
 
 
+@pytest.mark.slow  # a fresh interpreter; CI also runs tests/library in a venv of torch and pytest alone
 def test_the_library_needs_torch_alone():
     """hyperopt and models import and train with none of the experiments' packages importable."""
     import subprocess
