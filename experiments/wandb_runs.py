@@ -119,12 +119,20 @@ def records_from_offline(folders, experiment: str | None = None, damaged: list |
             continue
         run["path"] = path
         attempts.setdefault(run["id"] or str(path), []).append(run)
-    records = []
+    mirrors = []
     for run_id, runs in sorted(attempts.items()):
         runs.sort(key=lambda run: (run["start"], str(run["path"])))
-        summary = {key: value for run in runs for key, value in run["summary"].items()}
+        mirrors.append((str(runs[-1]["path"].parent), [row for run in runs for row in run["rows"]],
+                        {key: value for run in runs for key, value in run["summary"].items()}))
+    return rebuild_all(mirrors, experiment, damaged)
+
+
+def rebuild_all(mirrors, experiment: str | None, damaged: list | None) -> list[dict]:
+    """The records of (name, rows, summary) mirrors that are of `experiment`; `damaged` as for read_records."""
+    records = []
+    for name, rows, summary in mirrors:
         try:
-            record = rebuild(str(runs[-1]["path"].parent), [row for run in runs for row in run["rows"]], summary)
+            record = rebuild(name, rows, summary)
         except DamagedRecord as error:
             if damaged is None:
                 raise
@@ -143,18 +151,10 @@ def records_from_project(path: str, experiment: str | None = None, filters: dict
     import wandb
     from tqdm import tqdm
 
-    records = []
-    for run in tqdm(wandb.Api().runs(path, filters=filters or {}), desc="W&B runs", unit="run", disable=not progress):
-        rows = list(run.scan_history(keys=["_step", "record/metrics"])) + list(
-            run.scan_history(keys=["_step", "record/trajectory"]))
-        rows.sort(key=lambda row: row["_step"])
-        try:
-            record = rebuild(run.url, rows, dict(run.summary))
-        except DamagedRecord as error:
-            if damaged is None:
-                raise
-            damaged.append(error)
-            continue
-        if experiment is None or record["run"].get("config", {}).get("experiment") == experiment:
-            records.append(record)
-    return records
+    def mirrors():
+        for run in tqdm(wandb.Api().runs(path, filters=filters or {}), desc="W&B runs", unit="run",
+                        disable=not progress):
+            rows = list(run.scan_history(keys=["_step", "record/metrics"])) + list(
+                run.scan_history(keys=["_step", "record/trajectory"]))
+            yield run.url, sorted(rows, key=lambda row: row["_step"]), dict(run.summary)
+    return rebuild_all(mirrors(), experiment, damaged)
