@@ -82,3 +82,20 @@ def test_a_damaged_w_and_b_file_is_named_in_one_line(sweep, tmp_path):
     first.write_bytes(b"not a run file")
     result = script("table1", "--wandb-dir", str(copy), "--out", str(tmp_path / "out"), check=False)
     assert f"{first} is not a W&B run file" in result.stderr and result.returncode == 1
+
+
+def test_a_file_of_a_wandb_release_the_reader_is_not_tested_with_is_refused_in_one_line(tmp_path):
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    from experiments.records import DamagedRecord
+    record = wandb_internal_pb2.Record()
+    record.header.version_info.producer = "0.16.6"
+    payload = record.SerializeToString()
+    path = tmp_path / "offline-run-1" / "run-1.wandb"
+    path.parent.mkdir()
+    path.write_bytes(b":W&B" + struct.pack("<HB", 0xBEE1, 0) + struct.pack("<IHB", 0, len(payload), 1) + payload)
+    with pytest.raises(DamagedRecord, match=r"written by wandb 0\.16\.6, which this reader is not tested with "
+                                            r"\(wandb 0\.31 to 0\.31\): upload it with `wandb sync`"):
+        records_from_offline([tmp_path])
