@@ -107,7 +107,9 @@ def records_from_offline(folders, experiment: str | None = None, damaged: list |
     joined by their W&B id); `damaged` as for read_records."""
     from tqdm import tqdm
 
-    files = sorted(path for folder in folders for path in Path(folder).rglob("run-*.wandb"))
+    # (latest-run is W&B's link to the newest run folder beside it)
+    files = sorted(path for folder in folders for path in Path(folder).rglob("run-*.wandb")
+                   if path.parent.name != "latest-run")
     attempts: dict[str, list[dict]] = {}
     for path in tqdm(files, desc="W&B run files", unit="file", disable=not progress):
         try:

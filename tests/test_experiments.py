@@ -2,6 +2,7 @@
 1's script."""
 
 import json
+import re
 import shutil
 
 import pandas as pd
@@ -261,12 +262,18 @@ DAMAGES = {  # what was done to a real MNIST file, and what the one line says of
 }
 
 
-@pytest.mark.slow  # copies MNIST
-@pytest.mark.parametrize("damage", DAMAGES)
-def test_a_damaged_mnist_file_is_named_with_what_is_wrong(damage, tmp_path):
-    name, damaged, message = DAMAGES[damage]
+@pytest.mark.slow  # copies MNIST, and trains on it once
+def test_a_damaged_mnist_file_is_named_with_what_is_wrong(tmp_path):
+    from experiments.data import DamagedData, load_mnist
     raw = tmp_path / "MNIST" / "raw"
     shutil.copytree(data_root() / "MNIST" / "raw", raw)
+    for name, damaged, message in DAMAGES.values():
+        whole = (raw / name).read_bytes()
+        (raw / name).write_bytes(damaged(whole))
+        with pytest.raises(DamagedData, match=re.escape(f"{raw / name} {message}")):
+            load_mnist(tmp_path)
+        (raw / name).write_bytes(whole)
+    name, damaged, message = DAMAGES["labels full of noise"]
     (raw / name).write_bytes(damaged((raw / name).read_bytes()))
     result = train("+exp=mnist_sgd", f"data.root={tmp_path}", "data.download=false",
                    f"hydra.run.dir={tmp_path / 'run'}", check=False)

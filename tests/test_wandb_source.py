@@ -19,7 +19,7 @@ OFFLINE = ["logger=wandb", "wandb.mode=offline"]
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sweep")
-    train("-m", "+exp=mnist_sgd,mnist_adam_sgd", "seed=0,1", *SMOKE, "log_every_steps=1", *OFFLINE,
+    train("-m", "+exp=mnist_sgd,mnist_adam_sgd", *SMOKE, "log_every_steps=1", *OFFLINE,
           f"hydra.sweep.dir={folder}")
     return folder
 
@@ -27,7 +27,7 @@ def sweep(tmp_path_factory):
 def test_the_records_rebuilt_from_w_and_b_offline_folders_are_the_run_records(sweep):
     local = sorted(read_records(sweep), key=lambda record: record["run"]["wandb_id"])
     mirrored = sorted(records_from_offline([sweep]), key=lambda record: record["run"]["wandb_id"])
-    assert len(local) == len(mirrored) == 4
+    assert len(local) == len(mirrored) == 2
     for ours, theirs in zip(local, mirrored):
         assert {k: v for k, v in ours.items() if k != "directory"} == \
             {k: v for k, v in theirs.items() if k != "directory"}
@@ -37,7 +37,7 @@ def test_the_records_rebuilt_from_w_and_b_offline_folders_are_the_run_records(sw
 @pytest.fixture(scope="module")
 def sensitivity(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sensitivity")
-    train("-m", "+exp=mnist_sensitivity", "sensitivity.alpha=1e-3,1.0", "sensitivity.height=0,1", *SMOKE, *OFFLINE,
+    train("-m", "+exp=mnist_sensitivity", "sensitivity.alpha=1e-3,1.0", "sensitivity.height=1", *SMOKE, *OFFLINE,
           f"hydra.sweep.dir={folder}")
     return folder
 
@@ -56,7 +56,7 @@ def test_a_table_and_a_figure_from_w_and_b_are_those_from_the_records(name, requ
 
 
 def test_a_resumed_run_continues_its_w_and_b_run(tmp_path):
-    overrides = ["+exp=mnist_adam_sgd", "epochs=3", "data.subset=4096", *OFFLINE, f"hydra.run.dir={tmp_path}"]
+    overrides = ["+exp=mnist_adam_sgd", "epochs=3", "data.subset=2048", *OFFLINE, f"hydra.run.dir={tmp_path}"]
     process = start(*overrides)
     wait_for_first_epoch(tmp_path, process)
     process.send_signal(signal.SIGTERM)
@@ -74,8 +74,8 @@ def test_a_damaged_w_and_b_file_is_named_in_one_line(sweep, tmp_path):
     import shutil
     copy = tmp_path / "copy"
     shutil.copytree(sweep, copy)
-    [first, *_] = sorted(copy.rglob("run-*.wandb"))
-    first.write_bytes(first.read_bytes()[:2000])
+    [first, *_] = sorted(copy.glob("*/wandb/offline-run-*/run-*.wandb"))
+    first.write_bytes(first.read_bytes()[:-5])  # its last record cut short
     result = script("table1", "--wandb-dir", str(copy), "--out", str(tmp_path / "out"), check=False)
     [line] = result.stderr.strip().splitlines()
     assert result.returncode == 1 and line.startswith(f"{first} is cut short or damaged at byte")
