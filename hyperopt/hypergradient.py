@@ -179,12 +179,12 @@ def update(level, group: dict, grads: list[torch.Tensor | None], active: torch.T
     if level.DECOUPLED_DECAY:
         decays = [1.0 - h_p["lr"] * h_p["weight_decay"] for h_p in hs]
     for p, (direction, scale), decay in zip(params, steps, decays):
+        going = None if active is None else active.reshape((-1,) + (1,) * (p.dim() - 1)) if runs else \
+            active.reshape(())
         if decay is not None and (isinstance(decay, torch.Tensor) or decay != 1.0):
-            p.mul_(decay if active is None else torch.where(
-                active.reshape((-1,) + (1,) * (p.dim() - 1)) if runs else active.reshape(()), decay, 1.0))
-        if active is not None:
-            direction = torch.where(active.reshape((-1,) + (1,) * (p.dim() - 1)) if runs else active.reshape(()),
-                                    direction, 0.0)
+            p.mul_(decay if going is None else torch.where(going, decay, 1.0))
+        if going is not None:
+            direction = torch.where(going, direction, 0.0)
         if isinstance(scale, torch.Tensor):
             p.addcmul_(direction, scale, value=-1.0)
         else:
@@ -292,8 +292,9 @@ def check(weights, levels, grads, counts) -> torch.Tensor | None:
     count, hypergradients = counts[0], grads[1:]
     first = weights_gradient_sums(weights, grads[0]) if count is None else None
     if weights.param_groups[0]["runs"] is None and not torch.compiler.is_compiling():
-        if first is not None and not math.isfinite(float(first.sum())):
-            raise DivergenceError(0, weights.NAME, None, 1, float(first.sum()))
+        total = None if first is None else float(first.sum())
+        if total is not None and not math.isfinite(total):
+            raise DivergenceError(0, weights.NAME, None, 1, total)
         raise_if_not_finite(levels, hypergradients, count)
         return None
     step = torch.ones((), dtype=torch.long) if count is None else count + 1

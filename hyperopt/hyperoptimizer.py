@@ -386,6 +386,8 @@ class Hyperoptimizer(torch.optim.Optimizer):
         found_inf, grad_scale = getattr(self, "found_inf", None), getattr(self, "grad_scale", None)
         if found_inf is not None:  # a GradScaler's step
             if float(found_inf) > 0:  # as GradScaler skips torch.optim's step: nothing changes
+                if self.backward is not None:
+                    self.backward.forget()  # (what the hooks saw is of this step's gradients only)
                 return loss
             if grad_scale is None and self.backward is not None:
                 self.backward.unscaled_first()
