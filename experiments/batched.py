@@ -18,7 +18,7 @@ from experiments.optimizers import stack_levels
 
 # What the runs of one group may differ in: the seed, the optimizer's values (through the experiments' numbers that
 # build it), and what only labels or reports a run.
-FREE = {"seed", "optimizer", "row", "rerun_of", "experiment", "rnn", "cifar", "sensitivity", "logger", "wandb",
+FREE = {"seed", "optimizer", "row", "rerun_of", "experiment", "rnn", "cifar", "sensitivity", "robustness", "logger", "wandb",
         "checkpoint", "progress"}
 
 

@@ -8,12 +8,15 @@ import re
 from hydra.core.config_store import ConfigStore
 
 from experiments.paper import TABLE_1
+from experiments.robustness import register_resolvers
 from experiments.schedules import check as check_schedule
 
 
-def register_table_1() -> None:
-    """`+exp=mnist_sgd_adam` and the 31 others: one experiment per row of Table 1, the stack, its epochs and, for a
-    rerun with the learned values fixed, the stack that learned them."""
+def register_configs() -> None:
+    """What the configs need beyond configs/: `+exp=mnist_sgd_adam` and the 31 others, one experiment per row of
+    Table 1 (the stack, its epochs and, for a rerun with the learned values fixed, the stack that learned them), and
+    the resolvers of the robustness benchmark's config."""
+    register_resolvers()
     store = ConfigStore.instance()
     for row in TABLE_1:
         store.store(group="exp", name=row.config_name, package="_global_",
@@ -103,15 +106,21 @@ RULES = {
     "data.sequence_length": _whole(1),
     "data.sample_length": _whole(0),
     "data.temperature": _number(0.0),
-    "model.name": _one_of("mlp", "resnet20", "char_rnn"),
+    "model.name": _one_of("mlp", "resnet20", "char_rnn", "char_gpt"),
     "model.embedding": _whole(1),
     "model.hidden": _whole(1),
     "model.layers": _whole(1),
     "model.dropout": _number(0.0, 1.0, low_open=False),
+    "model.width": _whole(1),
+    "model.heads": _whole(1),
+    "model.context": _whole(1),
     "sensitivity.method": _TEXT,
     "sensitivity.alpha": _number(0.0, low_open=False),
     "sensitivity.height": _whole(0),
     "sensitivity.upper": _UPPER,
+    "robustness.method": _TEXT,
+    "robustness.alpha": _number(0.0, low_open=False),
+    "robustness.trial": _whole(0),
     "rnn.alpha": _number(0.0, low_open=False),
     "rnn.hyper": _BOOLEAN,
     "rnn.kappa": _number(0.0, low_open=False),

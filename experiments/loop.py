@@ -28,7 +28,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 import hyperopt
 from experiments.checkpoints import CheckpointNotSaved, Checkpoints, UnsafeCheckpoint
-from experiments.config import register_table_1, validate
+from experiments.config import register_configs, validate
 from experiments.loggers import make_logger
 from experiments.optimizers import Baseline, build_optimizer, set_mode, stack_levels
 from experiments.provenance import machine
@@ -39,7 +39,7 @@ from models import batch_models, build_model
 
 log = logging.getLogger("train")
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-register_table_1()
+register_configs()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -372,13 +372,15 @@ def train(runs: list[OpenRun], task, trainee, loggers: list, progress: bool, sto
                 newly[i] = {"status": "diverged", "diverged_at_step": event["step"], "error": event["error"]}
             train_losses.append(float(run_losses.mean()) if taken else float("nan"))
             steps.append(first_step - 1 + taken)
+        train_seconds = time.perf_counter() - start  # the steps alone, for per-step times
         evaluations = trainee.evaluate(train_losses)
         epoch_seconds.append(time.perf_counter() - start)
         for i, run in enumerate(runs):
             if i in outcomes:
                 continue
             metrics = {"epoch": epoch, "step": steps[i], "train_loss": train_losses[i], **evaluations[i],
-                       "hyperparameters": trainee.hyperparameters(i), "epoch_seconds": epoch_seconds[-1]}
+                       "hyperparameters": trainee.hyperparameters(i), "epoch_seconds": epoch_seconds[-1],
+                       "train_seconds": train_seconds}
             line = run.record.log_epoch(metrics)
             run.record.progress(last_epoch=epoch, steps=steps[i])
             loggers[i].log(metrics, line)
@@ -415,7 +417,7 @@ def train(runs: list[OpenRun], task, trainee, loggers: list, progress: bool, sto
         summaries.append(run.record.finish(
             outcome.pop("status"), **outcome, data=task.description, train_examples=task.train_examples,
             epochs_completed=metrics["epoch"], steps=metrics["step"],
-            **{k: v for k, v in metrics.items() if k not in ("epoch", "step", "epoch_seconds")}, **finished,
+            **{k: v for k, v in metrics.items() if k not in ("epoch", "step", "epoch_seconds", "train_seconds")}, **finished,
             optimizer_initial=run.record.summary["optimizer_initial"], optimizer_final=trainee.describe(i),
             seconds_per_epoch=statistics.median(epoch_seconds) if epoch_seconds else float("nan"), **batched))
     if not cfg.checkpoint.keep:

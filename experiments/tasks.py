@@ -98,7 +98,7 @@ class Classification:
         return _backward_and_step(_nll_per_run(log_probabilities.float(), y, "mean"), optimizer)
 
     def finish(self, model, directory: Path, seed: int) -> dict:
-        return {}
+        return {"classes": int(self.data.train_y.max()) + 1}
 
     def state_dict(self) -> dict:
         """What a checkpoint within an epoch needs beyond the batches' order: nothing, for images."""
@@ -203,7 +203,8 @@ class LanguageModelling:
         (directory / "sample.txt").write_text(sample, encoding="utf-8")
         (directory / "vocabulary.json").write_text(json.dumps(self.data.vocabulary, ensure_ascii=False),
                                                     encoding="utf-8")
-        return {"test_bpc": self.bits_per_character(model, self.data.test), "sample": sample}
+        return {"test_bpc": self.bits_per_character(model, self.data.test), "sample": sample,
+                "vocabulary_size": len(self.data.vocabulary)}
 
     @staticmethod
     def describe(metrics: dict) -> str:

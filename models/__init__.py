@@ -1,13 +1,14 @@
-"""The paper's networks, by the name a config gives (model.name)."""
+"""The networks, by the name a config gives (model.name): the paper's, and a small character-level GPT."""
 
 from torch import nn
 
 from .batched import Batched, batch_models
+from .char_gpt import CharGPT
 from .char_rnn import CharRNN
 from .mlp import MLP
 from .resnet import ResNet, resnet20
 
-MODELS = {"mlp": MLP, "char_rnn": CharRNN, "resnet20": resnet20}
+MODELS = {"mlp": MLP, "char_rnn": CharRNN, "char_gpt": CharGPT, "resnet20": resnet20}
 
 
 def build_model(name: str, **options) -> nn.Module:
@@ -16,4 +17,4 @@ def build_model(name: str, **options) -> nn.Module:
     return MODELS[name](**options)
 
 
-__all__ = ["Batched", "batch_models", "MLP", "CharRNN", "ResNet", "resnet20", "MODELS", "build_model"]
+__all__ = ["Batched", "batch_models", "MLP", "CharRNN", "CharGPT", "ResNet", "resnet20", "MODELS", "build_model"]

@@ -6,11 +6,11 @@ import sys
 
 from hydra import compose, initialize_config_dir
 
-from experiments.config import register_table_1
+from experiments.config import register_configs
 from tests.conftest import ROOT, data_root
 
 SMOKE = ["epochs=1", "data.subset=512"]
-register_table_1()
+register_configs()
 
 
 def compose_experiment(name: str, overrides=()):

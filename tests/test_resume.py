@@ -45,7 +45,7 @@ def wait_for_first_epoch(folder, process: subprocess.Popen) -> None:
 
 
 def without_timings(record: dict) -> tuple:
-    metrics = [{k: v for k, v in m.items() if k != "epoch_seconds"} for m in record["metrics"]]
+    metrics = [{k: v for k, v in m.items() if k not in ("epoch_seconds", "train_seconds")} for m in record["metrics"]]
     summary = {k: v for k, v in record["summary"].items()
                if k not in ("wall_seconds", "started", "attempt", "attempt_started", "seconds_per_epoch",
                             "earlier_attempts")}

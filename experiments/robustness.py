@@ -1,0 +1,135 @@
+"""The robustness benchmark's methods (results/robustness.md; the tasks are configs/task/): what each method is,
+the same on every task, and the search space of the tuned AdamW. A run is `+exp=robustness task=TASK
+robustness.method=NAME robustness.alpha=α seed=S` (and `robustness.trial=T` for the tuned AdamW);
+scripts/robustness.py runs them all as sweeps and makes the table and figure.
+
+The rule for the levels above the weights is fixed here, before any task was run, and is not tuned per task (that
+is the claim under test): an SGD tower's every level starts at α, the protocol of the paper's Figure 3 in its
+2019 version; an Adam level above starts at Adam's default 1e-3, what the paper's notation means by a bare Adam.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from omegaconf import OmegaConf
+
+ALPHAS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # seven decades of initial step size
+SEEDS = (0, 1)
+STUDIES, TRIALS = 3, 5  # the tuned AdamW: studies (each its own seed and quasirandom draw) of trials each
+UPPER_ADAM = 1e-3
+WARMUP = 0.05  # the warmup-cosine schedule of the AdamW whose scale is learned: its warmup fraction
+
+
+@dataclass(frozen=True)
+class Task:
+    label: str
+    alphas: tuple[float, ...] = ALPHAS  # the initial step sizes its swept methods run at
+
+
+# The tasks' budgets and data are their configs (configs/task/NAME.yaml); ResNet-20, the costliest step, runs at
+# every other decade.
+TASKS = {
+    "mnist_mlp": Task("MNIST MLP (the paper's)"),
+    "char_lstm": Task("char-LSTM 2×128, War and Peace"),
+    "resnet20_cifar": Task("ResNet-20, CIFAR-10 subset", ALPHAS[::2]),
+    "char_gpt": Task("char-GPT 0.43 M, War and Peace"),
+}
+
+
+@dataclass(frozen=True)
+class Method:
+    label: str
+    family: str  # fixed, stack, free (learning-rate-free, at its defaults) or tuned
+    swept: bool  # run at every initial step size α (else once per seed, at its published default)
+
+
+METHODS = {
+    "sgd": Method("SGD(α), fixed", "fixed", True),
+    "sgd_momentum": Method("SGD(α, μ=0.9), fixed", "fixed", True),
+    "adam": Method("Adam(α), fixed", "fixed", True),
+    "sgd_h1": Method("SGD(α)/SGD(α)", "stack", True),
+    "sgd_h2": Method("SGD(α)/SGD(α)/SGD(α)", "stack", True),
+    "sgd_h3": Method("SGD(α)/SGD(α)/SGD(α)/SGD(α)", "stack", True),
+    "adam_h1": Method("Adam(α)/Adam", "stack", True),
+    "adam_h2": Method("Adam(α)/Adam/Adam", "stack", True),
+    "adamw_learned_scale": Method("AdamW^α(α)/Adam, warmup-cosine", "stack", True),
+    "schedulefree_adamw": Method("Schedule-Free AdamW(α)", "free", True),
+    "prodigy": Method("Prodigy", "free", False),
+    "dadapt_adam": Method("D-Adapt Adam", "free", False),
+    "dog": Method("DoG", "free", False),
+    "tuned_adamw": Method("AdamW, warmup-cosine, tuned", "tuned", False),
+}
+
+# The tuned AdamW's search space, in the manner of AlgoPerf's external tuning (its ranges are ours): each study
+# draws TRIALS points of a scrambled Sobol sequence seeded by the study's seed.
+SEARCH_SPACE = {
+    "lr": ("log", 1e-4, 1e-1),
+    "weight_decay": ("log", 1e-4, 1.0),
+    "one_minus_beta1": ("log", 1e-2, 0.5),
+    "warmup": ("linear", 0.02, 0.2),
+}
+
+
+def trial_point(study: int, trial: int) -> dict[str, float]:
+    """The hyperparameters of trial `trial` of study `study` (the study's seed)."""
+    if not 0 <= trial < TRIALS:
+        raise ValueError(f"robustness.trial={trial} must be in 0..{TRIALS - 1}")
+    draw = torch.quasirandom.SobolEngine(len(SEARCH_SPACE), scramble=True, seed=study).draw(
+        TRIALS, dtype=torch.float64)[trial]
+    point = {}
+    for (name, (scale, low, high)), u in zip(SEARCH_SPACE.items(), draw.tolist()):
+        point[name] = low * (high / low) ** u if scale == "log" else low + (high - low) * u
+    return point
+
+
+def _number(value: float) -> str:
+    return f"{float(value):.4g}"
+
+
+def optimizer(method: str, alpha: float, seed: int, trial: int) -> str:
+    """The `optimizer=` of one run, in the paper's notation or as a learning-rate-free optimizer."""
+    a = repr(float(alpha))
+    if method not in METHODS:
+        raise ValueError(f"unknown robustness.method {method!r}; known: {', '.join(METHODS)}")
+    if method == "tuned_adamw":
+        point = trial_point(seed, trial)
+        return (f"AdamW({_number(point['lr'])}, beta1={_number(1 - point['one_minus_beta1'])}, "
+                f"wd={_number(point['weight_decay'])})")
+    return {
+        "sgd": f"SGD({a})",
+        "sgd_momentum": f"SGD({a}, 0.9)",
+        "adam": f"Adam({a})",
+        "sgd_h1": "/".join([f"SGD({a})"] * 2),
+        "sgd_h2": "/".join([f"SGD({a})"] * 3),
+        "sgd_h3": "/".join([f"SGD({a})"] * 4),
+        "adam_h1": f"Adam({a})/Adam({UPPER_ADAM})",
+        "adam_h2": f"Adam({a})/Adam({UPPER_ADAM})/Adam({UPPER_ADAM})",
+        "adamw_learned_scale": f"AdamW^α({a})/Adam({UPPER_ADAM})",
+        "schedulefree_adamw": f"ScheduleFreeAdamW({a})",
+        "prodigy": "Prodigy",
+        "dadapt_adam": "DAdaptAdam",
+        "dog": "DoG",
+    }[method]
+
+
+def schedule(method: str, seed: int, trial: int) -> dict | None:
+    """The `schedule=` of one run: warmup-cosine for the AdamWs, nothing for the others."""
+    if method == "tuned_adamw":
+        return {"name": "warmup_cosine", "warmup": round(trial_point(seed, trial)["warmup"], 4), "final": 0.0}
+    if method == "adamw_learned_scale":
+        return {"name": "warmup_cosine", "warmup": WARMUP, "final": 0.0}
+    return None
+
+
+def _schedule_node(method: str, seed: int, trial: int):
+    value = schedule(method, seed, trial)
+    return None if value is None else OmegaConf.create(value)  # a node: a plain dict cannot replace `null`
+
+
+def register_resolvers() -> None:
+    """`${robustness_optimizer:...}` and `${robustness_schedule:...}`, which configs/exp/robustness.yaml uses."""
+    for name, function in (("robustness_optimizer", optimizer), ("robustness_schedule", _schedule_node)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, function)
