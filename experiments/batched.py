@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 import hyperopt
 from experiments.optimizers import stack_levels
+from models import BATCHABLE
 
 # What the runs of one group may differ in: the seed, the optimizer's values (through the experiments' numbers that
 # build it), and what only labels or reports a run.
@@ -24,6 +25,8 @@ FREE = {"seed", "optimizer", "row", "rerun_of", "experiment", "rnn", "cifar", "s
 
 def group_key(config: dict) -> str | None:
     """Runs with equal keys can be trained as one network; None for a run that must train alone."""
+    if config.get("model", {}).get("name") not in BATCHABLE:
+        return None  # an architecture batch_models has no batched version of (the GPT)
     if config.get("backend") != "ours" or config.get("channels_last"):
         # the reference code trains one run; a batched network lays its images out as (batch, runs·channels, ...),
         # not channels_last

@@ -273,16 +273,18 @@ def read_records(*roots: str | os.PathLike, experiment: str | None = None, damag
     return records
 
 
-def copy_record(source: str | os.PathLike, target: str | os.PathLike, extra: tuple[str, ...] = ()) -> Path:
-    """Copy a record's own files (not Hydra's logs or W&B's), and any `extra` ones, to `target`, e.g. to commit
-    them with results. A record already there is kept: the copy goes to `target-2` (`-3`, ...) instead."""
+def copy_record(source: str | os.PathLike, target: str | os.PathLike, extra: tuple[str, ...] = (),
+                trajectory: bool = True) -> Path:
+    """Copy a record's own files (not Hydra's logs or W&B's; its hyperparameters' trajectory unless `trajectory`
+    is false), and any `extra` ones, to `target`, e.g. to commit them with results. A record already there is
+    kept: the copy goes to `target-2` (`-3`, ...) instead."""
     target = base = Path(target)
     copies = 1
     while (target / RUN).exists() and (target / RUN).read_bytes() != (Path(source) / RUN).read_bytes():
         copies += 1
         target = base.with_name(f"{base.name}-{copies}")
     target.mkdir(parents=True, exist_ok=True)
-    for name in (RUN, SUMMARY, METRICS, TRAJECTORY, *extra):
+    for name in (RUN, SUMMARY, METRICS, *((TRAJECTORY,) if trajectory else ()), *extra):
         if (Path(source) / name).exists():
             shutil.copy2(Path(source) / name, target / name)
     return target

@@ -184,10 +184,12 @@ def hyperparameter_path(record: dict, level: int = 0) -> list[tuple[int, dict]]:
     return [(point["step"], point["hyperparameters"][level]) for point in record.get("trajectory") or record["metrics"]]
 
 
-def export_records(records: list[dict], destination: Path | None, name_of, extra: tuple[str, ...] = ()) -> None:
+def export_records(records: list[dict], destination: Path | None, name_of, extra: tuple[str, ...] = (),
+                   trajectory: bool = True) -> None:
     """With --export-records: copy each record's small files to destination/NAME/seedS, NAME from its config."""
     if destination is None:
         return
     for record in records:
         config = record["run"]["config"]
-        copy_record(record["directory"], destination / safe_name(name_of(config)) / f"seed{config['seed']}", extra)
+        copy_record(record["directory"], destination / safe_name(name_of(config)) / f"seed{config['seed']}", extra,
+                    trajectory)

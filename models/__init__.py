@@ -9,6 +9,7 @@ from .mlp import MLP
 from .resnet import ResNet, resnet20
 
 MODELS = {"mlp": MLP, "char_rnn": CharRNN, "char_gpt": CharGPT, "resnet20": resnet20}
+BATCHABLE = ("mlp", "char_rnn", "resnet20")  # the models batch_models trains N at once
 
 
 def build_model(name: str, **options) -> nn.Module:
@@ -17,4 +18,4 @@ def build_model(name: str, **options) -> nn.Module:
     return MODELS[name](**options)
 
 
-__all__ = ["Batched", "batch_models", "MLP", "CharRNN", "CharGPT", "ResNet", "resnet20", "MODELS", "build_model"]
+__all__ = ["Batched", "batch_models", "MLP", "CharRNN", "CharGPT", "ResNet", "resnet20", "MODELS", "BATCHABLE", "build_model"]

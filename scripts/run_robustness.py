@@ -44,9 +44,11 @@ def sweeps(task: str, smoke: bool) -> list[tuple[str, list[str], int]]:
     free = [name for name, method in METHODS.items() if not method.swept and method.family == "free"]
     join = lambda values: ",".join(str(value) for value in values)  # noqa: E731
     return [
-        ("swept", [f"robustness.method={join(swept)}", f"robustness.alpha={join(alphas)}", f"seed={join(seeds)}"],
+        # the method varies fastest (Hydra's last override), so that the methods' runs interleave in time and a
+        # change in the machine's speed touches them alike
+        ("swept", [f"seed={join(seeds)}", f"robustness.alpha={join(alphas)}", f"robustness.method={join(swept)}"],
          len(swept) * len(alphas) * len(seeds)),
-        ("free", [f"robustness.method={join(free)}", f"seed={join(seeds)}"], len(free) * len(seeds)),
+        ("free", [f"seed={join(seeds)}", f"robustness.method={join(free)}"], len(free) * len(seeds)),
         ("tuned", ["robustness.method=tuned_adamw", f"robustness.trial={join(range(trials))}",
                    f"seed={join(studies)}"], trials * len(studies)),
     ]
