@@ -80,7 +80,7 @@ METHODS = {
     "schedulefree_adamw": Method("Schedule-Free AdamW(α)", "free", True),
     "prodigy": Method("Prodigy", "free", False),
     "dadapt_adam": Method("D-Adapt Adam", "free", False),
-    "dog": Method("DoG", "free", False),
+    "dog": Method("DoG (its last iterate)", "free", False),  # without the averaging its authors recommend
     "tuned_adamw": Method("AdamW, warmup-cosine, tuned", "tuned", False),
 }
 

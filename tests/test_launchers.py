@@ -68,7 +68,11 @@ def test_a_slurm_job_requeued_mid_run_ends_with_the_uninterrupted_record(tmp_pat
     subprocess.run(["scontrol", "requeue", jobs[0]], check=True)
     while json.loads((folder / "summary.json").read_text()).get("status") == "running" and time.time() < deadline:
         time.sleep(0.1)
-    subprocess.run(["scontrol", "update", f"JobId={jobs[0]}", "StartTime=now"], check=True)  # no waiting 2 minutes
+    # SLURM holds a requeued job two minutes before it starts again: once it is pending, let it start now
+    while subprocess.run(["squeue", "-h", "-j", jobs[0], "-o", "%T"], capture_output=True,
+                         text=True).stdout.strip() != "PENDING" and time.time() < deadline:
+        time.sleep(0.1)
+    subprocess.run(["scontrol", "update", f"JobId={jobs[0]}", "StartTime=now"], check=True)
     output, _ = sweep.communicate(timeout=300)
     assert sweep.returncode == 0, output
     assert "1 runs: 0 new, 0 skipped, 1 resumed; 1 ok, 0 diverged, 0 failed" in output
