@@ -19,8 +19,8 @@ from models import BATCHABLE
 
 # What the runs of one group may differ in: the seed, the optimizer's values (through the experiments' numbers that
 # build it), and what only labels or reports a run.
-FREE = {"seed", "optimizer", "row", "rerun_of", "experiment", "rnn", "cifar", "sensitivity", "robustness", "logger", "wandb",
-        "checkpoint", "progress"}
+FREE = {"seed", "optimizer", "row", "rerun_of", "experiment", "rnn", "cifar", "sensitivity", "robustness", "logger",
+        "wandb", "checkpoint", "progress"}
 
 
 def group_key(config: dict) -> str | None:

@@ -417,7 +417,8 @@ def train(runs: list[OpenRun], task, trainee, loggers: list, progress: bool, sto
         summaries.append(run.record.finish(
             outcome.pop("status"), **outcome, data=task.description, train_examples=task.train_examples,
             epochs_completed=metrics["epoch"], steps=metrics["step"],
-            **{k: v for k, v in metrics.items() if k not in ("epoch", "step", "epoch_seconds", "train_seconds")}, **finished,
+            **{k: v for k, v in metrics.items() if k not in ("epoch", "step", "epoch_seconds", "train_seconds")},
+            **finished,
             optimizer_initial=run.record.summary["optimizer_initial"], optimizer_final=trainee.describe(i),
             seconds_per_epoch=statistics.median(epoch_seconds) if epoch_seconds else float("nan"), **batched))
     if not cfg.checkpoint.keep:

@@ -1,8 +1,9 @@
 """The `optimizer=` of a run: a hyperoptimizer stack in the paper's notation; one of the learning-rate-free
 optimizers a researcher would otherwise reach for, from its own PyPI package, written the same way:
 ``Prodigy``, ``DAdaptSGD``, ``DAdaptAdam`` (their lr is a multiplier of the step they estimate, 1 by default),
-``DoG`` (its lr a multiplier, 1 by default), ``ScheduleFreeSGD(0.1)``, ``ScheduleFreeAdamW(0.0025)`` (lr is a step size); or a builder of the grid
-experiments (Figures 2 and 3, the RNN), given as ``{_target_: experiments.optimizers.NAME, ...values}``."""
+``DoG`` (its lr a multiplier, 1 by default), ``ScheduleFreeSGD(0.1)``, ``ScheduleFreeAdamW(0.0025)`` (lr is a
+step size); or a builder of the grid experiments (Figures 2 and 3, the RNN), given as
+``{_target_: experiments.optimizers.NAME, ...values}``."""
 
 from __future__ import annotations
 

@@ -18,4 +18,5 @@ def build_model(name: str, **options) -> nn.Module:
     return MODELS[name](**options)
 
 
-__all__ = ["Batched", "batch_models", "MLP", "CharRNN", "CharGPT", "ResNet", "resnet20", "MODELS", "BATCHABLE", "build_model"]
+__all__ = ["Batched", "batch_models", "MLP", "CharRNN", "CharGPT", "ResNet", "resnet20", "MODELS", "BATCHABLE",
+           "build_model"]
