@@ -1,16 +1,17 @@
 """The weights' gradients as backward() made them, for the hypergradient, whatever is done to ``p.grad`` before
-step(): clipping (clip_grad_norm_, clip_grad_value_) or anything else in place.
+step(): clipping (clip_grad_norm_, clip_grad_value_), a GradScaler's unscaling, or anything else in place.
 
 The hypergradient is the derivative of the loss (the reference code gets it from the graph): the current gradient as
 backward made it, the previous step as it was taken. The update uses ``p.grad`` as the caller left it. A hook after
-each parameter's gradient is accumulated notes the tensor and its version counter; at step() a gradient whose
-version has not moved is used as it is (no copy). Once one has moved (clipping), the hooks keep a copy from then
-on; clipping starts at the first step, whose hypergradient is 0, so nothing is lost.
+each parameter's gradient is accumulated marks it; once backward is over (after every callback backward runs, so
+after DistributedDataParallel has written the averaged gradient into ``p.grad``), the gradient and its version
+counter are noted. At step() a gradient whose version has not moved is used as it is (no copy). Once one has moved
+(clipping), a copy is noted from then on; clipping starts at the first step, whose hypergradient is 0, so nothing
+is lost.
 
-A GradScaler's scale is taken off (hyperopt steps take part in its protocol, `_step_supports_amp_scaling`: the
-scaler hands over its scale and whether it found an infinite gradient, and a step it would skip is skipped). Where
-the caller unscales first (scaler.unscale_(opt), to clip), the scale is no longer known: the hypergradient then
-uses the gradient as step() finds it, and says so once (ClippedGradientWarning).
+A GradScaler hands itself to step() (`_step_supports_amp_scaling`, with a ``grad_scaler`` argument): its scale is
+taken off the gradients as backward made them exactly as the scaler takes it off ``p.grad``, whether the caller
+unscaled first (to clip) or not, and a step the scaler would skip is skipped.
 """
 
 from __future__ import annotations
@@ -19,54 +20,78 @@ import warnings
 import weakref
 
 import torch
+from torch.amp.grad_scaler import OptState
+from torch.autograd import Variable
+
+# GradScaler says, at each step, that it will one day stop handing itself to an optimizer that takes it; ours
+# needs the scale (hyperopt/hyperoptimizer.py refuses to step if a later torch stops), so the notice is not
+# shown to our users every step.
+warnings.filterwarnings("ignore", message="GradScaler is going to stop passing itself", category=FutureWarning)
 
 
 class ClippedGradientWarning(UserWarning):
     """The hypergradient could not see the gradient as backward made it, and uses the one step() found."""
 
 
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """A DTensor's shard on this process (FSDP2's parameters and gradients), any other tensor as it is."""
+    return tensor._local_tensor if hasattr(tensor, "_local_tensor") else tensor
+
+
 class BackwardGradients:
-    """What the hooks saw, for the weights' optimizer: {parameter: (its grad, its version, a copy or None)}."""
+    """What backward made, for the weights' optimizer: {parameter: (its grad, its version)}, and a copy of each
+    gradient where p.grad is changed before step() (clipping) or the step is compiled (it cannot read versions)."""
 
     def __init__(self):
         self.seen: dict[torch.Tensor, tuple] = {}
+        self.copies: dict[torch.Tensor, torch.Tensor] = {}  # kept from step to step, written in place
+        self.marked: list[torch.Tensor] = []  # accumulated into by the backward under way
         self.copying = False
-        self.warned = False
+        self.compiled = False
         self.handles = []
 
     def watch(self, params) -> None:
         hook = _Hook(weakref.ref(self))
         self.handles += [p.register_post_accumulate_grad_hook(hook) for p in params if p.requires_grad]
 
-    def note(self, p: torch.Tensor) -> None:
-        grad = p.grad
-        self.seen[p] = (grad, grad._version, grad.clone() if self.copying else None)
+    def mark(self, p: torch.Tensor) -> None:
+        if not self.marked:
+            # (a callback queued now would run before those queued later in this backward, DDP's among them)
+            Variable._execution_engine.queue_callback(
+                lambda: Variable._execution_engine.queue_callback(self.note_marked))
+        self.marked.append(p)
 
-    def made(self, p: torch.Tensor, unscale) -> torch.Tensor:
-        """The parameter's gradient as backward made it (`unscale`: a GradScaler's 1/scale, which the caller is
-        about to take off p.grad in place, or None); p.grad itself where nothing changed it since."""
-        seen = self.seen.get(p)
-        if seen is None or torch.compiler.is_compiling():
-            return p.grad  # a gradient set by hand, not by backward (or a compiled step, which reads no versions)
-        tensor, version, copy = seen
-        if tensor is p.grad and version == p.grad._version:
+    def note_marked(self) -> None:
+        for p in self.marked:
+            grad = p.grad
+            if grad is None:
+                continue
+            self.seen[p] = (grad, local(grad)._version)
+            if self.copying or self.compiled:
+                copy = self.copies.get(p)
+                if copy is None or copy.shape != grad.shape:
+                    self.copies[p] = grad.clone()
+                else:
+                    copy.copy_(grad)
+        self.marked = []
+
+    def made(self, p: torch.Tensor, unscale: torch.Tensor | None) -> torch.Tensor:
+        """The parameter's gradient as backward made it (`unscale`: a GradScaler's 1/scale, which p.grad has had,
+        or is about to have, taken off in place; None without a scaler); p.grad itself where nothing changed it
+        since."""
+        if torch.compiler.is_compiling():
+            self.compiled = True  # from the next backward on, every gradient is copied for the compiled step
+            copy = self.copies.get(p)
+        else:
+            seen = self.seen.get(p)
+            if seen is None or seen[0] is p.grad and seen[1] == local(p.grad)._version:
+                return p.grad  # unchanged since backward (or set by hand, not by backward)
+            copy = self.copies.get(p) if self.copying else None
+            # the first step with clipping: its hypergradient is 0 (or, later, this step's is off)
+            self.copying = True
+        if copy is None:
             return p.grad
-        if copy is not None:
-            return copy if unscale is None else copy * unscale
-        self.copying = True  # the first step with clipping: its hypergradient is 0 (or, later, this step's is off)
-        return p.grad
-
-    def unscaled_first(self) -> None:
-        """The caller unscaled the gradients with a GradScaler before step(): what backward made is scaled by a
-        number no longer known."""
-        self.copying = False
-        if not self.warned:
-            self.warned = True
-            warnings.warn(ClippedGradientWarning(
-                "GradScaler.unscale_(optimizer) before step(): the hypergradient uses the gradients as step() finds "
-                "them (clipped, if they were), since what backward made is scaled by a scale no longer known. "
-                "Clip without the scaler (bf16 autocast needs none) for the reference code's hypergradient."),
-                stacklevel=5)
+        return copy if unscale is None else copy * unscale.to(copy.device)
 
     def forget(self) -> None:
         self.seen.clear()
@@ -84,4 +109,24 @@ class _Hook:
     def __call__(self, p: torch.Tensor) -> None:
         record = self.record()
         if record is not None:
-            record.note(p)
+            record.mark(p)
+
+
+def made_gradients(weights, unscale: torch.Tensor | None = None) -> list[list[torch.Tensor | None]]:
+    """Each param group's gradients as backward made them (None for a parameter without one)."""
+    backward = weights.backward
+    return [[p.grad if p.grad is None or backward is None else backward.made(p, unscale) for p in group["params"]]
+            for group in weights.param_groups]
+
+
+def take_scale_off(weights, grad_scaler) -> tuple[list[list[torch.Tensor | None]], bool]:
+    """From GradScaler.step(weights): the gradients as backward made them, divided by the scale as the scaler
+    divides p.grad, and whether the scaler found an infinite gradient. p.grad is unscaled in place by the scaler
+    (here, unless the caller did it first, to clip), which also records what its update() reads."""
+    state = grad_scaler._per_optimizer_states[id(weights)]
+    unscale = torch.tensor(grad_scaler.get_scale(), dtype=torch.float64).reciprocal().float()
+    made = made_gradients(weights, unscale)
+    if state["stage"] is not OptState.UNSCALED:
+        grad_scaler.unscale_(weights)
+    found_inf = sum(float(found) for found in state["found_inf_per_device"].values())
+    return made, found_inf > 0

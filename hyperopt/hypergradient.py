@@ -88,7 +88,7 @@ def hypergradient(level, group: dict, upstream: list[torch.Tensor | None], t, ho
         return torch.zeros_like(raw)
     params, upstream = [group["params"][i] for i in chosen], [upstream[i] for i in chosen]
     learned = level.learned(group)
-    h = level.values(group, t, host=host)
+    h = level.values(group, t, host=host, last=True)
     states = [level.state[p] for p in params]
     ranks = [p.dim() for p in params]
     sums = level.compiled("group_dots", group_dots)(level, operands(h, runs, ranks, raw.dtype), learned, states,
@@ -172,6 +172,8 @@ def update(level, group: dict, grads: list[torch.Tensor | None], active: torch.T
     params, grads = [group["params"][i] for i in chosen], [grads[i] for i in chosen]
     runs, raw = group["runs"], group["hyper_raw"]
     h = level.values(group, t, host=host)
+    # the settings (a schedule's) of the update the next hypergradient differentiates
+    group["last_step"] = {name: group[name] for name in level.HYPERPARAMETERS}
     run = group_update if first else level.compiled("group_update", group_update)  # the first makes the state
     hs = operands(h, runs, [p.dim() for p in params], raw.dtype)
     steps = run(level, hs, level.learned(group), list(grads), [level.state[p] for p in params])
@@ -203,25 +205,22 @@ def gradient(level, group: dict, p: torch.Tensor, g: torch.Tensor | None) -> tor
     return g + decay * p if decay else g
 
 
-def step_stack(weights, grad_scale: torch.Tensor | None = None) -> None:
+def step_stack(weights, made: list[list[torch.Tensor | None]]) -> None:
     """One step of the stack whose weights' optimizer is `weights`: each level's hyperparameters are updated by
     the level above before they update the level below (the reference code's order). Every level of a param group
-    steps once a step, so the group's step count, kept by the weights' optimizer, is every level's. The weights'
-    hypergradient is from their gradients as backward made them (hyperopt/gradients.py); `grad_scale`, a
-    GradScaler's scale, is taken off first."""
+    steps once a step, so the group's step count, kept by the weights' optimizer, is every level's. `made` is each
+    weight's gradient as backward made it (hyperopt/gradients.py), for the hypergradient; the update uses p.grad.
+    A param group none of whose parameters has a gradient takes no step at any level, as torch.optim leaves it:
+    its step count (Adam's bias correction) and the update its next hypergradient differentiates stay as they are."""
     levels = weights.levels()
     host = on_host(weights)
+    stepping = [any(p.grad is not None for p in group["params"]) for group in weights.param_groups]
+    if not any(stepping):
+        return
+    lead = stepping.index(True)  # the group whose step count the divergence checks report
     states = [weights.state[group["params"][0]] for group in weights.param_groups]
     counts = [state.get("step") for state in states]  # updates so far; None before the first
     ts = [None if count is None else float(count) if host else count for count in counts]
-    unscale = None if grad_scale is None else grad_scale.double().reciprocal().float()
-    made = [[p.grad if p.grad is None or weights.backward is None else weights.backward.made(p, unscale)
-             for p in group["params"]] for group in weights.param_groups]
-    if unscale is not None:
-        for group in weights.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    p.grad.mul_(unscale.to(p.grad.device))
     grads = [[[gradient(weights, group, p, p.grad) for p in group["params"]] for group in weights.param_groups]]
     upstream = [[g if m is p.grad else gradient(weights, group, p, m) for p, g, m in zip(group["params"], gs, ms)]
                 for group, gs, ms in zip(weights.param_groups, grads[0], made)]
@@ -233,20 +232,22 @@ def step_stack(weights, grad_scale: torch.Tensor | None = None) -> None:
             group["hyper_raw"].grad = h  # the level above's gradient, as torch.optim would see it
     active = None
     if weights.check_finite and len(levels) > 1:
-        active = check(weights, levels, grads, counts)
-    for group, state, count in zip(weights.param_groups, states, counts):
+        active = check(weights, levels, grads, counts[lead])
+    for group, state, count, steps in zip(weights.param_groups, states, counts, stepping):
+        if not steps:
+            continue
         if count is None:
             raw = group["hyper_raw"]
             state["step"] = torch.zeros((), dtype=raw.dtype, device=raw.device)
         state["step"].add_(1)
-    ts = [float(state["step"]) if host else state["step"] for state in states]
+    ts = [None if not steps else float(state["step"]) if host else state["step"]
+          for state, steps in zip(states, stepping)]
     for level, level_grads in reversed(list(zip(levels, grads))):
-        for group, g, t, count in zip(level.param_groups, level_grads, ts, counts):
-            update(level, group, g, active, t, count is None, host)
+        for group, g, t, count, steps in zip(level.param_groups, level_grads, ts, counts, stepping):
+            if steps:
+                update(level, group, g, active, t, count is None, host)
     if weights.check_finite and len(levels) > 1:
-        check_ranges(weights, levels, states[0]["step"], host)
-    if weights.backward is not None:
-        weights.backward.forget()
+        check_ranges(weights, levels, states[lead]["step"], host)
 
 
 def check_ranges(weights, levels, step: torch.Tensor, host: bool) -> None:
@@ -284,12 +285,12 @@ def check_ranges(weights, levels, step: torch.Tensor, host: bool) -> None:
                         raw[:, i].clamp_(0.0, math.nextafter(1.0, 0.0) if name in UNIT_RANGE else None)
 
 
-def check(weights, levels, grads, counts) -> torch.Tensor | None:
-    """Record, on the device, the runs whose hypergradient is not finite and return which go on (counts: each
-    group's updates so far; grads: the weights' gradients, then each level's hypergradients). At the first step,
-    which has no hypergradient yet, the weights' gradients are looked at instead. A lone run in eager mode reads
-    one flag and raises DivergenceError before anything changes."""
-    count, hypergradients = counts[0], grads[1:]
+def check(weights, levels, grads, count) -> torch.Tensor | None:
+    """Record, on the device, the runs whose hypergradient is not finite and return which go on (count: the
+    updates so far; grads: the weights' gradients, then each level's hypergradients). At the first step, which has
+    no hypergradient yet, the weights' gradients are looked at instead. A lone run in eager mode reads one flag and
+    raises DivergenceError before anything changes."""
+    hypergradients = grads[1:]
     first = weights_gradient_sums(weights, grads[0]) if count is None else None
     if weights.param_groups[0]["runs"] is None and not torch.compiler.is_compiling():
         total = None if first is None else float(first.sum())

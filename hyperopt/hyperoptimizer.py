@@ -27,7 +27,7 @@ import torch
 from . import hypergradient
 from .checks import check_learn, check_values, numbers, per_hyperparameter
 from .divergence import Divergence
-from .gradients import BackwardGradients
+from .gradients import BackwardGradients, made_gradients, take_scale_off
 from .parameterisations import SQUARE, Parameterisation
 
 
@@ -56,8 +56,8 @@ class Hyperoptimizer(torch.optim.Optimizer):
           group's sums are added up. Tests check them against autograd of `update` itself.
     """
 
-    # GradScaler hands its scale and whether it found an infinite gradient to step() (grad_scale, found_inf),
-    # rather than unscaling the gradients itself: the hypergradient needs them as backward made them
+    # GradScaler hands itself to step() rather than unscaling the gradients itself: the hypergradient needs them
+    # as backward made them, and the scale
     _step_supports_amp_scaling = True
 
     NAME: str
@@ -137,7 +137,8 @@ class Hyperoptimizer(torch.optim.Optimizer):
         return f"{self.NAME} has no hyperparameter {sorted(names)}; it has {list(self.HYPERPARAMETERS)}{hint}"
 
     # Keys a param group may hold beyond the hyperparameters: torch.optim's own, and a scheduler's.
-    GROUP_KEYS = {"params", "param_names", "name", "learn", "runs", "initial", "without_grad", "initial_lr"}
+    GROUP_KEYS = {"params", "param_names", "name", "learn", "runs", "initial", "without_grad", "last_step",
+                  "initial_lr"}
 
     def add_param_group(self, param_group: dict) -> None:
         if not isinstance(param_group, dict):
@@ -294,12 +295,12 @@ class Hyperoptimizer(torch.optim.Optimizer):
         """The hyperparameters of this group that the level above learns (none at the top of the stack)."""
         return group["learn"] if self.hyper is not None else ()
 
-    def _fixed(self, group: dict) -> dict:
+    def _fixed(self, group: dict, settings: dict) -> dict:
         # A learnable value at the top of a stack goes through its parameterisation and back, as the reference,
         # which stores it that way at every height, uses it (RMSProp's α is (√α)², to the last bit). A group of
         # runs did so once, when it was made.
         learned = self.learned(group)
-        fixed = {name: group[name] for name in self.HYPERPARAMETERS if name not in learned}
+        fixed = {name: settings[name] for name in self.HYPERPARAMETERS if name not in learned}
         if self.hyper is None and group["runs"] is None:
             for name in group["learn"]:
                 if isinstance(fixed[name], torch.Tensor):  # one value per hyperparameter below: set, not stored
@@ -309,17 +310,20 @@ class Hyperoptimizer(torch.optim.Optimizer):
         return fixed
 
     def values(self, group: dict, t: torch.Tensor | None = None, raw: torch.Tensor | None = None,
-               host: bool = False) -> dict:
+               host: bool = False, last: bool = False) -> dict:
         """The hyperparameters a group's update uses: each learned one a (runs, 1) tensor, each fixed one as the
         group holds it; with the step t, also the quantities of that step (Adam's bias corrections).
         ``raw`` stands in for the group's raw values (the tests differentiate the update through it). With
-        ``host`` (a lone run on the CPU: hypergradient.on_host), all of them Python numbers (t one too)."""
-        values = self._fixed(group)
+        ``host`` (a lone run on the CPU: hypergradient.on_host), all of them Python numbers (t one too). With
+        ``last``, the group's settings as its last update found them (what a schedule had set then), for the
+        hypergradient, which differentiates that update."""
+        settings = self.settings(group, last)
+        values = self._fixed(group, settings)
         if host:
             raw = group["hyper_raw"].tolist()[0]
         else:
             raw = group["hyper_raw"].detach().unbind(1) if raw is None else raw.unbind(1)
-        scheduled = self.scheduled(group)
+        scheduled = self.scheduled(group, settings)
         for name, value in zip(self.learned(group), raw):
             value = self.HYPERPARAMETERS[name][1].to_value(value if host else value.unsqueeze(1))
             if name in scheduled:
@@ -333,13 +337,19 @@ class Hyperoptimizer(torch.optim.Optimizer):
             values.update(self.step_scalars(values, t))
         return values
 
-    def scheduled(self, group: dict) -> dict:
-        """{name: (the group's value now, its value when the group was made)} for each learned hyperparameter a
+    @staticmethod
+    def settings(group: dict, last: bool = False) -> dict:
+        """Where a group's settings (each hyperparameter as a schedule or the caller set it) are read: the group
+        itself, or with ``last`` what they were when its last update was taken (a schedule has moved them since)."""
+        return group.get("last_step", group) if last else group
+
+    def scheduled(self, group: dict, settings: dict) -> dict:
+        """{name: (the group's setting, its value when the group was made)} for each learned hyperparameter a
         schedule may have moved: one whose number has changed, or one held as a tensor (a value per run), which is
         not read back to the host to find out."""
         moved = {}
         for name, initial in group["initial"].items() if self.hyper is not None else ():
-            now = group[name]
+            now = settings[name]
             if isinstance(now, torch.Tensor) or isinstance(initial, torch.Tensor):
                 moved[name] = (now, initial)
             elif now != initial:
@@ -351,9 +361,10 @@ class Hyperoptimizer(torch.optim.Optimizer):
         return moved
 
     def schedule_slopes(self, group: dict) -> dict:
-        """∂(value used)/∂(learned value) of each scheduled hyperparameter: the schedule's factor."""
+        """∂(value used)/∂(learned value) of each scheduled hyperparameter in the group's last update: the
+        schedule's factor then."""
         slopes = {}
-        for name, (now, initial) in self.scheduled(group).items():
+        for name, (now, initial) in self.scheduled(group, self.settings(group, last=True)).items():
             slopes[name] = now / initial if not isinstance(now, torch.Tensor) else torch.where(
                 now == initial, 1.0, now / initial)
         return slopes
@@ -369,29 +380,34 @@ class Hyperoptimizer(torch.optim.Optimizer):
 
     # ----------------------------------------------------------------- one step of the whole stack
     @torch.no_grad()
-    def step(self, closure: Callable | None = None):
-        """Hypergradients bottom-up, then updates top-down (hyperopt/hypergradient.py)."""
+    def step(self, closure: Callable | None = None, grad_scaler: torch.amp.GradScaler | None = None):
+        """Hypergradients bottom-up, then updates top-down (hyperopt/hypergradient.py). ``grad_scaler`` is
+        GradScaler.step's own (scaler.step(opt) hands itself over): its scale is taken off the gradients exactly,
+        and a step it would skip is skipped, as it skips torch.optim's."""
         if not self.attached:
             raise RuntimeError(f"{self.NAME} has no parameters: pass them (params=...) or use it as hyper= of "
                                "another optimizer")
         if self._owner is not None:
             raise RuntimeError(f"this {self.NAME} is a level above another optimizer: call step() on the "
                                "weights' optimizer, which steps the whole stack")
+        if hasattr(self, "found_inf"):
+            raise RuntimeError("this torch's GradScaler no longer hands itself to step(), so the hypergradient "
+                               "cannot take its scale off: use torch<=2.14's GradScaler, or bf16 autocast (which "
+                               "needs no scaler)")
         for level in self.levels()[1:]:  # it steps too: a scheduler of a level above checks (torch reads this flag)
             level._opt_called = True
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        found_inf, grad_scale = getattr(self, "found_inf", None), getattr(self, "grad_scale", None)
-        if found_inf is not None:  # a GradScaler's step
-            if float(found_inf) > 0:  # as GradScaler skips torch.optim's step: nothing changes
-                if self.backward is not None:
-                    self.backward.forget()  # (what the hooks saw is of this step's gradients only)
-                return loss
-            if grad_scale is None and self.backward is not None:
-                self.backward.unscaled_first()
-        hypergradient.step_stack(self, grad_scale)
+        if grad_scaler is None:
+            made, skip = made_gradients(self), False
+        else:
+            made, skip = take_scale_off(self, grad_scaler)
+        if not skip:
+            hypergradient.step_stack(self, made)
+        if self.backward is not None:
+            self.backward.forget()  # (what backward made is of this step's gradients only)
         return loss
 
     def diverged(self) -> list[dict]:

@@ -81,3 +81,28 @@ def test_a_compiled_step_computes_the_eager_numbers(spec, runs, backend):
             for name, value in theirs.items():
                 assert ours[name] == pytest.approx(value, rel=1e-10), f"level {level} {name}"
     assert eager.hyperparameters(run=0) != prepared(spec, runs, steps=0)[1].hyperparameters(run=0) or "/" not in spec
+
+
+@pytest.mark.slow  # compiling takes seconds
+@pytest.mark.parametrize("spec", ["SGD(0.1, 0.9)/SGD(1e-3)", "Adam/SGD(1e-5)"])
+@pytest.mark.parametrize("eager_steps", [0, 2])
+def test_a_compiled_step_keeps_the_hypergradient_of_the_gradient_before_clipping(spec, eager_steps):
+    """A compiled step reads no version counters: once it has been compiled, the hooks keep a copy of every
+    gradient as backward made it. (Compiled from the first step, or after eager steps that clipped.)"""
+    def clipped(model, gradient):
+        def clip_after(x, y):
+            gradient(x, y)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.05)
+        return clip_after
+    eager_model, eager, eager_gradient, _ = prepared(spec, None, steps=0)
+    model, optimizer, gradient, batches = prepared(spec, None, steps=0)
+    eager_gradient, gradient = clipped(eager_model, eager_gradient), clipped(model, gradient)
+    step = torch.compile(optimizer.step, backend="aot_eager")
+    for number, (x, y) in enumerate(batches + batches, 1):
+        eager_gradient(x, y)
+        eager.step()
+        gradient(x, y)
+        optimizer.step() if number <= eager_steps else step()
+    for (name, a), b in zip(model.named_parameters(), eager_model.parameters()):
+        assert_relative_close(a, b, 1e-10, name)
+    assert optimizer.hyperparameters()[0]["lr"] == pytest.approx(eager.hyperparameters()[0]["lr"], rel=1e-10)
