@@ -23,6 +23,8 @@ import torch
 from torch.amp.grad_scaler import OptState
 from torch.autograd import Variable
 
+from .shards import is_dtensor, local
+
 # GradScaler says, at each step, that it will one day stop handing itself to an optimizer that takes it; ours
 # needs the scale (hyperopt/hyperoptimizer.py refuses to step if a later torch stops), so the notice is not
 # shown to our users every step.
@@ -31,11 +33,6 @@ warnings.filterwarnings("ignore", message="GradScaler is going to stop passing i
 
 class ClippedGradientWarning(UserWarning):
     """The hypergradient could not see the gradient as backward made it, and uses the one step() found."""
-
-
-def local(tensor: torch.Tensor) -> torch.Tensor:
-    """A DTensor's shard on this process (FSDP2's parameters and gradients), any other tensor as it is."""
-    return tensor._local_tensor if hasattr(tensor, "_local_tensor") else tensor
 
 
 class BackwardGradients:
@@ -47,12 +44,23 @@ class BackwardGradients:
         self.copies: dict[torch.Tensor, torch.Tensor] = {}  # kept from step to step, written in place
         self.marked: list[torch.Tensor] = []  # accumulated into by the backward under way
         self.copying = False
+        self.blind = False  # whether in-place changes of the gradients can go unseen
         self.compiled = False
         self.handles = []
 
     def watch(self, params) -> None:
         hook = _Hook(weakref.ref(self))
         self.handles += [p.register_post_accumulate_grad_hook(hook) for p in params if p.requires_grad]
+        # In-place operations on a DTensor (FSDP2's gradients: clip_grad_norm_) move no version counter, so a
+        # change cannot be seen: a copy of each gradient is kept (memory: this process's shard of one gradient).
+        self.blind = self.blind or any(is_dtensor(p) for p in params)
+        self.copying = self.copying or self.blind
+        if any(getattr(p, "_fsdp_flattened", False) for p in params):
+            warnings.warn(ClippedGradientWarning(
+                "FSDP1 computes the gradients of its flat parameters, not of these: no hook sees them as backward "
+                "makes them, so the hypergradient uses p.grad as step() finds it, clipped if you clip. Without "
+                "clipping it is exact; to clip, use FSDP2's fully_shard, whose gradients the hooks see"),
+                stacklevel=4)
 
     def mark(self, p: torch.Tensor) -> None:
         if not self.marked:
@@ -68,7 +76,7 @@ class BackwardGradients:
                 continue
             self.seen[p] = (grad, local(grad)._version)
             if self.copying or self.compiled:
-                copy = self.copies.get(p)
+                copy, grad = self.copies.get(p), local(grad)
                 if copy is None or copy.shape != grad.shape:
                     self.copies[p] = grad.clone()
                 else:
@@ -84,7 +92,7 @@ class BackwardGradients:
             copy = self.copies.get(p)
         else:
             seen = self.seen.get(p)
-            if seen is None or seen[0] is p.grad and seen[1] == local(p.grad)._version:
+            if seen is None or not self.blind and seen[0] is p.grad and seen[1] == local(p.grad)._version:
                 return p.grad  # unchanged since backward (or set by hand, not by backward)
             copy = self.copies.get(p) if self.copying else None
             # the first step with clipping: its hypergradient is 0 (or, later, this step's is off)

@@ -28,6 +28,7 @@ import torch
 from .divergence import UNIT_RANGE, DivergenceError, OutOfRangeWarning
 from .parameterisations import IDENTITY
 from .scalars import divide
+from .shards import local, sum_over_shards
 
 
 def run_dot(a: torch.Tensor, b: torch.Tensor, runs: int | None) -> torch.Tensor:
@@ -80,7 +81,8 @@ def one_element_tensors(numbers: tuple[float, ...], dtype: torch.dtype) -> tuple
 def hypergradient(level, group: dict, upstream: list[torch.Tensor | None], t, host: bool) -> torch.Tensor:
     """∂L/∂(the group's raw hyperparameters), (runs, learned), from u = ∂L/∂(each of its parameters) (None for one
     without a gradient), t updates after the first (None before it: the loss does not depend on h yet). A
-    parameter adds to it if it has a gradient now and was updated by the last step."""
+    parameter adds to it if it has a gradient now and was updated by the last step. It is linear in u: over
+    shards (a DTensor's), this process's share, which the processes holding the others complete by a sum."""
     raw, runs = group["hyper_raw"], group["runs"]
     skipped = set(group["without_grad"])
     chosen = [i for i, u in enumerate(upstream) if u is not None and i not in skipped]
@@ -102,7 +104,7 @@ def hypergradient(level, group: dict, upstream: list[torch.Tensor | None], t, ho
         terms = level.hypergradient_terms(h, learned, list(sums))
         raw_values = raw.detach().unbind(1)
     if level.DECOUPLED_DECAY:
-        terms = decoupled_decay_terms(h, learned, terms, params, upstream, runs, host)
+        terms = decoupled_decay_terms(h, learned, terms, [local(p) for p in params], upstream, runs, host)
     slopes = level.schedule_slopes(group)
     columns = []
     for name, term, value in zip(learned, terms, raw_values):  # the chain rule through a schedule's factor and
@@ -170,13 +172,15 @@ def update(level, group: dict, grads: list[torch.Tensor | None], active: torch.T
     if not chosen:
         return
     params, grads = [group["params"][i] for i in chosen], [grads[i] for i in chosen]
+    states = [level.state[p] for p in params]
+    params = [local(p) for p in params]  # (a DTensor's shard: the update is element by element)
     runs, raw = group["runs"], group["hyper_raw"]
     h = level.values(group, t, host=host)
     # the settings (a schedule's) of the update the next hypergradient differentiates
     group["last_step"] = {name: group[name] for name in level.HYPERPARAMETERS}
     run = group_update if first else level.compiled("group_update", group_update)  # the first makes the state
     hs = operands(h, runs, [p.dim() for p in params], raw.dtype)
-    steps = run(level, hs, level.learned(group), list(grads), [level.state[p] for p in params])
+    steps = run(level, hs, level.learned(group), list(grads), states)
     decays = [None] * len(params)
     if level.DECOUPLED_DECAY:
         decays = [1.0 - h_p["lr"] * h_p["weight_decay"] for h_p in hs]
@@ -196,9 +200,10 @@ def update(level, group: dict, grads: list[torch.Tensor | None], active: torch.T
 def gradient(level, group: dict, p: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor | None:
     """A parameter's gradient g, with weight decay added as torch.optim.SGD adds it (unless the level decouples
     it): the update and the hypergradient are then those of the loss plus (weight_decay / 2)·|w|². None without
-    one."""
+    one; this process's shard of a DTensor's."""
     if g is None:
         return None
+    p, g = local(p), local(g)
     decay = 0.0 if level.DECOUPLED_DECAY else group.get("weight_decay", 0.0)
     if isinstance(decay, torch.Tensor):  # one per run
         return g + operands({"decay": decay}, group["runs"], [p.dim()], p.dtype)[0]["decay"] * p
@@ -211,28 +216,37 @@ def step_stack(weights, made: list[list[torch.Tensor | None]]) -> None:
     steps once a step, so the group's step count, kept by the weights' optimizer, is every level's. `made` is each
     weight's gradient as backward made it (hyperopt/gradients.py), for the hypergradient; the update uses p.grad.
     A param group none of whose parameters has a gradient takes no step at any level, as torch.optim leaves it:
-    its step count (Adam's bias correction) and the update its next hypergradient differentiates stay as they are."""
+    its step count (Adam's bias correction) and the update its next hypergradient differentiates stay as they are.
+    Where the weights are shards held by several processes, what they decide together is summed over them in one
+    all-reduce (`decide_together`)."""
     levels = weights.levels()
     host = on_host(weights)
     stepping = [any(p.grad is not None for p in group["params"]) for group in weights.param_groups]
-    if not any(stepping):
+    if weights.shard_group is None and not any(stepping):
         return
-    lead = stepping.index(True)  # the group whose step count the divergence checks report
     states = [weights.state[group["params"][0]] for group in weights.param_groups]
     counts = [state.get("step") for state in states]  # updates so far; None before the first
     ts = [None if count is None else float(count) if host else count for count in counts]
     grads = [[[gradient(weights, group, p, p.grad) for p in group["params"]] for group in weights.param_groups]]
     upstream = [[g if m is p.grad else gradient(weights, group, p, m) for p, g, m in zip(group["params"], gs, ms)]
                 for group, gs, ms in zip(weights.param_groups, grads[0], made)]
-    for level in levels[:-1]:
-        grads.append([[hypergradient(level, group, us, t, host)]
-                      for group, us, t in zip(level.param_groups, upstream, ts)])
+    checking = weights.check_finite and len(levels) > 1
+    first = None  # the weights' gradients summed, at a group's first step, which has no hypergradient yet
+    if checking and any(steps and count is None for steps, count in zip(stepping, counts)):
+        first = weights_gradient_sums(weights, grads[0])
+    for k, level in enumerate(levels[:-1]):
+        hypergradients = [hypergradient(level, group, us, t, host)
+                          for group, us, t in zip(level.param_groups, upstream, ts)]
+        if k == 0 and weights.shard_group is not None:
+            stepping, first, hypergradients = decide_together(weights, stepping, first, hypergradients, counts)
+        grads.append([[h] for h in hypergradients])
         upstream = grads[-1]
-        for group, (h,) in zip(level.param_groups, grads[-1]):
+        for group, h in zip(level.param_groups, hypergradients):
             group["hyper_raw"].grad = h  # the level above's gradient, as torch.optim would see it
-    active = None
-    if weights.check_finite and len(levels) > 1:
-        active = check(weights, levels, grads, counts[lead])
+    if not any(stepping):
+        return
+    lead = stepping.index(True)  # the group whose step count the divergence checks report
+    active = check(weights, levels, grads[1:], counts[lead], first) if checking else None
     for group, state, count, steps in zip(weights.param_groups, states, counts, stepping):
         if not steps:
             continue
@@ -246,8 +260,28 @@ def step_stack(weights, made: list[list[torch.Tensor | None]]) -> None:
         for group, g, t, count, steps in zip(level.param_groups, level_grads, ts, counts, stepping):
             if steps:
                 update(level, group, g, active, t, count is None, host)
-    if weights.check_finite and len(levels) > 1:
+    if checking:
         check_ranges(weights, levels, states[lead]["step"], host)
+
+
+def decide_together(weights, stepping: list[bool], first: torch.Tensor | None, hypergradients: list, counts):
+    """What the processes holding the weights' shards decide together, summed over them in one all-reduce that
+    every one enters every step, whatever it holds (hyperopt/shards.py): whether each sharded group steps (any
+    process has a gradient for it), the first step's gradient sum (a NaN on any shard), and each sharded group's
+    hypergradient (linear in the gradients, so the sum of each process's share)."""
+    count = weights.param_groups[0]["hyper_raw"].shape[0]
+    device = weights.param_groups[0]["hyper_raw"].device
+    shared = [hypergradient if sharded and t is not None else None
+              for hypergradient, sharded, t in zip(hypergradients, weights.sharded, counts)]
+    flags = torch.tensor(stepping, dtype=torch.float64, device=device)
+    first_slot = torch.zeros(count, dtype=torch.float64, device=device) if first is None else first
+    flags, first_slot, *shared = sum_over_shards(weights.shard_group, [flags, first_slot, *shared])
+    anywhere = flags.tolist()
+    stepping = [(steps or bool(anywhere[i])) if sharded else steps
+                for i, (steps, sharded) in enumerate(zip(stepping, weights.sharded))]
+    needed = weights.check_finite and any(steps and c is None for steps, c in zip(stepping, counts))
+    hypergradients = [own if total is None else total for own, total in zip(hypergradients, shared)]
+    return stepping, first_slot if needed else None, hypergradients
 
 
 def check_ranges(weights, levels, step: torch.Tensor, host: bool) -> None:
@@ -285,13 +319,11 @@ def check_ranges(weights, levels, step: torch.Tensor, host: bool) -> None:
                         raw[:, i].clamp_(0.0, math.nextafter(1.0, 0.0) if name in UNIT_RANGE else None)
 
 
-def check(weights, levels, grads, count) -> torch.Tensor | None:
-    """Record, on the device, the runs whose hypergradient is not finite and return which go on (count: the
-    updates so far; grads: the weights' gradients, then each level's hypergradients). At the first step, which has
-    no hypergradient yet, the weights' gradients are looked at instead. A lone run in eager mode reads one flag and
-    raises DivergenceError before anything changes."""
-    hypergradients = grads[1:]
-    first = weights_gradient_sums(weights, grads[0]) if count is None else None
+def check(weights, levels, hypergradients, count, first: torch.Tensor | None) -> torch.Tensor | None:
+    """Record, on the device, the runs whose hypergradient (each level's) is not finite and return which go on
+    (count: the updates so far). At the first step, which has no hypergradient yet, the sum of the weights'
+    gradients (`first`) is looked at instead. A lone run in eager mode reads one flag and raises DivergenceError
+    before anything changes."""
     if weights.param_groups[0]["runs"] is None and not torch.compiler.is_compiling():
         total = None if first is None else float(first.sum())
         if total is not None and not math.isfinite(total):

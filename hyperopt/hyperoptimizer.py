@@ -29,6 +29,10 @@ from .checks import check_learn, check_values, numbers, per_hyperparameter
 from .divergence import Divergence
 from .gradients import BackwardGradients, made_gradients, take_scale_off
 from .parameterisations import SQUARE, Parameterisation
+from .shards import groups_sharded
+
+
+GIVEN_BY_HAND = "a process group given by hand, which a copy does not carry"
 
 
 def _number_or_values(value):
@@ -72,7 +76,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable | None = None, *, hyper: Hyperoptimizer | None = None,
                  learn: Iterable[str] | None = None, check_finite: bool = True, keep_in_range: bool = False,
-                 compile: bool = False, runs: int | None = None, **values):
+                 compile: bool = False, runs: int | None = None, process_group=None, **values):
         options = {**self.OPTIONS, **{name: bool(values.pop(name)) for name in list(values) if name in self.OPTIONS}}
         unknown = set(values) - set(self.HYPERPARAMETERS)
         if unknown:
@@ -101,6 +105,11 @@ class Hyperoptimizer(torch.optim.Optimizer):
         self.keep_in_range = keep_in_range
         self.compile = compile
         self._compiled: dict[str, Callable] = {}
+        # Several processes (hyperopt/shards.py): the group the weights' shards are spread over, as given for what
+        # the parameters cannot tell, and as found; which param groups hold shards.
+        self.process_group = process_group
+        self.shard_group = None
+        self.sharded: list[bool] = []
         self.defaults = defaults  # (torch.optim.Optimizer sets it again when the level gets its parameters)
         self.attached = False
         self._owner: Hyperoptimizer | None = None
@@ -143,6 +152,14 @@ class Hyperoptimizer(torch.optim.Optimizer):
     def add_param_group(self, param_group: dict) -> None:
         if not isinstance(param_group, dict):
             raise TypeError(f"a param group is a dict, not {type(param_group).__name__}")
+        arguments = sorted(set(param_group) & {"hyper", "check_finite", "keep_in_range", "compile", "process_group"})
+        if arguments:  # ZeroRedundancyOptimizer puts the optimizer's keyword arguments into each param group
+            raise ValueError(
+                f"a param group holds {arguments}, a keyword argument of the optimizer (as ZeroRedundancyOptimizer("
+                "params, optimizer_class, **kwargs) passes them); ZeRO gives each process tensors of its own, whose "
+                "hypergradient sums the processes must complete: build the stack with ZeroRedundancyOptimizer("
+                "params, functools.partial(hyperopt.stack, 'SGD(0.1)/SGD(1e-3)', process_group=GROUP)), GROUP "
+                "being ZeRO's process group")
         unknown = set(param_group) - set(self.HYPERPARAMETERS) - set(self.OPTIONS) - self.GROUP_KEYS
         if unknown:
             raise ValueError(f"a param group holds a key {self.NAME} would not use: "
@@ -153,6 +170,11 @@ class Hyperoptimizer(torch.optim.Optimizer):
             param_group["learn"] = self.default_learn({**self.defaults, **param_group})
         super().add_param_group(param_group)
         group = self.param_groups[-1]
+        if not group["params"]:
+            self.param_groups.pop()
+            raise ValueError(f"{self.NAME}: a param group without parameters (ZeroRedundancyOptimizer gives a "
+                             "process none of a group's tensors where the group has fewer tensors than there are "
+                             "processes: merge it with another group)")
         first = group["params"][0]
         runs = group["runs"]
         complex_ = [tuple(p.shape) for p in group["params"] if p.is_complex()]
@@ -213,6 +235,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
                 raise ValueError(f"{self.NAME}: every param group of a stack of runs has the same number of runs "
                                  f"({len(self.divergence.tensors['step'])}), not {count}")
         if self.hyper is not None and self._owner is None:
+            self._note_shards(group)
             self.backward = self.backward or BackwardGradients()
             self.backward.watch(group["params"])
         if self.hyper is not None:
@@ -224,6 +247,15 @@ class Hyperoptimizer(torch.optim.Optimizer):
             else:
                 self.hyper._owner = self
                 self.hyper._attach([hyper_group])
+
+    def _note_shards(self, group: dict) -> None:
+        """Whether the group's weights are shards whose sums the other processes complete, and over which group."""
+        over = groups_sharded(group["params"], self.process_group)
+        if over is not None and self.shard_group is not None and over is not self.shard_group:
+            raise ValueError(f"{self.NAME}: its param groups are sharded over different process groups; a stack "
+                             "sums its hypergradient over one: shard every parameter over the same processes")
+        self.shard_group = self.shard_group if over is None else over
+        self.sharded.append(over is not None)
 
     def _is_per_run(self, name: str, value) -> bool:
         # A level above holds a value per hyperparameter of the level below as a tensor too; any other sequence or
@@ -390,6 +422,10 @@ class Hyperoptimizer(torch.optim.Optimizer):
         if self._owner is not None:
             raise RuntimeError(f"this {self.NAME} is a level above another optimizer: call step() on the "
                                "weights' optimizer, which steps the whole stack")
+        if self.process_group is GIVEN_BY_HAND:
+            raise RuntimeError(f"this {self.NAME} is a copy of a stack whose weights were sharded over the "
+                               "process_group= it was given, which a copy cannot carry: build the stack anew with "
+                               "it, and load_state_dict the copy's state")
         if hasattr(self, "found_inf"):
             raise RuntimeError("this torch's GradScaler no longer hands itself to step(), so the hypergradient "
                                "cannot take its scale off: use torch<=2.14's GradScaler, or bf16 autocast (which "
@@ -471,7 +507,11 @@ class Hyperoptimizer(torch.optim.Optimizer):
         # torch.optim pickles only defaults, state and param_groups; a level also needs the stack around it (copy,
         # deepcopy, pickle, torch.save of the optimizer). Compiled functions are made again where needed, and
         # the hooks on the copy's own parameters.
-        return {**self.__dict__, "_compiled": {}, "backward": self.backward is not None and self.backward.copying}
+        # A process group does not pickle: the copy finds its shards again from its DTensor parameters, and refuses
+        # to step where they were given by hand (process_group=).
+        return {**self.__dict__, "_compiled": {}, "backward": self.backward is not None and self.backward.copying,
+                "process_group": None if self.process_group is None else GIVEN_BY_HAND, "shard_group": None,
+                "sharded": []}
 
     def __setstate__(self, state: dict) -> None:
         if "backward" not in state:  # torch.optim's load_state_dict sets the state and groups alone
@@ -483,6 +523,8 @@ class Hyperoptimizer(torch.optim.Optimizer):
             self.backward = BackwardGradients()
             self.backward.copying = copying
             for group in self.param_groups:
+                if self.process_group is not GIVEN_BY_HAND:
+                    self._note_shards(group)
                 self.backward.watch(group["params"])
 
     def state_dict(self) -> dict:
