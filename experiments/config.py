@@ -87,6 +87,8 @@ RULES = {
     "epochs": _whole(1),
     "batch_size": _whole(1),
     "device": _DEVICE,
+    "distributed": ((lambda value: value is None or value == "ddp"),
+                    "null (one process) or ddp (the processes torchrun starts)"),
     "logger": _one_of("local", "wandb"),
     "wandb.project": _TEXT,
     "wandb.mode": _one_of("online", "offline", "disabled"),

@@ -22,13 +22,15 @@ from pathlib import Path
 
 import hydra
 import torch
-from omegaconf import DictConfig
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 import hyperopt
 from experiments.checkpoints import CheckpointNotSaved, Checkpoints, UnsafeCheckpoint
 from experiments.config import register_configs, validate
+from experiments.distributed import ReplicaRecord, World
 from experiments.loggers import make_logger
 from experiments.optimizers import Baseline, build_optimizer, set_mode, stack_levels
 from experiments.provenance import machine
@@ -75,18 +77,22 @@ def seeded_model(cfg: DictConfig, config: dict, task, device: torch.device) -> t
 
 
 class Alone:
-    """One run: its model and any optimizer, with its schedule."""
+    """One run: its model and any optimizer, with its schedule; trained by one process, or by several (`world`:
+    each takes its share of every batch, and DistributedDataParallel averages the gradients)."""
 
-    def __init__(self, run: OpenRun, task, device: torch.device):
+    def __init__(self, run: OpenRun, task, device: torch.device, world: World | None = None):
         cfg = run.cfg
-        self.task = task
+        self.task, self.world = task, world
         self.model = seeded_model(cfg, run.config, task, device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.trained = self.model if world is None else world.wrap(self.model, device)
         if cfg.backend == "reference":
             from experiments.reference import ReferenceBackend
             if cfg.schedule is not None:
                 raise ValueError("backend=reference runs the reference code's stacks, which take no schedule")
+            if world is not None:
+                raise ValueError("backend=reference trains one process: drop distributed=ddp")
             self.optimizer = ReferenceBackend(run.config["optimizer"], self.model)
             return
         self.optimizer = build_optimizer(run.config["optimizer"], self.model.parameters(), compile=cfg.compile)
@@ -95,7 +101,8 @@ class Alone:
                              else self.optimizer).param_groups
 
     def step(self, batches: list) -> torch.Tensor:
-        return self.task.step(self.model, self.optimizer, batches[0]).reshape(1)
+        batch = batches[0] if self.world is None else self.world.share(batches[0])
+        return self.task.step(self.trained, self.optimizer, batch).reshape(1)
 
     def evaluate(self, train_losses: list[float]) -> list[dict]:
         set_mode(self.optimizer, "eval")
@@ -212,9 +219,9 @@ def _run_log(directory: str) -> logging.Logger:
     return logger
 
 
-def train_group(runs: list[OpenRun], as_one_network: bool = False) -> None:
-    """Train these runs, one alone (its own model and optimizer) or any number as one network, and write each one's
-    record."""
+def train_group(runs: list[OpenRun], as_one_network: bool = False, world: World | None = None) -> None:
+    """Train these runs, one alone (its own model and optimizer; by several processes, `world`) or any number as
+    one network, and write each one's record (under several processes, rank 0 alone writes)."""
     ready = []
     for run in runs:
         try:
@@ -233,19 +240,25 @@ def train_group(runs: list[OpenRun], as_one_network: bool = False) -> None:
         with StopRequest() as stop:
             try:
                 device = resolve_device(ready[0].cfg.device)
+                device = device if world is None else world.device(device)
+                writes = world is None or world.writes
                 for run in ready:
-                    run.record.amend(machine=machine(device))
-                    loggers.append(make_logger(run.cfg.logger, run.config["wandb"], run.config, run.directory,
-                                               name=f"{run.cfg.row} seed={run.cfg.seed}",
+                    run.record.amend(machine=machine(device),
+                                     **({} if world is None else {"distributed": world.describe(device)}))
+                    loggers.append(make_logger(run.cfg.logger if writes else "local", run.config["wandb"],
+                                               run.config, run.directory, name=f"{run.cfg.row} seed={run.cfg.seed}",
                                                group=f"{run.cfg.experiment}/{run.cfg.row}", record=run.record))
                 task = make_task(ready[0].cfg, device)
-                trainee = Alone(ready[0], task, device) if alone else Together(ready, task, device)
+                if world is not None:
+                    world.check_shares(task.batch_rows())
+                trainee = Alone(ready[0], task, device, world) if alone else Together(ready, task, device)
             except Exception as error:
                 plain = isinstance(error, (ValueError, FileNotFoundError, ImportError))  # messages for users
                 raise RunFailure(str(error) if plain else f"{type(error).__name__}: {error}") from error
             progress = show_progress(ready[0].cfg.progress, ready[0].multirun or not alone)
             with logging_redirect_tqdm(loggers=[logging.getLogger()] if progress else []):
-                summaries = train(ready, task, trainee, loggers, progress, stop, own_logs=as_one_network)
+                summaries = train(ready, task, trainee, loggers, progress, stop, own_logs=as_one_network,
+                                  world=world)
     except Interrupted as interruption:
         for run, logger in itertools.zip_longest(ready, loggers):
             if run.record.summary.get("status") in (None, "running"):
@@ -270,13 +283,16 @@ def train_group(runs: list[OpenRun], as_one_network: bool = False) -> None:
         raise
     for run, logger, summary in zip(ready, loggers, summaries):
         logger.finish(summary)
-        report(run.cfg.row, summary, run.directory)
+        if world is None or world.writes:
+            report(run.cfg.row, summary, run.directory)
 
 
 def train(runs: list[OpenRun], task, trainee, loggers: list, progress: bool, stop: StopRequest,
-          own_logs: bool) -> list[dict]:
+          own_logs: bool, world: World | None = None) -> list[dict]:
     """The epochs of a group of runs (trainee: Alone or Together); each run's summary. `own_logs`: each run's
-    lines go to its own train.log (a lone run's go to its Hydra job's)."""
+    lines go to its own train.log (a lone run's go to its Hydra job's). Under several processes (`world`) each
+    step's loss and whether to stop are decided together, and rank 0 alone reads and writes checkpoints."""
+    writes = world is None or world.writes
     cfg = runs[0].cfg
     count = len(runs)
     members = [run.directory for run in runs]
@@ -291,9 +307,11 @@ def train(runs: list[OpenRun], task, trainee, loggers: list, progress: bool, sto
     schedule = None if cfg.schedule is None else Schedule(
         runs[0].config["schedule"], task.steps_per_epoch, cfg.epochs, trainee.param_groups)
     try:
-        saved = checkpoints.load() if resuming else None
+        saved = checkpoints.load() if resuming and writes else None
     except UnsafeCheckpoint as error:
         raise RunFailure(str(error)) from None
+    if world is not None:
+        saved = world.from_writer(saved)
     if saved is not None and saved.get("members") != members:
         log.warning("the checkpoint in %s is of other runs: these start from their first step", runs[0].directory)
         saved = None
@@ -343,16 +361,20 @@ def train(runs: list[OpenRun], task, trainee, loggers: list, progress: bool, sto
                               disable=not progress):
                 if schedule is not None:
                     schedule.apply(step + 1)
-                losses.append(trainee.step(list(batch)))
+                loss, stopping = trainee.step(list(batch)), stop.signal_number is not None
+                if world is not None:
+                    loss, stopping = world.together(loss, stopping)
+                losses.append(loss)
                 step, done = step + 1, done + 1
                 if step % every == 0:
                     for i, run in enumerate(runs):
                         if i not in outcomes:
                             loggers[i].log_trajectory(run.record.log_hyperparameters(step, trainee.hyperparameters(i)))
-                if stop.signal_number is not None or checkpoints.due():
-                    checkpoints.save(state(time.perf_counter() - start))
-                    if stop.signal_number is not None:
-                        raise Interrupted(stop.signal_number, step)
+                if stopping or checkpoints.due():
+                    if writes:
+                        checkpoints.save(state(time.perf_counter() - start))
+                    if stopping:
+                        raise Interrupted(stop.signal_number or signal.SIGTERM, step)
         except hyperopt.DivergenceError as error:  # a lone stack: nothing changed in that step
             raised = {0: {"step": error.step, "error": str(error)}}
         stacked = torch.stack(losses).cpu() if losses else torch.zeros(0, count)  # (steps, runs)
@@ -407,11 +429,12 @@ def train(runs: list[OpenRun], task, trainee, loggers: list, progress: bool, sto
             break
         epoch, done, losses, seconds_before = epoch + 1, 0, [], 0.0
         epoch_starts = [shuffle.get_state() for shuffle in shuffles]
-        checkpoints.save(state(0.0))
+        if writes:
+            checkpoints.save(state(0.0))
     summaries = []
     for i, run in enumerate(runs):
         metrics = last[i]
-        finished = task.finish(trainee.model_of(i), run.record.directory, run.cfg.seed)
+        finished = task.finish(trainee.model_of(i), Path(run.directory), run.cfg.seed) if writes else {}
         outcome = dict(outcomes.get(i, {"status": "ok"}))
         batched = {"batched": {"runs": count, "members": members}} if own_logs else {}
         summaries.append(run.record.finish(
@@ -421,14 +444,48 @@ def train(runs: list[OpenRun], task, trainee, loggers: list, progress: bool, sto
             **finished,
             optimizer_initial=run.record.summary["optimizer_initial"], optimizer_final=trainee.describe(i),
             seconds_per_epoch=statistics.median(epoch_seconds) if epoch_seconds else float("nan"), **batched))
-    if not cfg.checkpoint.keep:
+    if not cfg.checkpoint.keep and writes:
         checkpoints.remove()
     return summaries
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIGS), config_name="config")
 def main(cfg: DictConfig) -> None:
-    """The Hydra task: one run, trained alone (experiments/train.py; hydra/launcher=batched groups runs itself)."""
-    run = open_run(cfg)
-    if run is not None:
-        train_group([run])
+    """The Hydra task: one run, trained alone (experiments/train.py; hydra/launcher=batched groups runs itself), by
+    one process or by the processes torchrun started (distributed=ddp; experiments/distributed.py)."""
+    try:
+        world = World.from_environment(cfg.get("distributed"))
+    except ValueError as error:
+        log.error("%s", error)
+        sys.exit(1)
+    if world is None:
+        run = open_run(cfg)
+        if run is not None:
+            train_group([run])
+        return
+    train_on_several_processes(cfg, world)
+
+
+def train_on_several_processes(cfg: DictConfig, world: World) -> None:
+    """Rank 0 opens the run's record and the others take its values; all train it; rank 0 alone writes."""
+    own_folder = HydraConfig.get().runtime.output_dir
+    if not world.writes:  # its lines would go into the writer's train.log too, where hydra.run.dir is given
+        root = logging.getLogger()
+        for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+            root.removeHandler(handler)
+    opened = None
+    world.start(world.device(resolve_device(cfg.device)))
+    try:
+        run = open_run(cfg) if world.writes else None
+        opened = world.from_writer(None if run is None else
+                                   (run.directory, run.record.attempt, run.record.summary, run.record.last_metrics()))
+        if opened is None:
+            return
+        if not world.writes:
+            directory, attempt, summary, last = opened
+            run = OpenRun(cfg, OmegaConf.to_container(cfg, resolve=True), ReplicaRecord(attempt, summary, last),
+                          directory, multirun=False)
+        train_group([run], world=world)
+    finally:
+        world.stop()
+        world.tidy(own_folder, None if opened is None else opened[0])

@@ -65,6 +65,10 @@ class Classification:
     def batches(self, generator: torch.Generator):
         return self.data.batches(self.batch_size, generator)
 
+    def batch_rows(self) -> set[int]:
+        """The sizes of an epoch's batches (several processes split each into equal shares)."""
+        return {self.batch_size, self.train_examples % self.batch_size or self.batch_size}
+
     def step(self, model, optimizer, batch) -> torch.Tensor:
         x, y = batch
         return train_step(model, optimizer, x.contiguous(memory_format=self.memory_format), y, self.precision)
@@ -133,6 +137,10 @@ class LanguageModelling:
     def batches(self, generator: torch.Generator):
         self.state = None
         return windows(self.data.train, self.batch_size, self.length)
+
+    def batch_rows(self) -> set[int]:
+        """The rows (streams) of every window."""
+        return {len(next(windows(self.data.train, self.batch_size, self.length))[0])}
 
     def state_dict(self) -> dict:
         """The LSTM state carried into the next window."""

@@ -14,7 +14,8 @@
 # not fail it): the tests marked cuda (every model, batched
 # and not, every optimizer, bf16, channels_last, against the CPU); bench_batched and bench_overhead (ResNet-20) as
 # JSON; then the largest experiment slices that fit, batched (hydra/launcher=batched): the RNN grid at 50 epochs,
-# Table 1, and Figure 2 at full length on the images the device holds. A part cut off by its limit leaves the
+# Table 1, and Figure 2 at full length on the images the device holds; last, one Table 1 run by torchrun's
+# processes (distributed=ddp, NCCL, one process per GPU). A part cut off by its limit leaves the
 # records it wrote (run again, a sweep resumes). The records and logs come back as one archive, OUT/runs.tar.gz.
 set -uo pipefail
 out=${1:?usage: bash scripts/device_suite.sh OUT [--dry-run]}
@@ -36,21 +37,24 @@ if [ -d .device-data ]; then
 fi
 
 if [ "$dry" = --dry-run ]; then
-    limits=(0 0 0 0 0 0)  # timeout 0: no limit
+    limits=(0 0 0 0 0 0 0)  # timeout 0: no limit
     bench=(--runs 2 --steps 1 --rounds 1 --batch-size 4)
     overhead=(--heights 0,1 --steps 1 --rounds 1 --batch-size 4 --no-reference --no-compiled)
     rnn=(epochs=1 data.subset=3000 rnn.alpha=2e-3 seed=0,1)
     table1=(epochs=1 data.subset=512 'optimizer="SGD(0.01)/SGD(1e-4)","SGD(0.02)/SGD(1e-3)"' seed=0)
     figure2=(epochs=1 data.subset=256 data.test_subset=256 cifar.alpha=0.1 cifar.momentum=0.9,0.99)
     table1_exp=+exp=mnist_sgd_sgd
+    ddp=(--nproc_per_node=2 experiments/train.py +exp=mnist_adam_sgd epochs=1 data.subset=512)
 else
-    limits=(150 60 45 120 60 150)
+    limits=(150 60 45 120 60 150 60)
     bench=()
     overhead=(--heights 0,1,2 --no-reference)
     rnn=(rnn.alpha=1e-4,2e-3,1e-2 seed=0,1,2)
     table1=(seed=0,1,2)
     figure2=(cifar.alpha=0.01,0.1,1.0 cifar.momentum=0.09,0.9,0.99 precision=bf16)
     table1_exp='+exp=glob(mnist_*,exclude=mnist_sensitivity)'
+    ddp=(--nproc_per_node="$("$python" -c 'import torch; print(max(1, torch.cuda.device_count()))')"
+         experiments/train.py +exp=mnist_adam_sgd epochs=1)
 fi
 
 part() {  # part NAME LIMIT COMMAND...: run it under its limit, its output into OUT/NAME.log, its status noted
@@ -74,6 +78,9 @@ part rnn "${limits[3]}" "${train[@]}" +exp=rnn_tolstoy rnn.hyper=true,false "${r
 part table1 "${limits[4]}" "${train[@]}" "$table1_exp" "${table1[@]}" hydra.sweep.dir="$out/runs/table1"
 part figure2 "${limits[5]}" "${train[@]}" +exp=cifar_resnet20 cifar.hyper=true,false "${figure2[@]}" \
     hydra.sweep.dir="$out/runs/figure2"
+# one run by torchrun's processes, one per GPU (NCCL; gloo in the dry run)
+part ddp "${limits[6]}" "$python" -m torch.distributed.run --standalone "${ddp[@]}" distributed=ddp progress=false \
+    hydra.run.dir="$out/runs/ddp"
 # The device tool brings back at most 8 files: the two benchmarks' JSON, this summary, and one archive of the rest.
 mv "$out"/*.md "$out/logs/" 2>/dev/null
 mkdir -p "$out/runs"
