@@ -29,7 +29,7 @@ from .checks import check_learn, check_values, numbers, per_hyperparameter
 from .divergence import Divergence
 from .gradients import BackwardGradients, made_gradients, take_scale_off
 from .parameterisations import SQUARE, Parameterisation
-from .shards import groups_sharded
+from .shards import groups_sharded, made_by_zero
 
 
 GIVEN_BY_HAND = "a process group given by hand, which a copy does not carry"
@@ -250,6 +250,10 @@ class Hyperoptimizer(torch.optim.Optimizer):
 
     def _note_shards(self, group: dict) -> None:
         """Whether the group's weights are shards whose sums the other processes complete, and over which group."""
+        if self.process_group is None and made_by_zero():
+            raise ValueError(f"{self.NAME}: a stack made by ZeroRedundancyOptimizer holds this process's partition "
+                             "of the weights, whose hypergradient the other processes complete: pass "
+                             "process_group= (ZeRO's: functools.partial(hyperopt.stack, SPEC, process_group=GROUP))")
         over = groups_sharded(group["params"], self.process_group)
         if over is not None and self.shard_group is not None and over is not self.shard_group:
             raise ValueError(f"{self.NAME}: its param groups are sharded over different process groups; a stack "

@@ -12,6 +12,7 @@ above hold the same learned values on every process, so their sums are never red
 from __future__ import annotations
 
 import functools
+import sys
 
 import torch
 import torch.distributed as dist
@@ -42,6 +43,17 @@ def shard_group(p: torch.Tensor, given):
                          "sharding_strategy=NO_SHARD nothing is sharded: use DistributedDataParallel), or use FSDP2's "
                          "fully_shard, whose parameters say it")
     return given
+
+
+def made_by_zero() -> bool:
+    """Whether ZeroRedundancyOptimizer is making this optimizer for its process's partition: its parameters are
+    ordinary tensors, as DDP's are, and nothing else tells."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if type(frame.f_locals.get("self")).__name__ == "ZeroRedundancyOptimizer":
+            return True
+        frame = frame.f_back
+    return False
 
 
 def groups_sharded(params, given) -> object:

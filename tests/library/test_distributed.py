@@ -259,10 +259,14 @@ def refusal(rank, world_size, how):
         if how == "fsdp1":
             wrapped = FullyShardedDataParallel(model, use_orig_params=True, device_id=torch.device("cpu"))
             hyperopt.stack("SGD(0.1)/SGD(1e-3)", wrapped.parameters())
-        else:
+        elif how == "zero keyword arguments":
             from torch.distributed.optim import ZeroRedundancyOptimizer
             ZeroRedundancyOptimizer(DistributedDataParallel(model).parameters(), optimizer_class=hyperopt.SGD,
                                     lr=0.1, hyper=hyperopt.SGD(lr=1e-3))
+        else:
+            from torch.distributed.optim import ZeroRedundancyOptimizer
+            ZeroRedundancyOptimizer(DistributedDataParallel(model).parameters(),
+                                    functools.partial(hyperopt.stack, "SGD(0.1)/SGD(1e-3)"))
     except ValueError as error:
         return str(error)
     return None
@@ -273,6 +277,9 @@ def refusal(rank, world_size, how):
               "pass process_group=model.process_group"),
     ("zero keyword arguments", "build the stack with ZeroRedundancyOptimizer(params, functools.partial("
                                "hyperopt.stack"),
+    ("zero without a process group", "a stack made by ZeroRedundancyOptimizer holds this process's partition of "
+                                     "the weights, whose hypergradient the other processes complete: pass "
+                                     "process_group="),
 ])
 def test_what_cannot_be_found_is_refused_with_what_to_do(how, says):
     for message in run_processes(refusal, 2, how):
