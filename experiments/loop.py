@@ -92,10 +92,13 @@ class Alone:
             if cfg.schedule is not None:
                 raise ValueError("backend=reference runs the reference code's stacks, which take no schedule")
             if world is not None:
-                raise ValueError("backend=reference trains one process: drop distributed=ddp")
+                raise ValueError(f"backend=reference trains one process: drop distributed={world.setting}")
             self.optimizer = ReferenceBackend(run.config["optimizer"], self.model)
             return
         self.optimizer = build_optimizer(run.config["optimizer"], self.model.parameters(), compile=cfg.compile)
+        if world is not None and world.setting == "fsdp" and isinstance(self.optimizer, Baseline):
+            raise ValueError(f"distributed=fsdp takes a hyperopt stack, not {run.config['optimizer']}: use "
+                             "distributed=ddp")
         # the weights' step sizes, which a schedule sets
         self.param_groups = (self.optimizer.optimizer if isinstance(self.optimizer, Baseline)
                              else self.optimizer).param_groups
@@ -127,9 +130,13 @@ class Alone:
         return self.model
 
     def state_dict(self) -> dict:
+        if self.world is not None:
+            return self.world.full_state(self.model, self.optimizer)
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
+        if self.world is not None:
+            return self.world.load_full_state(self.model, self.optimizer, state)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
 
@@ -361,18 +368,19 @@ def train(runs: list[OpenRun], task, trainee, loggers: list, progress: bool, sto
                               disable=not progress):
                 if schedule is not None:
                     schedule.apply(step + 1)
-                loss, stopping = trainee.step(list(batch)), stop.signal_number is not None
+                loss, stopping, due = trainee.step(list(batch)), stop.signal_number is not None, checkpoints.due()
                 if world is not None:
-                    loss, stopping = world.together(loss, stopping)
+                    loss, stopping, due = world.together(loss, stopping, due)
                 losses.append(loss)
                 step, done = step + 1, done + 1
                 if step % every == 0:
                     for i, run in enumerate(runs):
                         if i not in outcomes:
                             loggers[i].log_trajectory(run.record.log_hyperparameters(step, trainee.hyperparameters(i)))
-                if stopping or checkpoints.due():
+                if stopping or due:
+                    saving = state(time.perf_counter() - start)  # (by every process: fsdp gathers its shards)
                     if writes:
-                        checkpoints.save(state(time.perf_counter() - start))
+                        checkpoints.save(saving)
                     if stopping:
                         raise Interrupted(stop.signal_number or signal.SIGTERM, step)
         except hyperopt.DivergenceError as error:  # a lone stack: nothing changed in that step
@@ -429,12 +437,13 @@ def train(runs: list[OpenRun], task, trainee, loggers: list, progress: bool, sto
             break
         epoch, done, losses, seconds_before = epoch + 1, 0, [], 0.0
         epoch_starts = [shuffle.get_state() for shuffle in shuffles]
+        saving = state(0.0)
         if writes:
-            checkpoints.save(state(0.0))
+            checkpoints.save(saving)
     summaries = []
     for i, run in enumerate(runs):
         metrics = last[i]
-        finished = task.finish(trainee.model_of(i), Path(run.directory), run.cfg.seed) if writes else {}
+        finished = task.finish(trainee.model_of(i), Path(run.directory) if writes else None, run.cfg.seed)
         outcome = dict(outcomes.get(i, {"status": "ok"}))
         batched = {"batched": {"runs": count, "members": members}} if own_logs else {}
         summaries.append(run.record.finish(

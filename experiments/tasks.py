@@ -101,7 +101,7 @@ class Classification:
             log_probabilities = model(x)
         return _backward_and_step(_nll_per_run(log_probabilities.float(), y, "mean"), optimizer)
 
-    def finish(self, model, directory: Path, seed: int) -> dict:
+    def finish(self, model, directory: Path | None, seed: int) -> dict:
         return {"classes": int(self.data.train_y.max()) + 1}
 
     def state_dict(self) -> dict:
@@ -206,11 +206,14 @@ class LanguageModelling:
         model.train()
         return self.data.decode(drawn)
 
-    def finish(self, model, directory: Path, seed: int) -> dict:
+    def finish(self, model, directory: Path | None, seed: int) -> dict:
+        """The run's test bits per character and a sample, written into `directory` (None: a process that writes
+        nothing, under several)."""
         sample = self.sample(model, seed)
-        (directory / "sample.txt").write_text(sample, encoding="utf-8")
-        (directory / "vocabulary.json").write_text(json.dumps(self.data.vocabulary, ensure_ascii=False),
-                                                    encoding="utf-8")
+        if directory is not None:
+            (directory / "sample.txt").write_text(sample, encoding="utf-8")
+            (directory / "vocabulary.json").write_text(json.dumps(self.data.vocabulary, ensure_ascii=False),
+                                                        encoding="utf-8")
         return {"test_bpc": self.bits_per_character(model, self.data.test), "sample": sample,
                 "vocabulary_size": len(self.data.vocabulary)}
 

@@ -1,6 +1,6 @@
-"""One run trained by torchrun's processes (distributed=ddp, gloo on the CPU): one record, written by rank 0 with the
-world size in it, that of one process on the same global batches; a run stopped by SIGTERM resumes from its
-checkpoint with the same number of processes (bitwise) or another; misuse refused in one line."""
+"""One run trained by torchrun's processes (distributed=ddp or fsdp, gloo on the CPU): one record, written by rank 0
+with the world size in it, that of one process on the same global batches; a run stopped by SIGTERM resumes from
+its checkpoint with the same number of processes (bitwise) or another; misuse refused in one line."""
 
 import json
 import os
@@ -46,38 +46,40 @@ def assert_same_run(ours: dict, theirs: dict, relative: float) -> None:
     assert ours["summary"]["status"] == theirs["summary"]["status"] == "ok"
 
 
-def test_two_processes_write_one_record_that_of_one_process(tmp_path):
+@pytest.mark.parametrize("setting", ["ddp", "fsdp"])
+def test_two_processes_write_one_record_that_of_one_process(setting, tmp_path):
     train(*RUN, f"hydra.run.dir={tmp_path / 'one'}")
     (tmp_path / "two").mkdir()
-    torchrun(2, *RUN, "distributed=ddp", cwd=tmp_path / "two")  # Hydra's own run folder: runs/table1/<time>
+    torchrun(2, *RUN, f"distributed={setting}", cwd=tmp_path / "two")  # Hydra's own run folder: runs/table1/<time>
     [one] = read_records(tmp_path / "one")
     [two] = read_records(tmp_path / "two")
     assert_same_run(two, one, 1e-5)
-    assert two["run"]["distributed"] == {"setting": "ddp", "world_size": 2, "backend": "gloo"}
+    assert two["run"]["distributed"] == {"setting": setting, "world_size": 2, "backend": "gloo"}
     folders = list((tmp_path / "two" / "runs" / "table1").iterdir())  # rank 1's Hydra folder was removed
     assert [folder.name for folder in folders] == [os.path.basename(two["directory"])]
 
 
-def test_a_run_stopped_by_sigterm_resumes_with_the_same_or_another_number_of_processes(tmp_path):
-    run = [*RUN[:-2], "epochs=3", "data.subset=4096", "distributed=ddp", EVERY_STEP]
+@pytest.mark.parametrize("setting, processes", [("ddp", 2), ("fsdp", 1)])
+def test_a_run_stopped_by_sigterm_resumes_with_the_same_or_another_number_of_processes(setting, processes, tmp_path):
+    """Stopped with 2 processes, resumed with `processes`: bitwise with the same number; with another, as one
+    process would (the checkpoint holds the state as one process holds it; under fsdp, the shards gathered)."""
+    run = ["+exp=mnist_adam_sgd", "epochs=3", "data.subset=4096", "device=cpu", f"distributed={setting}", EVERY_STEP]
     torchrun(2, *run, f"hydra.run.dir={tmp_path / 'straight'}")
     [straight] = read_records(tmp_path / "straight")
-    for processes in (2, 1):
-        folder = tmp_path / f"resumed_with_{processes}"
-        launcher = torchrun(2, *run, f"hydra.run.dir={folder}", wait=False)
-        wait_for_first_epoch(folder, launcher)
-        launcher.send_signal(signal.SIGTERM)  # torchrun passes it on to each process
-        output, _ = launcher.communicate(timeout=120)
-        summary = json.loads((folder / "summary.json").read_text())
-        assert summary["status"] == "interrupted", output
-        result = torchrun(processes, *run, f"hydra.run.dir={folder}")
-        assert "resumed from the checkpoint at epoch" in result.stdout + result.stderr
-        [resumed] = read_records(folder)
-        if processes == 2:
-            assert without_timings(resumed) == without_timings(straight)
-        else:
-            assert_same_run(resumed, straight, 1e-5)
-        assert resumed["run"]["later_attempts"][-1]["distributed"]["world_size"] == processes
+    folder = tmp_path / "stopped"
+    launcher = torchrun(2, *run, f"hydra.run.dir={folder}", wait=False)
+    wait_for_first_epoch(folder, launcher)
+    launcher.send_signal(signal.SIGTERM)  # torchrun passes it on to each process
+    output, _ = launcher.communicate(timeout=120)
+    assert json.loads((folder / "summary.json").read_text())["status"] == "interrupted", output
+    result = torchrun(processes, *run, f"hydra.run.dir={folder}")
+    assert "resumed from the checkpoint at epoch" in result.stdout + result.stderr
+    [resumed] = read_records(folder)
+    if processes == 2:
+        assert without_timings(resumed) == without_timings(straight)
+    else:
+        assert_same_run(resumed, straight, 1e-5)
+    assert resumed["run"]["later_attempts"][-1]["distributed"]["world_size"] == processes
 
 
 @pytest.mark.parametrize("environment, overrides, says", [
