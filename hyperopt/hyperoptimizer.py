@@ -38,7 +38,7 @@ GIVEN_BY_HAND = "a process group given by hand, which a copy does not carry"
 def _number_or_values(value):
     """A hyperparameter's value as the optimizer holds it: a number (a one-element tensor too, as torch.optim takes
     a tensor step size), or as given (one per run, one per hyperparameter below)."""
-    if isinstance(value, torch.Tensor) and value.dim() == 0:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
         return float(value)
     return value if isinstance(value, (dict, list, tuple, torch.Tensor)) else float(value)
 
@@ -557,8 +557,8 @@ class Hyperoptimizer(torch.optim.Optimizer):
             raw.copy_(group["hyper_raw"])
             group["hyper_raw"] = raw
             state = self.state[group["params"][0]]
-            if "step" in state:  # torch.optim leaves a step where it was saved; ours is used on the device
-                state["step"] = state["step"].to(raw)
+            if "step" in state:  # torch.optim leaves a step where it was saved (a number, in its older format);
+                state["step"] = torch.as_tensor(state["step"]).to(raw)  # ours is used on the device
         if divergence is not None and self.divergence is not None:
             self.divergence.load_state_dict(divergence)
         if self.backward is not None:

@@ -327,3 +327,44 @@ def test_nesterov_sgd_is_torch_optim_sgd_with_nesterov(weight_decay, batches):
         torch.testing.assert_close(a, b, rtol=50 * eps, atol=50 * eps * float(b.detach().abs().max()))
     with pytest.raises(ValueError, match="nesterov=True needs a momentum"):
         hyperopt.SGD(MLP().parameters(), lr=0.1, nesterov=True)
+
+
+@pytest.mark.parametrize("shape", [(), (1,), (1, 1)])
+def test_a_one_element_tensor_step_size_is_a_number_as_in_torch_optim(shape, batches):
+    torch.manual_seed(0)
+    models = [MLP().double(), None]
+    models[1] = copy.deepcopy(models[0])
+    optimizers = [hyperopt.Adam(models[0].parameters(), lr=torch.full(shape, 0.01, dtype=torch.float64),
+                                  hyper=hyperopt.SGD(lr=1e-4)),
+                  hyperopt.Adam(models[1].parameters(), lr=0.01, hyper=hyperopt.SGD(lr=1e-4))]
+    for x, y in batches[:4]:
+        for model, opt in zip(models, optimizers):
+            opt.zero_grad()
+            loss_of(model, x, y).backward()
+            opt.step()
+    assert optimizers[0].hyperparameters() == optimizers[1].hyperparameters()
+
+
+def test_a_state_dict_whose_step_is_a_number_loads_as_torch_optim_loads_it(batches):
+    """torch.optim wrote its step as a Python number for years, and still loads one."""
+    torch.manual_seed(0)
+    model = MLP().double()
+    optimizer = hyperopt.stack("Adam/SGD(1e-5)", model.parameters())
+    for x, y in batches[:3]:
+        optimizer.zero_grad()
+        loss_of(model, x, y).backward()
+        optimizer.step()
+    saved = copy.deepcopy(optimizer.state_dict())  # (state_dict() hands out the optimizer's own state)
+    for state in saved["state"].values():
+        if "step" in state:
+            state["step"] = float(state["step"])
+    copied = copy.deepcopy(model)
+    resumed = hyperopt.stack("Adam/SGD(1e-5)", copied.parameters())
+    resumed.load_state_dict(saved)
+    for x, y in batches[3:6]:
+        for m, opt in ((model, optimizer), (copied, resumed)):
+            opt.zero_grad()
+            loss_of(m, x, y).backward()
+            opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), copied.parameters()))
+    assert resumed.hyperparameters() == optimizer.hyperparameters()
