@@ -51,6 +51,8 @@ class BackwardGradients:
     def watch(self, params) -> None:
         hook = _Hook(weakref.ref(self))
         self.handles += [p.register_post_accumulate_grad_hook(hook) for p in params if p.requires_grad]
+        if not hasattr(self, "_unhook"):  # a dropped stack leaves nothing on the parameters it trained
+            self._unhook = weakref.finalize(self, _remove, self.handles)
         # In-place operations on a DTensor (FSDP2's gradients: clip_grad_norm_) move no version counter, so a
         # change cannot be seen: a copy of each gradient is kept (memory: this process's shard of one gradient).
         self.blind = self.blind or any(is_dtensor(p) for p in params)
@@ -104,9 +106,11 @@ class BackwardGradients:
     def forget(self) -> None:
         self.seen.clear()
 
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
+
+
+def _remove(handles: list) -> None:
+    for handle in handles:
+        handle.remove()
 
 
 class _Hook:

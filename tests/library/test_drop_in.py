@@ -2,6 +2,7 @@
 parameters without a gradient, divergence at any step."""
 
 import copy
+import gc
 import re
 
 import pytest
@@ -368,3 +369,13 @@ def test_a_state_dict_whose_step_is_a_number_loads_as_torch_optim_loads_it(batch
             opt.step()
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), copied.parameters()))
     assert resumed.hyperparameters() == optimizer.hyperparameters()
+
+
+def test_a_dropped_stack_leaves_no_hook_on_the_parameters():
+    model = MLP()
+    optimizer = hyperopt.stack("Adam/SGD(1e-5)", model.parameters())
+    optimizer.add_param_group({"params": [torch.nn.Parameter(torch.zeros(3))]})
+    assert all(p._post_accumulate_grad_hooks for p in model.parameters())
+    del optimizer
+    gc.collect()
+    assert not any(p._post_accumulate_grad_hooks for p in model.parameters())
