@@ -203,6 +203,9 @@ def gradient(level, group: dict, p: torch.Tensor, g: torch.Tensor | None) -> tor
     one; this process's shard of a DTensor's."""
     if g is None:
         return None
+    if g.layout != torch.strided:
+        raise RuntimeError(f"{level.NAME} does not support sparse gradients (its update and hypergradient need "
+                           "dense ones): use torch.optim.SparseAdam for them, or nn.Embedding(sparse=False)")
     p, g = local(p), local(g)
     decay = 0.0 if level.DECOUPLED_DECAY else group.get("weight_decay", 0.0)
     if isinstance(decay, torch.Tensor):  # one per run

@@ -34,6 +34,15 @@ from .shards import groups_sharded, made_by_zero
 
 GIVEN_BY_HAND = "a process group given by hand, which a copy does not carry"
 
+# torch.optim's arguments that have no meaning here, and why
+NOT_HERE = {
+    "fused": "has no meaning here: the step is its own code, not torch's fused kernel; compile=True fuses it",
+    "amsgrad": "is not supported: AMSGrad's running maximum has no hypergradient in the paper's method; use Adam",
+    "capturable": "is not needed: every value the step uses is a tensor on the device already, and the whole step "
+                  "compiles (torch.compile(opt.step))",
+    "differentiable": "has no meaning here: the hypergradient is computed in closed form, not through autograd",
+}
+
 
 def _number_or_values(value):
     """A hyperparameter's value as the optimizer holds it: a number (a one-element tensor too, as torch.optim takes
@@ -77,6 +86,8 @@ class Hyperoptimizer(torch.optim.Optimizer):
     def __init__(self, params: Iterable | None = None, *, hyper: Hyperoptimizer | None = None,
                  learn: Iterable[str] | None = None, check_finite: bool = True, keep_in_range: bool = False,
                  compile: bool = False, runs: int | None = None, process_group=None, **values):
+        for name in sorted(set(values) & set(NOT_HERE)):
+            raise TypeError(f"{self.NAME}: {name}= {NOT_HERE[name]}")
         options = {**self.OPTIONS, **{name: bool(values.pop(name)) for name in list(values) if name in self.OPTIONS}}
         unknown = set(values) - set(self.HYPERPARAMETERS)
         if unknown:
@@ -85,11 +96,8 @@ class Hyperoptimizer(torch.optim.Optimizer):
         defaults.update({k: _number_or_values(v) for k, v in values.items() if v is not None})
         check_values(self.NAME, self.HYPERPARAMETERS, defaults,
                      learned=() if hyper is None else self.default_learn(defaults) if learn is None else tuple(learn))
-        given_per_hyperparameter = sorted(k for k, v in defaults.items() if per_hyperparameter(v))
-        if given_per_hyperparameter and (params is not None or hyper is not None):
-            raise ValueError(
-                f"{self.NAME}: a value per hyperparameter of the level below ({', '.join(given_per_hyperparameter)}"
-                "={...}) is for a level above another optimizer, at the top of the stack where values are fixed")
+        if hyper is not None:
+            self._refuse_values_per_hyperparameter(defaults)
         self._learn_given = learn is not None  # else each param group learns what its own values call for
         learn = self.default_learn(defaults) if learn is None else tuple(learn)
         check_learn(self.NAME, self.HYPERPARAMETERS, learn)
@@ -134,8 +142,17 @@ class Hyperoptimizer(torch.optim.Optimizer):
 
     # ----------------------------------------------------------------- construction and param groups
     def _attach(self, params):
+        if self._owner is None:
+            self._refuse_values_per_hyperparameter(self.defaults)
         self.attached = True
         super().__init__(params, dict(self.defaults))
+
+    def _refuse_values_per_hyperparameter(self, values: dict) -> None:
+        given = sorted(name for name, value in values.items() if per_hyperparameter(value))
+        if given:
+            raise ValueError(f"{self.NAME}: a value per hyperparameter of the level below ({', '.join(given)}"
+                             "={...}) is for a level above another optimizer, at the top of the stack where values "
+                             "are fixed")
 
     def _no_such_hyperparameter(self, names) -> str:
         hint = ""

@@ -139,6 +139,10 @@ def stack(spec: str | Levels | Sequence[str | Levels], params: Iterable | None =
     A list of stacks, one per run, builds one stack that trains them together (``runs=len(spec)``): ``params``
     then hold every run's parameters stacked on a leading dimension (models.batch_models), the stacks must share
     their structure (optimizers, what each level learns) and may differ in their values."""
+    unknown = sorted(set(options) - OPTIONS)
+    if unknown:
+        raise TypeError(f"stack() got the keyword argument(s) {unknown}; its options, for every level, are "
+                        f"{sorted(OPTIONS)} (a hyperparameter's value goes into the notation: \"SGD(0.1, 0.9)\")")
     if isinstance(spec, str):
         return _build(parse(spec), params, spec, **options)
     spec = list(spec)
@@ -147,14 +151,21 @@ def stack(spec: str | Levels | Sequence[str | Levels], params: Iterable | None =
     return _stack_of_runs([parse(run) if isinstance(run, str) else list(run) for run in spec], params, **options)
 
 
+# The keyword arguments of stack(), passed to every level.
+OPTIONS = {"check_finite", "keep_in_range", "compile", "process_group"}
+
+
 def _build(levels: Levels, params, spec, **options) -> Hyperoptimizer:
+    """The levels from the top down, then the parameters: an error of the notation's values says the grammar, one
+    of the parameters (their dtype, a parameter in two groups, how they are sharded) does not."""
     hyper = None
-    for position, (cls, values, learned) in enumerate(reversed(levels)):
+    for cls, values, learned in reversed(levels):
         try:
-            hyper = cls(params if position == len(levels) - 1 else None, hyper=hyper, learn=learned,
-                        **options, **values)
+            hyper = cls(None, hyper=hyper, learn=learned, **options, **values)
         except (TypeError, ValueError) as error:
             raise ValueError(f"bad optimizer stack {spec!r}: {error}.\nThe notation is:\n{GRAMMAR}") from error
+    if params is not None:
+        hyper._attach(params)
     return hyper
 
 

@@ -379,3 +379,35 @@ def test_a_dropped_stack_leaves_no_hook_on_the_parameters():
     del optimizer
     gc.collect()
     assert not any(p._post_accumulate_grad_hooks for p in model.parameters())
+
+
+@pytest.mark.parametrize("argument, says", [
+    ("fused", "fused= has no meaning here"), ("amsgrad", "amsgrad= is not supported"),
+    ("capturable", "capturable= is not needed"), ("differentiable", "differentiable= has no meaning here")])
+def test_torch_optims_arguments_without_a_meaning_here_are_refused_saying_why(argument, says):
+    with pytest.raises(TypeError, match=f"Adam: {says}"):
+        hyperopt.Adam(MLP().parameters(), **{argument: True})
+
+
+@pytest.mark.parametrize("make, error, says", [
+    (lambda: hyperopt.stack("Adam/SGD", MLP().parameters(), foreach=True), TypeError,
+     r"stack\(\) got the keyword argument\(s\) \['foreach'\]; its options, for every level, are"),
+    (lambda: hyperopt.stack("Adam(eps=1e-9)/SGD", [torch.zeros(4, dtype=torch.float16, requires_grad=True)]),
+     ValueError, r"is 0 in torch.float16"),
+    (lambda: hyperopt.stack("SGD/SGD", [{"params": [shared]} for shared in [torch.zeros(2, requires_grad=True)] * 2]),
+     ValueError, "some parameters appear in more than one parameter group"),
+])
+def test_an_error_that_is_not_about_the_notation_is_said_without_the_grammar(make, error, says):
+    with pytest.raises(error, match=says) as raised:
+        make()
+    assert "The notation is" not in str(raised.value)
+
+
+def test_sparse_gradients_are_refused_before_anything_changes():
+    embedding = torch.nn.Embedding(10, 3, sparse=True)
+    optimizer = hyperopt.stack("Adam/SGD(1e-5)", embedding.parameters())
+    before = embedding.weight.detach().clone()
+    embedding(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(RuntimeError, match="Adam does not support sparse gradients"):
+        optimizer.step()
+    assert torch.equal(embedding.weight, before) and "step" not in optimizer.state[embedding.weight]
