@@ -83,9 +83,11 @@ class Hyperoptimizer(torch.optim.Optimizer):
     hypergradient_dots: Callable
     hypergradient_terms: Callable
 
-    def __init__(self, params: Iterable | None = None, *, hyper: Hyperoptimizer | None = None,
+    def __init__(self, params: Iterable | None = None, lr=None, *, hyper: Hyperoptimizer | None = None,
                  learn: Iterable[str] | None = None, check_finite: bool = True, keep_in_range: bool = False,
                  compile: bool = False, runs: int | None = None, process_group=None, **values):
+        if lr is not None:  # (second, as torch.optim's optimizers take it: SGD(params, 0.1))
+            values["lr"] = lr
         for name in sorted(set(values) & set(NOT_HERE)):
             raise TypeError(f"{self.NAME}: {name}= {NOT_HERE[name]}")
         options = {**self.OPTIONS, **{name: bool(values.pop(name)) for name in list(values) if name in self.OPTIONS}}

@@ -411,3 +411,19 @@ def test_sparse_gradients_are_refused_before_anything_changes():
     with pytest.raises(RuntimeError, match="Adam does not support sparse gradients"):
         optimizer.step()
     assert torch.equal(embedding.weight, before) and "step" not in optimizer.state[embedding.weight]
+
+
+@pytest.mark.parametrize("optimizer", [hyperopt.SGD, hyperopt.Adam, hyperopt.AdamW, hyperopt.AdaGrad,
+                                       hyperopt.RMSProp])
+def test_the_step_size_may_be_given_second_as_torch_optim_takes_it(optimizer, batches):
+    torch.manual_seed(0)
+    models = [MLP().double(), None]
+    models[1] = copy.deepcopy(models[0])
+    optimizers = [optimizer(models[0].parameters(), 0.003), optimizer(models[1].parameters(), lr=0.003)]
+    for x, y in batches[:3]:
+        for model, opt in zip(models, optimizers):
+            opt.zero_grad()
+            loss_of(model, x, y).backward()
+            opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(*(m.parameters() for m in models)))
+    assert optimizers[0].hyperparameters()[0]["lr"] == 0.003
