@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 import tempfile
 import time
 import traceback
@@ -38,7 +39,8 @@ def run_processes(function, world_size: int, *args, timeout: float = 120.0) -> l
                   if os.path.exists(os.path.join(folder, f"{rank}.error"))]
         if errors:
             raise RuntimeError("a rank failed:\n" + "\n".join(errors))
-        died = [(rank, process.exitcode) for rank, process in enumerate(processes) if process.exitcode != 0]
+        died = [(rank, processes[rank].exitcode) for rank in range(world_size)
+                if not os.path.exists(os.path.join(folder, f"{rank}.pt"))]
         if died:
             raise RuntimeError(f"ranks exited without a result: {died} (rank, exit code)")
         return [torch.load(os.path.join(folder, f"{rank}.pt"), weights_only=True) for rank in range(world_size)]
@@ -57,3 +59,9 @@ def _rank_main(function, rank: int, world_size: int, folder: str, timeout: float
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+        # Done, its result or error written: leave without the interpreter's teardown, where a communication
+        # thread still being torn down now and then aborts the process ("terminate called without an active
+        # exception") after its work is over.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
