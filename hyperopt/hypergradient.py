@@ -22,12 +22,14 @@ from __future__ import annotations
 import functools
 import math
 import warnings
+from typing import Callable, NamedTuple
 
 import torch
 
 from .divergence import UNIT_RANGE, DivergenceError, OutOfRangeWarning
 from .parameterisations import IDENTITY
 from .scalars import divide
+from .multi_tensor import FlatState, flat_state, flatten, pieces
 from .shards import local, sum_over_shards
 
 
@@ -78,23 +80,24 @@ def one_element_tensors(numbers: tuple[float, ...], dtype: torch.dtype) -> tuple
     return torch.tensor(numbers, dtype=dtype).unbind()
 
 
-def hypergradient(level, group: dict, upstream: list[torch.Tensor | None], t, host: bool) -> torch.Tensor:
+def hypergradient(level, group: dict, upstream: list[torch.Tensor | None], t, host: bool,
+                  flat: FlatState | None = None) -> torch.Tensor:
     """∂L/∂(the group's raw hyperparameters), (runs, learned), from u = ∂L/∂(each of its parameters) (None for one
     without a gradient), t updates after the first (None before it: the loss does not depend on h yet). A
     parameter adds to it if it has a gradient now and was updated by the last step. It is linear in u: over
-    shards (a DTensor's), this process's share, which the processes holding the others complete by a sum."""
+    shards (a DTensor's), this process's share, which the processes holding the others complete by a sum. With
+    `flat` (the multi-tensor path), the group's tensors are handed over as one."""
     raw, runs = group["hyper_raw"], group["runs"]
     skipped = set(group["without_grad"])
     chosen = [i for i, u in enumerate(upstream) if u is not None and i not in skipped]
     if t is None or not chosen:
         return torch.zeros_like(raw)
-    params, upstream = [group["params"][i] for i in chosen], [upstream[i] for i in chosen]
+    handed = group_tensors(level, group, chosen, [upstream[i] for i in chosen], flat)
+    states, upstream = handed.states, handed.grads
     learned = level.learned(group)
-    h = level.values(group, t, host=host, last=True)
-    states = [level.state[p] for p in params]
-    ranks = [p.dim() for p in params]
-    sums = level.compiled("group_dots", group_dots)(level, operands(h, runs, ranks, raw.dtype), learned, states,
-                                                    upstream, runs)
+    h = level.values_used(group, t, host)
+    sums = level.compiled("group_dots", group_dots)(level, operands(h, runs, [u.dim() for u in upstream], raw.dtype),
+                                                    learned, states, upstream, runs)
     if host:
         totals = sums.tolist() if isinstance(sums, torch.Tensor) else [float(total) for total in sums]
         terms = level.hypergradient_terms(h, learned, totals)  # (a lone run's sums are scalars)
@@ -104,7 +107,7 @@ def hypergradient(level, group: dict, upstream: list[torch.Tensor | None], t, ho
         terms = level.hypergradient_terms(h, learned, list(sums))
         raw_values = raw.detach().unbind(1)
     if level.DECOUPLED_DECAY:
-        terms = decoupled_decay_terms(h, learned, terms, [local(p) for p in params], upstream, runs, host)
+        terms = decoupled_decay_terms(h, learned, terms, handed.params(), upstream, runs, host)
     slopes = level.schedule_slopes(group)
     columns = []
     for name, term, value in zip(learned, terms, raw_values):  # the chain rule through a schedule's factor and
@@ -162,51 +165,97 @@ def group_update(level, hs: list[dict], learned: tuple[str, ...], grads: list[to
     return steps
 
 
+class Handed(NamedTuple):
+    """What the update and the hypergradient of a group's parameters are handed: their (local) tensors, their
+    states and their gradients, one of each per parameter; or on the multi-tensor path (`flat` not None) one flat
+    tensor and state for them all (`params` is then made only if asked for)."""
+    params: Callable[[], list[torch.Tensor]]
+    states: list[dict]
+    grads: list[torch.Tensor]
+    flat: FlatState | None
+
+
+def group_tensors(level, group: dict, chosen: list[int], grads: list[torch.Tensor], flat: FlatState | None) -> Handed:
+    """The parameters `chosen` of a group, and their gradients, as Handed: flat where `flat` is given and their
+    states can be made one."""
+    params = [local(group["params"][i]) for i in chosen]  # (a DTensor's shard: the update is element by element)
+    states = [level.state[group["params"][i]] for i in chosen]
+    if flat is not None:
+        state = flat_state(flat, [group["params"][i] for i in chosen], states, params, group["runs"])
+        if state is not None:
+            return Handed(lambda: [flatten(params, group["runs"])], [state], [flat.gather(grads, group["runs"])],
+                          flat)
+    return Handed(lambda: params, states, grads, None)
+
+
 def update(level, group: dict, grads: list[torch.Tensor | None], active: torch.Tensor | None, t, first: bool,
-           host: bool) -> None:
+           host: bool, flat: FlatState | None = None) -> None:
     """Update t of a group's parameters (`first`: the group's first); a run not active (diverged) keeps its
     parameters, and a parameter without a gradient (None) is left as it is, state and all, as torch.optim leaves
-    it."""
+    it. With `flat` (the multi-tensor path), the group's tensors are handed over as one."""
     group["without_grad"] = [i for i, g in enumerate(grads) if g is None]
     chosen = [i for i, g in enumerate(grads) if g is not None]
     if not chosen:
         return
-    params, grads = [group["params"][i] for i in chosen], [grads[i] for i in chosen]
-    states = [level.state[p] for p in params]
-    params = [local(p) for p in params]  # (a DTensor's shard: the update is element by element)
+    handed = group_tensors(level, group, chosen, [grads[i] for i in chosen], flat)
     runs, raw = group["runs"], group["hyper_raw"]
-    h = level.values(group, t, host=host)
+    h = level.values_for_update(group, t, host)
     # the settings (a schedule's) of the update the next hypergradient differentiates
     group["last_step"] = {name: group[name] for name in level.HYPERPARAMETERS}
     run = group_update if first else level.compiled("group_update", group_update)  # the first makes the state
-    hs = operands(h, runs, [p.dim() for p in params], raw.dtype)
-    steps = run(level, hs, level.learned(group), list(grads), states)
-    decays = [None] * len(params)
+    hs = operands(h, runs, [g.dim() for g in handed.grads], raw.dtype)
+    steps = run(level, hs, level.learned(group), list(handed.grads), handed.states)
+    params = [local(group["params"][i]) for i in chosen]
     if level.DECOUPLED_DECAY:
-        decays = [1.0 - h_p["lr"] * h_p["weight_decay"] for h_p in hs]
-    for p, (direction, scale), decay in zip(params, steps, decays):
-        going = None if active is None else active.reshape((-1,) + (1,) * (p.dim() - 1)) if runs else \
-            active.reshape(())
-        if decay is not None and (isinstance(decay, torch.Tensor) or decay != 1.0):
-            p.mul_(decay if going is None else torch.where(going, decay, 1.0))
-        if going is not None:
-            direction = torch.where(going, direction, 0.0)
+        decay = 1.0 - hs[0]["lr"] * hs[0]["weight_decay"]
+        if isinstance(decay, torch.Tensor) or decay != 1.0:
+            going = None if active is None else running(active, handed.grads[0].dim(), runs)
+            shrink(params, decay if going is None else torch.where(going, decay, 1.0), runs)
+    if handed.flat is not None:
+        handed.flat.share()  # (the buffers the first update made)
+        handed.flat.gathered = None
+        (direction, scale), = steps
+        direction = direction if active is None else torch.where(running(active, direction.dim(), runs),
+                                                                 direction, 0.0)
+        if isinstance(scale, torch.Tensor):
+            torch._foreach_sub_(params, pieces(direction * scale, params))
+        else:
+            torch._foreach_add_(params, pieces(direction, params), alpha=-scale)
+        return
+    for p, (direction, scale) in zip(params, steps):
+        if active is not None:
+            direction = torch.where(running(active, p.dim(), runs), direction, 0.0)
         if isinstance(scale, torch.Tensor):
             p.addcmul_(direction, scale, value=-1.0)
         else:
             p.add_(direction, alpha=-scale)
 
 
+def running(active: torch.Tensor, rank: int, runs: int | None) -> torch.Tensor:
+    """Which runs go on (not diverged), shaped to broadcast against a tensor of this rank."""
+    return active.reshape((-1,) + (1,) * (rank - 1)) if runs else active.reshape(())
+
+
+def shrink(params: list[torch.Tensor], decay, runs: int | None) -> None:
+    """x ← x · decay (a decoupled weight decay's 1 - αλ): a number, a scalar tensor, or one value per run."""
+    if runs is None or not isinstance(decay, torch.Tensor):
+        torch._foreach_mul_(params, decay)
+    else:
+        torch._foreach_mul_(params, [decay.reshape((-1,) + (1,) * (p.dim() - 1)) for p in params])
+
+
 def gradient(level, group: dict, p: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor | None:
-    """A parameter's gradient g, with weight decay added as torch.optim.SGD adds it (unless the level decouples
-    it): the update and the hypergradient are then those of the loss plus (weight_decay / 2)·|w|². None without
-    one; this process's shard of a DTensor's."""
+    """A parameter's gradient g as torch.optim's optimizers take it: negated where the objective is maximized, and
+    with weight decay added as torch.optim.SGD adds it (unless the level decouples it): the update and the
+    hypergradient are then those of ∓(the loss) plus (weight_decay / 2)·|w|². None without one; this process's
+    shard of a DTensor's."""
     if g is None:
         return None
     if g.layout != torch.strided:
         raise RuntimeError(f"{level.NAME} does not support sparse gradients (its update and hypergradient need "
                            "dense ones): use torch.optim.SparseAdam for them, or nn.Embedding(sparse=False)")
     p, g = local(p), local(g)
+    g = -g if level.maximize else g
     decay = 0.0 if level.DECOUPLED_DECAY else group.get("weight_decay", 0.0)
     if isinstance(decay, torch.Tensor):  # one per run
         return g + operands({"decay": decay}, group["runs"], [p.dim()], p.dtype)[0]["decay"] * p
@@ -233,13 +282,16 @@ def step_stack(weights, made: list[list[torch.Tensor | None]]) -> None:
     grads = [[[gradient(weights, group, p, p.grad) for p in group["params"]] for group in weights.param_groups]]
     upstream = [[g if m is p.grad else gradient(weights, group, p, m) for p, g, m in zip(group["params"], gs, ms)]
                 for group, gs, ms in zip(weights.param_groups, grads[0], made)]
+    # the path, chosen here once: the weights' tensors one by one, or each group's as one (multi_tensor.py)
+    flats = [[weights.flat_state(index) if weights.uses_foreach() else None
+              for index in range(len(weights.param_groups))]] + [[None] * len(weights.param_groups)] * len(levels)
     checking = weights.check_finite and len(levels) > 1
     first = None  # the weights' gradients summed, at a group's first step, which has no hypergradient yet
     if checking and any(steps and count is None for steps, count in zip(stepping, counts)):
         first = weights_gradient_sums(weights, grads[0])
     for k, level in enumerate(levels[:-1]):
-        hypergradients = [hypergradient(level, group, us, t, host)
-                          for group, us, t in zip(level.param_groups, upstream, ts)]
+        hypergradients = [hypergradient(level, group, us, t, host, flat)
+                          for group, us, t, flat in zip(level.param_groups, upstream, ts, flats[k])]
         if k == 0 and weights.shard_group is not None:
             stepping, first, hypergradients = decide_together(weights, stepping, first, hypergradients, counts)
         grads.append([[h] for h in hypergradients])
@@ -259,10 +311,10 @@ def step_stack(weights, made: list[list[torch.Tensor | None]]) -> None:
         state["step"].add_(1)
     ts = [None if not steps else float(state["step"]) if host else state["step"]
           for state, steps in zip(states, stepping)]
-    for level, level_grads in reversed(list(zip(levels, grads))):
-        for group, g, t, count, steps in zip(level.param_groups, level_grads, ts, counts, stepping):
+    for level, level_grads, level_flats in reversed(list(zip(levels, grads, flats))):
+        for group, g, t, count, steps, flat in zip(level.param_groups, level_grads, ts, counts, stepping, level_flats):
             if steps:
-                update(level, group, g, active, t, count is None, host)
+                update(level, group, g, active, t, count is None, host, flat)
     if checking:
         check_ranges(weights, levels, states[lead]["step"], host)
 

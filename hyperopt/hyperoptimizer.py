@@ -19,6 +19,7 @@ sum over its own slice only, and a run whose hypergradient becomes NaN or infini
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 from typing import Callable, Iterable
 
@@ -28,6 +29,7 @@ from . import hypergradient
 from .checks import check_learn, check_values, numbers, per_hyperparameter
 from .divergence import Divergence
 from .gradients import BackwardGradients, made_gradients, take_scale_off
+from .multi_tensor import FlatState
 from .parameterisations import SQUARE, Parameterisation
 from .shards import groups_sharded, made_by_zero
 
@@ -42,6 +44,11 @@ NOT_HERE = {
                   "compiles (torch.compile(opt.step))",
     "differentiable": "has no meaning here: the hypergradient is computed in closed form, not through autograd",
 }
+
+
+def _same(a, b) -> bool:
+    # a value as a group holds it: a number, or a tensor (one per run), which is the same only as itself
+    return a is b or not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor) and a == b
 
 
 def _number_or_values(value):
@@ -85,9 +92,11 @@ class Hyperoptimizer(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable | None = None, lr=None, *, hyper: Hyperoptimizer | None = None,
                  learn: Iterable[str] | None = None, check_finite: bool = True, keep_in_range: bool = False,
-                 compile: bool = False, runs: int | None = None, process_group=None, **values):
+                 compile: bool = False, foreach: bool | None = None, maximize: bool = False, runs: int | None = None,
+                 process_group=None, **values):
         if lr is not None:  # (second, as torch.optim's optimizers take it: SGD(params, 0.1))
             values["lr"] = lr
+        values = self._betas_as_two(values)
         for name in sorted(set(values) & set(NOT_HERE)):
             raise TypeError(f"{self.NAME}: {name}= {NOT_HERE[name]}")
         options = {**self.OPTIONS, **{name: bool(values.pop(name)) for name in list(values) if name in self.OPTIONS}}
@@ -106,8 +115,13 @@ class Hyperoptimizer(torch.optim.Optimizer):
         defaults["learn"] = learn
         defaults["runs"] = runs
         defaults.update(options)
+        if self.HAS_BETAS:
+            defaults["betas"] = (defaults["beta1"], defaults["beta2"])
         if hyper is not None and not isinstance(hyper, Hyperoptimizer):
             raise TypeError(f"hyper must be a hyperopt optimizer (SGD, Adam, AdaGrad, RMSProp), not {type(hyper)}")
+        if hyper is not None and hyper.maximize:
+            raise ValueError("maximize= is for the weights' optimizer, whose objective it is; a level above "
+                             "lowers that objective's hypergradient whichever way the weights go")
         if hyper is not None and hyper.attached:
             raise ValueError("this hyper optimizer already has parameters; a level above takes none of its own")
         self.hyper = hyper
@@ -115,6 +129,10 @@ class Hyperoptimizer(torch.optim.Optimizer):
         self.keep_in_range = keep_in_range
         self.compile = compile
         self._compiled: dict[str, Callable] = {}
+        self.foreach = foreach
+        self.maximize = bool(maximize)  # the weights' objective is maximized: every level steps along -gradient
+        self._flat: dict[int, FlatState] = {}  # each param group's tensors as one, on the multi-tensor path
+        self._used: dict[int, tuple] = {}  # the values each group's last update used (values_used)
         # Several processes (hyperopt/shards.py): the group the weights' shards are spread over, as given for what
         # the parameters cannot tell, and as found; which param groups hold shards.
         self.process_group = process_group
@@ -129,6 +147,37 @@ class Hyperoptimizer(torch.optim.Optimizer):
         self._optimizer_step_pre_hooks, self._optimizer_step_post_hooks = OrderedDict(), OrderedDict()
         if params is not None:
             self._attach(params)
+
+    @property
+    def HAS_BETAS(self) -> bool:  # noqa: N802 (a class constant, as NAME)
+        # Adam's β1 and β2, which torch.optim spells betas=(β1, β2) and its schedulers cycle (OneCycleLR)
+        return "beta1" in self.HYPERPARAMETERS and "beta2" in self.HYPERPARAMETERS
+
+    def _betas_as_two(self, values: dict) -> dict:
+        """torch.optim's betas=(β1, β2) as the paper's beta1= and beta2=."""
+        if "betas" not in values or values["betas"] is None:
+            return {k: v for k, v in values.items() if k != "betas"}
+        if not self.HAS_BETAS:
+            raise TypeError(self._no_such_hyperparameter({"betas"}))
+        if "beta1" in values or "beta2" in values:
+            raise TypeError(f"{self.NAME}: give betas=(β1, β2) or beta1= and beta2=, not both")
+        betas = values["betas"]
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise TypeError(f"{self.NAME}: betas= is a pair (β1, β2), as torch.optim.Adam takes it, not {betas!r}")
+        values = {k: v for k, v in values.items() if k != "betas"}
+        values["beta1"], values["beta2"] = betas
+        return values
+
+    def _take_betas(self, group: dict) -> None:
+        """Make group["betas"] and group["beta1"], group["beta2"] agree: whichever was written since the group's last
+        update (or since it was made) wins, betas= as torch.optim's schedulers write it (OneCycleLR cycles β1
+        there), beta1= and beta2= as the notation spells them."""
+        last = group["last_step"]
+        written = group["betas"]
+        if not (_same(written[0], last["beta1"]) and _same(written[1], last["beta2"])):
+            group["beta1"], group["beta2"] = written
+        elif not (_same(group["beta1"], last["beta1"]) and _same(group["beta2"], last["beta2"])):
+            group["betas"] = (group["beta1"], group["beta2"])
 
     @classmethod
     def default_learn(cls, values: dict) -> tuple[str, ...]:
@@ -166,12 +215,13 @@ class Hyperoptimizer(torch.optim.Optimizer):
 
     # Keys a param group may hold beyond the hyperparameters: torch.optim's own, and a scheduler's.
     GROUP_KEYS = {"params", "param_names", "name", "learn", "runs", "initial", "without_grad", "last_step",
-                  "initial_lr"}
+                  "initial_lr", "betas"}
 
     def add_param_group(self, param_group: dict) -> None:
         if not isinstance(param_group, dict):
             raise TypeError(f"a param group is a dict, not {type(param_group).__name__}")
-        arguments = sorted(set(param_group) & {"hyper", "check_finite", "keep_in_range", "compile", "process_group"})
+        arguments = sorted(set(param_group) & {"hyper", "check_finite", "keep_in_range", "compile", "foreach",
+                                                "maximize", "process_group"})
         if arguments:  # ZeroRedundancyOptimizer puts the optimizer's keyword arguments into each param group
             raise ValueError(
                 f"a param group holds {arguments}, a keyword argument of the optimizer (as ZeroRedundancyOptimizer("
@@ -183,6 +233,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
         if unknown:
             raise ValueError(f"a param group holds a key {self.NAME} would not use: "
                              + self._no_such_hyperparameter(unknown))
+        param_group = self._betas_as_two(dict(param_group)) if "betas" in param_group else param_group
         param_group = {**param_group, **{k: _number_or_values(v) for k, v in param_group.items()
                                           if k in self.HYPERPARAMETERS}}
         if "learn" not in param_group and not self._learn_given:
@@ -244,6 +295,10 @@ class Hyperoptimizer(torch.optim.Optimizer):
         group["hyper_raw"] = self._raw_values(group, count, torch.promote_types(first.dtype, torch.float32),
                                               first.device)
         group.setdefault("without_grad", [])  # the parameters the last step left alone, having no gradient
+        if self.HAS_BETAS:
+            group["betas"] = (group["beta1"], group["beta2"])
+        # the settings the group's last update used (until its first, those it was made with)
+        group.setdefault("last_step", {name: group[name] for name in self.HYPERPARAMETERS})
         # what a schedule's factor is taken against (see the module's docstring)
         group.setdefault("initial", {name: group[name].clone() if isinstance(group[name], torch.Tensor) else group[name]
                                      for name in self.learned(group)})
@@ -372,6 +427,8 @@ class Hyperoptimizer(torch.optim.Optimizer):
         ``host`` (a lone run on the CPU: hypergradient.on_host), all of them Python numbers (t one too). With
         ``last``, the group's settings as its last update found them (what a schedule had set then), for the
         hypergradient, which differentiates that update."""
+        if self.HAS_BETAS and not last:
+            self._take_betas(group)
         settings = self.settings(group, last)
         values = self._fixed(group, settings)
         if host:
@@ -391,6 +448,22 @@ class Hyperoptimizer(torch.optim.Optimizer):
         if t is not None:
             values.update(self.step_scalars(values, t))
         return values
+
+    def values_for_update(self, group: dict, t, host: bool) -> dict:
+        """`values` for the group's update at step t, kept for its next hypergradient (`values_used`)."""
+        values = self.values(group, t, host=host)
+        if not torch.compiler.is_compiling():
+            self._used[id(group)] = (group, group["hyper_raw"]._version, host, values)
+        return values
+
+    def values_used(self, group: dict, t, host: bool) -> dict:
+        """The values the group's last update (step t) used, for the hypergradient that differentiates it: as that
+        update kept them, where nothing has changed its learned values since (a load, keep_in_range's clamp), else
+        made again from the settings it used."""
+        kept = None if torch.compiler.is_compiling() else self._used.get(id(group))  # (compiled: no version)
+        if kept is not None and kept[0] is group and kept[1] == group["hyper_raw"]._version and kept[2] == host:
+            return kept[3]
+        return self.values(group, t, host=host, last=True)
 
     @staticmethod
     def settings(group: dict, last: bool = False) -> dict:
@@ -423,6 +496,17 @@ class Hyperoptimizer(torch.optim.Optimizer):
             slopes[name] = now / initial if not isinstance(now, torch.Tensor) else torch.where(
                 now == initial, 1.0, now / initial)
         return slopes
+
+    def uses_foreach(self) -> bool:
+        """Whether the step takes the multi-tensor path (hyperopt/multi_tensor.py): as foreach= says; by default
+        (None) yes, since it is the faster everywhere it has been measured: a constant number of kernels per step
+        whatever the number of tensors (scripts/bench_kernels.py), and on a CPU a faster step alone on ResNet-20
+        and the MNIST MLP (scripts/bench_step.py, results/bench_step_*.json)."""
+        return self.foreach is None or bool(self.foreach)
+
+    def flat_state(self, index: int) -> FlatState:
+        """Param group `index`'s tensors as one, on the multi-tensor path."""
+        return self._flat.setdefault(index, FlatState())
 
     def compiled(self, name: str, function: Callable) -> Callable:
         """`function`, compiled once per group layout where compile=True: the weights' optimizer fuses its group's
@@ -532,7 +616,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
         # the hooks on the copy's own parameters.
         # A process group does not pickle: the copy finds its shards again from its DTensor parameters, and refuses
         # to step where they were given by hand (process_group=).
-        return {**self.__dict__, "_compiled": {}, "backward": self.backward is not None and self.backward.copying,
+        return {**self.__dict__, "_compiled": {}, "_flat": {}, "_used": {}, "backward": self.backward is not None and self.backward.copying,
                 "process_group": None if self.process_group is None else GIVEN_BY_HAND, "shard_group": None,
                 "sharded": []}
 
@@ -562,8 +646,27 @@ class Hyperoptimizer(torch.optim.Optimizer):
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
-        if self._owner is None:
-            self._refuse_unless_alike(state_dict, 0)  # before anything changes, at any level
+        """Load a state dict of a stack like this one, or change nothing: what differs is said before anything
+        changes, and a load that fails on the way puts back every level as it was."""
+        self._refuse_unless_alike(state_dict, 0)
+        levels = self.levels()
+        kept = [(level.state, level.param_groups, [group["hyper_raw"].clone() for group in level.param_groups],
+                 level.backward and level.backward.copying) for level in levels]
+        divergence = self.divergence and copy.deepcopy(self.divergence.state_dict())
+        try:
+            self._load(state_dict)
+        except Exception:
+            for level, (state, groups, raws, copying) in zip(levels, kept):
+                level.state, level.param_groups = state, groups
+                for group, raw in zip(groups, raws):
+                    group["hyper_raw"].copy_(raw)
+                if level.backward is not None:
+                    level.backward.copying = copying
+            if divergence is not None:
+                self.divergence.load_state_dict(divergence)
+            raise
+
+    def _load(self, state_dict: dict) -> None:
         state_dict = dict(state_dict)
         hyper_state = state_dict.pop("hyper", None)
         divergence = state_dict.pop("divergence", None)
@@ -583,7 +686,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
         if self.backward is not None:
             self.backward.copying = bool(changed)
         if self.hyper is not None:
-            self.hyper.load_state_dict(hyper_state)
+            self.hyper._load(hyper_state)
 
     def _refuse_unless_alike(self, state_dict: dict, level: int) -> None:
         """One line saying what differs, where a state dict is not of a stack like this one from this level up."""

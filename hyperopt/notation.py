@@ -151,17 +151,21 @@ def stack(spec: str | Levels | Sequence[str | Levels], params: Iterable | None =
     return _stack_of_runs([parse(run) if isinstance(run, str) else list(run) for run in spec], params, **options)
 
 
-# The keyword arguments of stack(), passed to every level.
-OPTIONS = {"check_finite", "keep_in_range", "compile", "process_group"}
+# The keyword arguments of stack(), passed to every level (maximize: to the weights' optimizer, whose objective it is).
+OPTIONS = {"check_finite", "keep_in_range", "compile", "foreach", "maximize", "process_group"}
+
+
+def _of_level(options: dict, above: bool) -> dict:
+    return {k: v for k, v in options.items() if k != "maximize"} if above else options
 
 
 def _build(levels: Levels, params, spec, **options) -> Hyperoptimizer:
     """The levels from the top down, then the parameters: an error of the notation's values says the grammar, one
     of the parameters (their dtype, a parameter in two groups, how they are sharded) does not."""
     hyper = None
-    for cls, values, learned in reversed(levels):
+    for position, (cls, values, learned) in reversed(list(enumerate(levels))):
         try:
-            hyper = cls(None, hyper=hyper, learn=learned, **options, **values)
+            hyper = cls(None, hyper=hyper, learn=learned, **_of_level(options, position > 0), **values)
         except (TypeError, ValueError) as error:
             raise ValueError(f"bad optimizer stack {spec!r}: {error}.\nThe notation is:\n{GRAMMAR}") from error
     if params is not None:
@@ -200,7 +204,7 @@ def _stack_of_runs(runs: list[Levels], params, **options) -> Hyperoptimizer:
             given = [levels[position][1][name] for levels in runs]
             values[name] = given[0] if all(value == given[0] for value in given) else given
         hyper = cls(params if position == 0 else None, hyper=hyper, learn=learned, runs=len(runs),
-                    **options, **values, **dict(options_of_level))
+                    **_of_level(options, position > 0), **values, **dict(options_of_level))
     return hyper
 
 

@@ -101,10 +101,7 @@ def test_adamw_is_torch_optim_adamw_when_nothing_is_learned(values, dtype, toler
     torch.manual_seed(0)
     ours = MLP().to(dtype)
     theirs = copy.deepcopy(ours)
-    spelled = {k: v for k, v in values.items() if k != "betas"}
-    if "betas" in values:
-        spelled["beta1"], spelled["beta2"] = values["betas"]
-    optimizers = [hyperopt.AdamW(ours.parameters(), **spelled), torch.optim.AdamW(theirs.parameters(), **values)]
+    optimizers = [hyperopt.AdamW(ours.parameters(), **values), torch.optim.AdamW(theirs.parameters(), **values)]
     schedulers = [lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 4)) for opt in optimizers]
     for x, y in batches:
         for model, opt, scheduler in zip((ours, theirs), optimizers, schedulers):
@@ -390,8 +387,8 @@ def test_torch_optims_arguments_without_a_meaning_here_are_refused_saying_why(ar
 
 
 @pytest.mark.parametrize("make, error, says", [
-    (lambda: hyperopt.stack("Adam/SGD", MLP().parameters(), foreach=True), TypeError,
-     r"stack\(\) got the keyword argument\(s\) \['foreach'\]; its options, for every level, are"),
+    (lambda: hyperopt.stack("Adam/SGD", MLP().parameters(), for_each=True), TypeError,
+     r"stack\(\) got the keyword argument\(s\) \['for_each'\]; its options, for every level, are"),
     (lambda: hyperopt.stack("Adam(eps=1e-9)/SGD", [torch.zeros(4, dtype=torch.float16, requires_grad=True)]),
      ValueError, r"is 0 in torch.float16"),
     (lambda: hyperopt.stack("SGD/SGD", [{"params": [shared]} for shared in [torch.zeros(2, requires_grad=True)] * 2]),
@@ -427,3 +424,111 @@ def test_the_step_size_may_be_given_second_as_torch_optim_takes_it(optimizer, ba
             opt.step()
     assert all(torch.equal(a, b) for a, b in zip(*(m.parameters() for m in models)))
     assert optimizers[0].hyperparameters()[0]["lr"] == 0.003
+
+
+def run_side_by_side(models, optimizers, batches, schedulers=(None, None), sign=(1.0, 1.0)):
+    for x, y in batches:
+        for model, opt, scheduler, factor in zip(models, optimizers, schedulers, sign):
+            opt.zero_grad()
+            (factor * loss_of(model, x, y)).backward()
+            opt.step()
+            if scheduler is not None:
+                scheduler.step()
+
+
+@pytest.mark.parametrize("optimizer, torch_optimizer", [(hyperopt.Adam, torch.optim.Adam),
+                                                        (hyperopt.AdamW, torch.optim.AdamW)])
+def test_betas_is_torchs_spelling_of_beta1_and_beta2(optimizer, torch_optimizer, batches):
+    torch.manual_seed(0)
+    models = [MLP().double() for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    optimizers = [optimizer(models[0].parameters(), 0.01, betas=(0.8, 0.99)),
+                  optimizer(models[1].parameters(), 0.01, beta1=0.8, beta2=0.99)]
+    run_side_by_side(models, optimizers, batches[:3])
+    assert all(torch.equal(a, b) for a, b in zip(*(m.parameters() for m in models)))
+    assert optimizers[0].param_groups[0]["betas"] == (0.8, 0.99)
+    with pytest.raises(TypeError, match="give betas=.β1, β2. or beta1= and beta2=, not both"):
+        optimizer(MLP().parameters(), betas=(0.8, 0.99), beta1=0.9)
+    with pytest.raises(TypeError, match="SGD has no hyperparameter \\['betas'\\]"):
+        hyperopt.SGD(MLP().parameters(), betas=(0.8, 0.99))
+
+
+@pytest.mark.parametrize("ours, theirs", [
+    (lambda params: hyperopt.AdamW(params, 1e-3, weight_decay=0.0),
+     lambda params: torch.optim.AdamW(params, 1e-3, weight_decay=0.0, foreach=False)),
+    # β1 learned at step size 0: the schedule's factor times a learned value that does not move
+    (lambda params: hyperopt.stack("Adam^{α,β1}(1e-3)/SGD(0)", params), lambda params: hyperopt.Adam(params, 1e-3))],
+    ids=["AdamW against torch's", "a learned beta1 against a fixed one"])
+def test_one_cycle_lr_cycles_beta1_as_on_torch_optim(ours, theirs, batches):
+    """OneCycleLR's default (cycle_momentum) writes β1 into group["betas"], as torch.optim's Adam keeps it."""
+    torch.manual_seed(0)
+    models = [MLP().double() for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    optimizers = [ours(models[0].parameters()), theirs(models[1].parameters())]
+    schedulers = [lr_scheduler.OneCycleLR(opt, max_lr=0.01, total_steps=12) for opt in optimizers]
+    run_side_by_side(models, optimizers, batches[:7], schedulers)
+    for a, b in zip(*(m.parameters() for m in models)):
+        assert_relative_close(a, b, 1e-12, "weights")
+    betas = optimizers[1].param_groups[0]["betas"]
+    assert optimizers[0].param_groups[0]["betas"] == betas and 0.85 < betas[0] < 0.95  # (cycled from 0.95)
+    assert optimizers[0].hyperparameters()[0]["beta1"] == pytest.approx(betas[0], rel=1e-12)
+
+
+def test_beta1_set_by_hand_is_used_and_said_in_betas(batches):
+    torch.manual_seed(0)
+    models = [MLP().double() for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    optimizers = [hyperopt.Adam(models[0].parameters(), 1e-3), hyperopt.Adam(models[1].parameters(), 1e-3)]
+    run_side_by_side(models, optimizers, batches[:2])
+    optimizers[0].param_groups[0]["beta1"] = 0.5
+    optimizers[1].param_groups[0]["betas"] = (0.5, 0.999)
+    run_side_by_side(models, optimizers, batches[2:4])
+    assert all(torch.equal(a, b) for a, b in zip(*(m.parameters() for m in models)))
+    assert optimizers[0].param_groups[0]["betas"] == (0.5, 0.999) and optimizers[1].param_groups[0]["beta1"] == 0.5
+
+
+@pytest.mark.parametrize("optimizer, torch_optimizer, values", [
+    (hyperopt.SGD, torch.optim.SGD, {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.01}),
+    (hyperopt.AdamW, torch.optim.AdamW, {"lr": 0.01})])
+def test_maximize_is_torch_optims_when_nothing_is_learned(optimizer, torch_optimizer, values, batches):
+    torch.manual_seed(0)
+    models = [MLP().double() for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    optimizers = [optimizer(models[0].parameters(), maximize=True, **values),
+                  torch_optimizer(models[1].parameters(), maximize=True, foreach=False, **values)]
+    run_side_by_side(models, optimizers, batches[:4], sign=(-1.0, -1.0))
+    for a, b in zip(*(m.parameters() for m in models)):
+        assert_relative_close(a, b, 1e-13, "weights")
+
+
+@pytest.mark.parametrize("spec", ["SGD(0.1, 0.9, 0.01)/SGD(1e-3)", "Adam/Adam(1e-4)/SGD(1e-5)"])
+def test_a_maximizing_stack_takes_the_steps_of_the_minimizing_one_on_the_negated_loss(spec, batches):
+    torch.manual_seed(0)
+    models = [MLP().double() for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    optimizers = [hyperopt.stack(spec, models[0].parameters(), maximize=True),
+                  hyperopt.stack(spec, models[1].parameters())]
+    run_side_by_side(models, optimizers, batches[:5], sign=(-1.0, 1.0))
+    assert all(torch.equal(a, b) for a, b in zip(*(m.parameters() for m in models)))
+    assert optimizers[0].hyperparameters() == optimizers[1].hyperparameters()
+    with pytest.raises(ValueError, match="maximize= is for the weights' optimizer"):
+        hyperopt.Adam(MLP().parameters(), hyper=hyperopt.SGD(lr=1e-5, maximize=True))
+
+
+def test_a_load_that_fails_changes_nothing(batches):
+    torch.manual_seed(0)
+    model = MLP().double()
+    optimizer = hyperopt.stack("Adam/SGD(1e-5)", model.parameters())
+    run_side_by_side([model], [optimizer], batches[:3])
+    before = copy.deepcopy(optimizer.state_dict())
+    damaged = copy.deepcopy(before)
+    damaged["hyper"]["param_groups"][0]["hyper_raw"] = torch.zeros(7, 7, dtype=torch.float64)  # not (1, 3)
+    with pytest.raises(RuntimeError):
+        optimizer.load_state_dict(damaged)
+    after = optimizer.state_dict()
+    for saved, now in ((before, after), (before["hyper"], after["hyper"])):
+        assert [g["hyper_raw"].tolist() for g in saved["param_groups"]] == \
+            [g["hyper_raw"].tolist() for g in now["param_groups"]]
+        assert all(torch.equal(saved["state"][i][k], now["state"][i][k]) for i in saved["state"]
+                   for k in saved["state"][i])
+    run_side_by_side([model], [optimizer], batches[3:4])  # and it still steps

@@ -1,0 +1,86 @@
+"""The optimizer's step alone (no forward, no backward): our stacks on the single-tensor path (foreach=False) and
+the multi-tensor path (foreach=True) against torch.optim's foreach step of the same base optimizer, side by side in
+one process. Prints JSON (and writes it with --out).
+
+Method: each configuration's model takes one backward; then its optimizer steps again and again on those
+gradients (each step the whole computation: hypergradients, checks, updates). Rounds interleave the configurations
+and the ratios are medians over rounds of each round's ratio (experiments/benchmark.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import hyperopt
+from experiments.benchmark import Loop, interleaved_rounds, paired_ratio
+from experiments.provenance import provenance
+from experiments.reports import publish
+from models import MLP, resnet20
+
+MODELS = {"resnet20": (resnet20, (3, 32, 32)), "mlp": (MLP, (1, 28, 28))}
+
+FAMILIES = {
+    # family: (torch.optim's foreach step, our stacks of that base optimizer). Small step sizes: hundreds of steps
+    # on one batch's gradients must not diverge (the time of a step does not depend on its values).
+    "SGD(α, μ)": (lambda params: torch.optim.SGD(params, lr=1e-4, momentum=0.9, foreach=True),
+                  ["SGD(1e-4, 0.9)/SGD(1e-8)"]),
+    "Adam": (lambda params: torch.optim.Adam(params, lr=1e-5, foreach=True),
+             ["Adam(1e-5)/SGD(1e-9)", "Adam(1e-5)/Adam(1e-8)/Adam(1e-9)"]),
+    "AdamW": (lambda params: torch.optim.AdamW(params, lr=1e-5, foreach=True), ["AdamW(1e-5)/SGD(1e-9)"]),
+}
+
+
+def stepper(name: str, model_name: str, make, device: torch.device) -> Loop:
+    torch.manual_seed(0)
+    factory, shape = MODELS[model_name]
+    model = factory().to(device)
+    optimizer = make(model.parameters())
+    x, y = torch.rand((32,) + shape, device=device), torch.randint(0, 10, (32,), device=device)
+    F.cross_entropy(model(x), y).backward()
+    nothing = torch.zeros(())
+    return Loop(name, itertools.repeat((nothing, nothing)), lambda x, y: optimizer.step())
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="resnet20", choices=list(MODELS))
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=21)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    loops = []
+    for family, (plain, stacks) in FAMILIES.items():
+        loops.append(stepper(f"{family}/torch.optim", args.model, plain, device))
+        for spec, foreach in itertools.product(stacks, (False, True)):
+            make = (lambda spec, foreach: lambda params: hyperopt.stack(spec, params, foreach=foreach))(spec, foreach)
+            loops.append(stepper(f"{spec}/foreach={foreach}", args.model, make, device))
+    times = interleaved_rounds(loops, args.steps, args.rounds, warmup=3, device=device)
+    results = []
+    for family, (_, stacks) in FAMILIES.items():
+        plain = times[f"{family}/torch.optim"]
+        for spec in stacks:
+            single, multi = times[f"{spec}/foreach=False"], times[f"{spec}/foreach=True"]
+            results.append({"family": family, "stack": spec,
+                            "torch_optim_foreach_ms": statistics.median(plain) * 1e3,
+                            "single_tensor_ms": statistics.median(single) * 1e3,
+                            "multi_tensor_ms": statistics.median(multi) * 1e3,
+                            "single_vs_torch_optim": paired_ratio(single, plain),
+                            "multi_vs_torch_optim": paired_ratio(multi, plain),
+                            "multi_vs_single": paired_ratio(multi, single)})
+    report = {"benchmark": f"the optimizer's step alone, {args.model}, gradients of a batch of 32",
+              "method": f"median over {args.rounds} interleaved rounds of the mean of {args.steps} steps; ratios: "
+                        "median over rounds of each round's ratio",
+              **provenance(device), "results": results}
+    publish(report, args.out, None)
+
+
+if __name__ == "__main__":
+    main()
