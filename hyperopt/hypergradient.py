@@ -96,8 +96,8 @@ def hypergradient(level, group: dict, upstream: list[torch.Tensor | None], t, ho
     states, upstream = handed.states, handed.grads
     learned = level.learned(group)
     h = level.values_used(group, t, host)
-    sums = level.compiled("group_dots", group_dots)(level, operands(h, runs, [u.dim() for u in upstream], raw.dtype),
-                                                    learned, states, upstream, runs)
+    sums = group_dots(level, operands(h, runs, [u.dim() for u in upstream], raw.dtype), learned, states, upstream,
+                      runs)
     if host:
         totals = sums.tolist() if isinstance(sums, torch.Tensor) else [float(total) for total in sums]
         terms = level.hypergradient_terms(h, learned, totals)  # (a lone run's sums are scalars)
@@ -141,7 +141,7 @@ def decoupled_decay_terms(h: dict, learned: tuple[str, ...], terms: list, params
 def group_dots(level, hs: list[dict], learned: tuple[str, ...], states: list[dict], upstream: list[torch.Tensor],
                runs: int | None):
     """Each optimizer's dot products summed over the group's tensors, each a scalar or (runs,): the one tensor's
-    own, or for several one (sums, ...) tensor. One function, so that compile=True fuses the group."""
+    own, or for several one (sums, ...) tensor."""
     dot = functools.partial(run_dot, runs=runs)
     per_tensor = [level.hypergradient_dots(h, learned, state, u, dot) for h, state, u in zip(hs, states, upstream)]
     if len(per_tensor) == 1:
@@ -152,7 +152,7 @@ def group_dots(level, hs: list[dict], learned: tuple[str, ...], states: list[dic
 def group_update(level, hs: list[dict], learned: tuple[str, ...], grads: list[torch.Tensor],
                  states: list[dict]) -> list[tuple]:
     """(direction, scale) of every tensor of a group, its state updated in place with what the next
-    hypergradient keeps: one function, so that compile=True fuses the group."""
+    hypergradient keeps."""
     steps = []
     for h, g, state in zip(hs, grads, states):
         if learned:
@@ -202,9 +202,8 @@ def update(level, group: dict, grads: list[torch.Tensor | None], active: torch.T
     h = level.values_for_update(group, t, host)
     # the settings (a schedule's) of the update the next hypergradient differentiates
     group["last_step"] = {name: group[name] for name in level.HYPERPARAMETERS}
-    run = group_update if first else level.compiled("group_update", group_update)  # the first makes the state
     hs = operands(h, runs, [g.dim() for g in handed.grads], raw.dtype)
-    steps = run(level, hs, level.learned(group), list(handed.grads), handed.states)
+    steps = group_update(level, hs, level.learned(group), list(handed.grads), handed.states)
     params = [local(group["params"][i]) for i in chosen]
     if level.DECOUPLED_DECAY:
         decay = 1.0 - hs[0]["lr"] * hs[0]["weight_decay"]

@@ -41,7 +41,7 @@ NOT_HERE = {
     "fused": "has no meaning here: the step is its own code, not torch's fused kernel; compile=True fuses it",
     "amsgrad": "is not supported: AMSGrad's running maximum has no hypergradient in the paper's method; use Adam",
     "capturable": "is not needed: every value the step uses is a tensor on the device already, and the whole step "
-                  "compiles (torch.compile(opt.step))",
+                  "compiles (compile=True)",
     "differentiable": "has no meaning here: the hypergradient is computed in closed form, not through autograd",
 }
 
@@ -129,6 +129,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
         self.keep_in_range = keep_in_range
         self.compile = compile
         self._compiled: dict[str, Callable] = {}
+        self._eager_steps = 0  # taken before the step is compiled (step_stack)
         self.foreach = foreach
         self.maximize = bool(maximize)  # the weights' objective is maximized: every level steps along -gradient
         self._flat: dict[int, FlatState] = {}  # each param group's tensors as one, on the multi-tensor path
@@ -215,7 +216,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
 
     # Keys a param group may hold beyond the hyperparameters: torch.optim's own, and a scheduler's.
     GROUP_KEYS = {"params", "param_names", "name", "learn", "runs", "initial", "without_grad", "last_step",
-                  "initial_lr", "betas"}
+                  "initial_lr", "betas", "capturable"}
 
     def add_param_group(self, param_group: dict) -> None:
         if not isinstance(param_group, dict):
@@ -295,6 +296,9 @@ class Hyperoptimizer(torch.optim.Optimizer):
         group["hyper_raw"] = self._raw_values(group, count, torch.promote_types(first.dtype, torch.float32),
                                               first.device)
         group.setdefault("without_grad", [])  # the parameters the last step left alone, having no gradient
+        # torch.compile marks the groups of an optimizer it traces capturable (every value on the device, as ours
+        # are); holding the mark from the start spares a recompilation
+        group["capturable"] = True
         if self.HAS_BETAS:
             group["betas"] = (group["beta1"], group["beta2"])
         # the settings the group's last update used (until its first, those it was made with)
@@ -427,7 +431,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
         ``host`` (a lone run on the CPU: hypergradient.on_host), all of them Python numbers (t one too). With
         ``last``, the group's settings as its last update found them (what a schedule had set then), for the
         hypergradient, which differentiates that update."""
-        if self.HAS_BETAS and not last:
+        if self.HAS_BETAS and not last and not torch.compiler.is_compiling():  # (compiled: taken before)
             self._take_betas(group)
         settings = self.settings(group, last)
         values = self._fixed(group, settings)
@@ -508,14 +512,51 @@ class Hyperoptimizer(torch.optim.Optimizer):
         """Param group `index`'s tensors as one, on the multi-tensor path."""
         return self._flat.setdefault(index, FlatState())
 
-    def compiled(self, name: str, function: Callable) -> Callable:
-        """`function`, compiled once per group layout where compile=True: the weights' optimizer fuses its group's
-        update and hypergradient dots, dozens of element-wise operations on each tensor, into a few loops."""
-        if not (self.compile and self._owner is None):
-            return function
-        if name not in self._compiled:
-            self._compiled[name] = torch.compile(function)
-        return self._compiled[name]
+    def step_stack(self) -> Callable:
+        """The step of the whole stack (hypergradient.step_stack); with compile=True, the same under torch.compile,
+        compiled once and kept. The first two steps are taken eagerly: they make the state (the first its buffers,
+        the second what the next hypergradient keeps), after which the compiled step's structure does not change."""
+        if not self.compile or self._eager_steps < 2:
+            self._eager_steps += 1
+            return hypergradient.step_stack
+        if "step" not in self._compiled:
+            self._compiled["step"] = torch.compile(hypergradient.step_stack)
+        return self._compiled_step
+
+    def _compiled_step(self, weights: Hyperoptimizer, made: list) -> None:
+        """The compiled step, handed every setting that a schedule or the caller may change as a tensor: a number
+        would be a constant of the compiled graph, compiled again each time it moved. (A setting of 0 stays a
+        number: it switches a term off, SGD's momentum, and the graph's structure with it.)"""
+        kept = []
+        for level in self.levels():
+            level._used.clear()  # (the compiled step keeps no values for the next)
+            for group in level.param_groups:
+                if level.HAS_BETAS:
+                    level._take_betas(group)
+                made_here = {}
+                now = {name: group[name] for name in level.HYPERPARAMETERS}
+                for settings in (group, group["last_step"]):
+                    tensors = level._as_tensors(group, settings)
+                    made_here.update({id(tensors[name]): settings[name] for name in tensors})
+                    settings.update(tensors)
+                kept.append((group, now, made_here))
+        try:
+            self._compiled["step"](weights, made)
+        finally:
+            for group, now, made_here in kept:
+                group.update(now)
+                group["last_step"] = {name: made_here.get(id(value), value)
+                                      for name, value in group["last_step"].items()}
+
+    def _as_tensors(self, group: dict, settings: dict) -> dict:
+        """{name: a 0-dim float64 tensor} for each setting that is a non-zero number, at the top of a stack through
+        its parameterisation and back (as _fixed takes it)."""
+        fixed = self._fixed(group, settings)
+        numbers = [name for name in self.HYPERPARAMETERS
+                   if isinstance(settings[name], float) and settings[name] != 0.0]
+        values = torch.tensor([fixed.get(name, settings[name]) for name in numbers], dtype=torch.float64,
+                              device=group["hyper_raw"].device)
+        return dict(zip(numbers, values.unbind()))
 
     # ----------------------------------------------------------------- one step of the whole stack
     @torch.no_grad()
@@ -548,7 +589,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
         else:
             made, skip = take_scale_off(self, grad_scaler)
         if not skip:
-            hypergradient.step_stack(self, made)
+            self.step_stack()(self, made)
         if self.backward is not None:
             self.backward.forget()  # (what backward made is of this step's gradients only)
         return loss
@@ -613,10 +654,12 @@ class Hyperoptimizer(torch.optim.Optimizer):
     def __getstate__(self) -> dict:
         # torch.optim pickles only defaults, state and param_groups; a level also needs the stack around it (copy,
         # deepcopy, pickle, torch.save of the optimizer). Compiled functions are made again where needed, and
-        # the hooks on the copy's own parameters.
+        # the hooks on the copy's own parameters, and what a step keeps for the next (the flat buffers' views, the
+        # values used).
         # A process group does not pickle: the copy finds its shards again from its DTensor parameters, and refuses
         # to step where they were given by hand (process_group=).
-        return {**self.__dict__, "_compiled": {}, "_flat": {}, "_used": {}, "backward": self.backward is not None and self.backward.copying,
+        return {**self.__dict__, "_compiled": {}, "_eager_steps": 0, "_flat": {}, "_used": {},
+                "backward": self.backward is not None and self.backward.copying,
                 "process_group": None if self.process_group is None else GIVEN_BY_HAND, "shard_group": None,
                 "sharded": []}
 

@@ -186,7 +186,7 @@ def main():
         "model": args.model, "batch_size": batch_size,
         "method": f"median over {args.rounds} interleaved rounds of the mean of {args.steps} steps; ratios: median "
                   "over rounds of each round's ratio; "
-                  "ours_compiled is compile=True (the update and hypergradient terms fused by torch.compile); "
+                  "ours_compiled is compile=True (the whole step under torch.compile, from its third step); "
                   "state_MB is every tensor the optimizer keeps between steps (all levels), peak_MB the device's "
                   "peak allocation over 3 steps of that configuration alone (a GPU only)",
         **provenance(device),

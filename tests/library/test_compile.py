@@ -106,3 +106,32 @@ def test_a_compiled_step_keeps_the_hypergradient_of_the_gradient_before_clipping
     for (name, a), b in zip(model.named_parameters(), eager_model.parameters()):
         assert_relative_close(a, b, 1e-10, name)
     assert optimizer.hyperparameters()[0]["lr"] == pytest.approx(eager.hyperparameters()[0]["lr"], rel=1e-10)
+
+
+@pytest.mark.slow  # inductor compiles the step: ten seconds or so
+def test_compile_true_compiles_the_whole_step_once_whatever_the_schedules_set():
+    """compile=True: the whole step under torch.compile from the third step, one graph for the run while schedules
+    move a learned value's factor (the weights' level) and a fixed step size (the top) every step, and clipping
+    changes the gradients; the eager step's numbers (float64)."""
+    runs = []
+    for compile in (True, False):
+        model, optimizer, gradient, batches = prepared("Adam/SGD(1e-5)", None, steps=0)
+        optimizer.compile = compile
+        schedules = [torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (step + 1)),
+                     torch.optim.lr_scheduler.StepLR(optimizer.hyper, step_size=1, gamma=0.8)]
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        for x, y in batches:
+            gradient(x, y)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+            optimizer.step()
+            for schedule in schedules:
+                schedule.step()
+        runs.append((model, optimizer, torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs))
+    (compiled_model, compiled, graphs), (eager_model, eager, _) = runs
+    assert graphs == 1
+    for (name, a), b in zip(compiled_model.named_parameters(), eager_model.parameters()):
+        assert_relative_close(a, b, 1e-10, name)
+    for ours, theirs in zip(compiled.hyperparameters(), eager.hyperparameters()):
+        assert ours == pytest.approx(theirs, rel=1e-10)
+    assert isinstance(compiled.param_groups[0]["lr"], float) and compiled.param_groups[0]["last_step"]["lr"] == \
+        eager.param_groups[0]["last_step"]["lr"]
