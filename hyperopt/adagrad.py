@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .hyperoptimizer import Hyperoptimizer
+from .hyperoptimizer import Hyperoptimizer, Params, Value
 from .parameterisations import IDENTITY
 
 EPS = 1e-10
@@ -37,6 +37,16 @@ class AdaGrad(Hyperoptimizer):
 
     NAME = "AdaGrad"
     EPSILON = EPS
-    HYPERPARAMETERS = {"lr": (0.01, IDENTITY, True)}
+    LEARNED_AS = {"lr": IDENTITY}
+
+    def __init__(self, params: Params = None, lr: Value = 0.01, **options):
+        """
+        Args:
+            params: the tensors or param groups to optimize; None for a level above (see Hyperoptimizer).
+            lr: the step size α (learned by a level above).
+            **options: every optimizer's options (hyper=, learn=, check_finite=, keep_in_range=, compile=,
+                foreach=, maximize=, runs=, process_group=: see Hyperoptimizer).
+        """
+        super().__init__(params, lr, **options)
     update, keep = staticmethod(update), staticmethod(keep)
     hypergradient_dots, hypergradient_terms = staticmethod(hypergradient_dots), staticmethod(hypergradient_terms)

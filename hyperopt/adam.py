@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .hyperoptimizer import Hyperoptimizer
+from .hyperoptimizer import Hyperoptimizer, Params, Value
 from .parameterisations import IDENTITY, UNIT_INTERVAL
 from .scalars import divide
 
@@ -79,7 +79,21 @@ class Adam(Hyperoptimizer):
     ``learn=("lr",)`` is the paper's Adam^α (the reference's AdamBaydin): it keeps nothing beyond m and v."""
 
     NAME = "Adam"
-    HYPERPARAMETERS = {"lr": (1e-3, IDENTITY, True), "beta1": (0.9, UNIT_INTERVAL, True),
-                       "beta2": (0.999, UNIT_INTERVAL, True), "eps": (1e-8, IDENTITY, False)}
+    LEARNED_AS = {"lr": IDENTITY, "beta1": UNIT_INTERVAL, "beta2": UNIT_INTERVAL, "eps": None}
+
+    def __init__(self, params: Params = None, lr: Value = 1e-3, beta1: Value = 0.9, beta2: Value = 0.999,
+                 eps: Value = 1e-8, *, betas: tuple[float, float] | None = None, **options):
+        """
+        Args:
+            params: the tensors or param groups to optimize; None for a level above (see Hyperoptimizer).
+            lr: the step size α (learned by a level above).
+            beta1: β1, the decay of the gradient's average m (learned, stored as atanh(2β1 - 1)).
+            beta2: β2, the decay of the squared gradient's average v (learned, stored as atanh(2β2 - 1)).
+            eps: ε, added to √v̂; never learned. v starts at ε, as in the reference code.
+            betas: torch.optim's spelling, (β1, β2), in place of beta1= and beta2=.
+            **options: every optimizer's options (hyper=, learn=, check_finite=, keep_in_range=, compile=,
+                foreach=, maximize=, runs=, process_group=: see Hyperoptimizer).
+        """
+        super().__init__(params, lr, **self._betas_or(betas, beta1=beta1, beta2=beta2), eps=eps, **options)
     step_scalars, update, keep = staticmethod(step_scalars), staticmethod(update), staticmethod(keep)
     hypergradient_dots, hypergradient_terms = staticmethod(hypergradient_dots), staticmethod(hypergradient_terms)

@@ -13,8 +13,8 @@ import math
 import torch
 
 from . import adam
-from .hyperoptimizer import Hyperoptimizer
-from .parameterisations import IDENTITY, UNIT_INTERVAL
+from .hyperoptimizer import Hyperoptimizer, Params, Value
+from .parameterisations import IDENTITY
 from .scalars import divide
 
 
@@ -55,9 +55,26 @@ class AdamW(Hyperoptimizer):
     (``learn=("lr", "weight_decay")``); its betas are fixed."""
 
     NAME = "AdamW"
-    HYPERPARAMETERS = {"lr": (1e-3, IDENTITY, True), "beta1": (0.9, UNIT_INTERVAL, False),
-                       "beta2": (0.999, UNIT_INTERVAL, False), "eps": (1e-8, IDENTITY, False),
-                       "weight_decay": (1e-2, IDENTITY, True)}
+    LEARNED_AS = {"lr": IDENTITY, "beta1": None, "beta2": None, "eps": None, "weight_decay": IDENTITY}
+
+    def __init__(self, params: Params = None, lr: Value = 1e-3, beta1: Value = 0.9, beta2: Value = 0.999,
+                 eps: Value = 1e-8, weight_decay: Value = 1e-2, *, betas: tuple[float, float] | None = None,
+                 **options):
+        """
+        Args:
+            params: the tensors or param groups to optimize; None for a level above (see Hyperoptimizer).
+            lr: the step size α (learned by a level above).
+            beta1: β1, as torch.optim.AdamW's; never learned.
+            beta2: β2, as torch.optim.AdamW's; never learned.
+            eps: ε, added to √v̂; never learned. v starts at 0, as torch.optim.AdamW's.
+            weight_decay: λ, decoupled: the step shrinks the weights by 1 - αλ. Learned with α where
+                ``learn=("lr", "weight_decay")``.
+            betas: torch.optim's spelling, (β1, β2), in place of beta1= and beta2=.
+            **options: every optimizer's options (hyper=, learn=, check_finite=, keep_in_range=, compile=,
+                foreach=, maximize=, runs=, process_group=: see Hyperoptimizer).
+        """
+        super().__init__(params, lr, **self._betas_or(betas, beta1=beta1, beta2=beta2), eps=eps,
+                         weight_decay=weight_decay, **options)
     DECOUPLED_DECAY = True
     step_scalars, update, keep = staticmethod(step_scalars), staticmethod(update), staticmethod(keep)
     hypergradient_dots, hypergradient_terms = staticmethod(hypergradient_dots), staticmethod(hypergradient_terms)

@@ -96,8 +96,11 @@ def hypergradient(level, group: dict, upstream: list[torch.Tensor | None], t, ho
     states, upstream = handed.states, handed.grads
     learned = level.learned(group)
     h = level.values_used(group, t, host)
-    sums = group_dots(level, operands(h, runs, [u.dim() for u in upstream], raw.dtype), learned, states, upstream,
-                      runs)
+    dot = functools.partial(run_dot, runs=runs)
+    hs = operands(h, runs, [u.dim() for u in upstream], raw.dtype)
+    per_tensor = [level.hypergradient_dots(h_u, learned, state, u, dot) for h_u, state, u in zip(hs, states, upstream)]
+    sums = per_tensor[0] if len(per_tensor) == 1 else torch.stack(
+        [total for totals in per_tensor for total in totals]).unflatten(0, (len(per_tensor), -1)).sum(0)
     if host:
         totals = sums.tolist() if isinstance(sums, torch.Tensor) else [float(total) for total in sums]
         terms = level.hypergradient_terms(h, learned, totals)  # (a lone run's sums are scalars)
@@ -138,33 +141,6 @@ def decoupled_decay_terms(h: dict, learned: tuple[str, ...], terms: list, params
     return [own[name] for name in learned]
 
 
-def group_dots(level, hs: list[dict], learned: tuple[str, ...], states: list[dict], upstream: list[torch.Tensor],
-               runs: int | None):
-    """Each optimizer's dot products summed over the group's tensors, each a scalar or (runs,): the one tensor's
-    own, or for several one (sums, ...) tensor."""
-    dot = functools.partial(run_dot, runs=runs)
-    per_tensor = [level.hypergradient_dots(h, learned, state, u, dot) for h, state, u in zip(hs, states, upstream)]
-    if len(per_tensor) == 1:
-        return per_tensor[0]
-    return torch.stack([dot for sums in per_tensor for dot in sums]).unflatten(0, (len(per_tensor), -1)).sum(0)
-
-
-def group_update(level, hs: list[dict], learned: tuple[str, ...], grads: list[torch.Tensor],
-                 states: list[dict]) -> list[tuple]:
-    """(direction, scale) of every tensor of a group, its state updated in place with what the next
-    hypergradient keeps."""
-    steps = []
-    for h, g, state in zip(hs, grads, states):
-        if learned:
-            for name, tensor in level.keep(h, learned, g, state).items():
-                if name in state:  # a caller's in-place zero_grad, or the update, must not change it
-                    state[name].copy_(tensor)
-                else:
-                    state[name] = tensor.clone()
-        steps.append(level.update(h, learned, g, state))
-    return steps
-
-
 class Handed(NamedTuple):
     """What the update and the hypergradient of a group's parameters are handed: their (local) tensors, their
     states and their gradients, one of each per parameter; or on the multi-tensor path (`flat` not None) one flat
@@ -203,7 +179,16 @@ def update(level, group: dict, grads: list[torch.Tensor | None], active: torch.T
     # the settings (a schedule's) of the update the next hypergradient differentiates
     group["last_step"] = {name: group[name] for name in level.HYPERPARAMETERS}
     hs = operands(h, runs, [g.dim() for g in handed.grads], raw.dtype)
-    steps = group_update(level, hs, level.learned(group), list(handed.grads), handed.states)
+    learned = level.learned(group)
+    steps = []  # (direction, scale) of each tensor, its state updated in place with what the next hypergradient keeps
+    for h_g, g, state in zip(hs, handed.grads, handed.states):
+        if learned:
+            for name, tensor in level.keep(h_g, learned, g, state).items():
+                if name in state:  # a caller's in-place zero_grad, or the update, must not change it
+                    state[name].copy_(tensor)
+                else:
+                    state[name] = tensor.clone()
+        steps.append(level.update(h_g, learned, g, state))
     params = [local(group["params"][i]) for i in chosen]
     if level.DECOUPLED_DECAY:
         decay = 1.0 - hs[0]["lr"] * hs[0]["weight_decay"]
@@ -261,61 +246,99 @@ def gradient(level, group: dict, p: torch.Tensor, g: torch.Tensor | None) -> tor
     return g + decay * p if decay else g
 
 
+class Step(NamedTuple):
+    """What one step of a stack carries from phase to phase: for each param group of the weights (each level above
+    has one group per group below), whether it steps, its updates so far (None before the first), and its
+    multi-tensor state (None on the single-tensor path); for each level, each group's gradients, those the update
+    uses (the weights' p.grad; a level above's hypergradient); and the weights' gradients as backward made them,
+    which the hypergradient differentiates."""
+    stepping: list[bool]
+    counts: list[torch.Tensor | None]
+    flats: list[FlatState | None]
+    grads: list[list[list[torch.Tensor | None]]]
+    made: list[list[torch.Tensor | None]]
+    host: bool
+
+
 def step_stack(weights, made: list[list[torch.Tensor | None]]) -> None:
-    """One step of the stack whose weights' optimizer is `weights`: each level's hyperparameters are updated by
-    the level above before they update the level below (the reference code's order). Every level of a param group
-    steps once a step, so the group's step count, kept by the weights' optimizer, is every level's. `made` is each
-    weight's gradient as backward made it (hyperopt/gradients.py), for the hypergradient; the update uses p.grad.
-    A param group none of whose parameters has a gradient takes no step at any level, as torch.optim leaves it:
-    its step count (Adam's bias correction) and the update its next hypergradient differentiates stay as they are.
-    Where the weights are shards held by several processes, what they decide together is summed over them in one
-    all-reduce (`decide_together`)."""
+    """One step of the stack whose weights' optimizer is `weights`, in four phases: its gradients gathered,
+    hypergradients bottom-up, divergence checked, updates top-down (each level's hyperparameters are updated by the
+    level above before they update the level below: the reference code's order). Every level of a param group steps
+    once a step, so the group's step count, kept by the weights' optimizer, is every level's. A param group none of
+    whose parameters has a gradient takes no step at any level, as torch.optim leaves it: its step count (Adam's
+    bias correction) and the update its next hypergradient differentiates stay as they are."""
     levels = weights.levels()
-    host = on_host(weights)
-    stepping = [any(p.grad is not None for p in group["params"]) for group in weights.param_groups]
-    if weights.shard_group is None and not any(stepping):
+    step = gathered(weights, made)
+    if step is None:
         return
-    states = [weights.state[group["params"][0]] for group in weights.param_groups]
-    counts = [state.get("step") for state in states]  # updates so far; None before the first
-    ts = [None if count is None else float(count) if host else count for count in counts]
-    grads = [[[gradient(weights, group, p, p.grad) for p in group["params"]] for group in weights.param_groups]]
-    upstream = [[g if m is p.grad else gradient(weights, group, p, m) for p, g, m in zip(group["params"], gs, ms)]
-                for group, gs, ms in zip(weights.param_groups, grads[0], made)]
-    # the path, chosen here once: the weights' tensors one by one, or each group's as one (multi_tensor.py)
-    flats = [[weights.flat_state(index) if weights.uses_foreach() else None
-              for index in range(len(weights.param_groups))]] + [[None] * len(weights.param_groups)] * len(levels)
     checking = weights.check_finite and len(levels) > 1
     first = None  # the weights' gradients summed, at a group's first step, which has no hypergradient yet
-    if checking and any(steps and count is None for steps, count in zip(stepping, counts)):
-        first = weights_gradient_sums(weights, grads[0])
-    for k, level in enumerate(levels[:-1]):
-        hypergradients = [hypergradient(level, group, us, t, host, flat)
-                          for group, us, t, flat in zip(level.param_groups, upstream, ts, flats[k])]
-        if k == 0 and weights.shard_group is not None:
-            stepping, first, hypergradients = decide_together(weights, stepping, first, hypergradients, counts)
-        grads.append([[h] for h in hypergradients])
-        upstream = grads[-1]
-        for group, h in zip(level.param_groups, hypergradients):
-            group["hyper_raw"].grad = h  # the level above's gradient, as torch.optim would see it
-    if not any(stepping):
+    if checking and any(steps and count is None for steps, count in zip(step.stepping, step.counts)):
+        first = weights_gradient_sums(weights, step.grads[0])
+    step, first = hypergradients_bottom_up(weights, levels, step, first)
+    if not any(step.stepping):
         return
-    lead = stepping.index(True)  # the group whose step count the divergence checks report
-    active = check(weights, levels, grads[1:], counts[lead], first) if checking else None
-    for group, state, count, steps in zip(weights.param_groups, states, counts, stepping):
-        if not steps:
-            continue
-        if count is None:
-            raw = group["hyper_raw"]
-            state["step"] = torch.zeros((), dtype=raw.dtype, device=raw.device)
-        state["step"].add_(1)
-    ts = [None if not steps else float(state["step"]) if host else state["step"]
-          for state, steps in zip(states, stepping)]
-    for level, level_grads, level_flats in reversed(list(zip(levels, grads, flats))):
-        for group, g, t, count, steps, flat in zip(level.param_groups, level_grads, ts, counts, stepping, level_flats):
-            if steps:
-                update(level, group, g, active, t, count is None, host, flat)
+    lead = step.stepping.index(True)  # the group whose step count the divergence checks report
+    active = check(weights, levels, step.grads[1:], step.counts[lead], first) if checking else None
+    updates_top_down(weights, levels, step, active)
     if checking:
-        check_ranges(weights, levels, states[lead]["step"], host)
+        check_ranges(weights, levels, weights.state[weights.param_groups[lead]["params"][0]]["step"], step.host)
+
+
+def gathered(weights, made: list[list[torch.Tensor | None]]) -> Step | None:
+    """The weights' gradients, as the update takes them (p.grad) and as backward made them, and the path, chosen
+    here once: the tensors one by one, or each group's as one (multi_tensor.py). None where no group steps (and
+    no other process holds shards of one)."""
+    stepping = [any(p.grad is not None for p in group["params"]) for group in weights.param_groups]
+    if weights.shard_group is None and not any(stepping):
+        return None
+    counts = [weights.state[group["params"][0]].get("step") for group in weights.param_groups]
+    grads = [[gradient(weights, group, p, p.grad) for p in group["params"]] for group in weights.param_groups]
+    made = [[g if m is p.grad else gradient(weights, group, p, m) for p, g, m in zip(group["params"], gs, ms)]
+            for group, gs, ms in zip(weights.param_groups, grads, made)]
+    flats = [weights.flat_state(index) if weights.uses_foreach() else None
+             for index in range(len(weights.param_groups))]
+    return Step(stepping, counts, flats, [grads], made, on_host(weights))
+
+
+def hypergradients_bottom_up(weights, levels, step: Step, first: torch.Tensor | None) -> tuple[Step, torch.Tensor]:
+    """Each level's hypergradient from the one below it (the chain rule: the weights' gradients first), set as
+    the level above's gradients (``hyper_raw.grad``, as torch.optim would see them). Where the weights are shards
+    held by several processes, what they decide together is summed over them in one all-reduce
+    (`decide_together`)."""
+    ts = [None if count is None else float(count) if step.host else count for count in step.counts]
+    upstream, flats = step.made, step.flats
+    for k, level in enumerate(levels[:-1]):
+        hypergradients = [hypergradient(level, group, us, t, step.host, flat)
+                          for group, us, t, flat in zip(level.param_groups, upstream, ts, flats)]
+        if k == 0 and weights.shard_group is not None:
+            stepping, first, hypergradients = decide_together(weights, step.stepping, first, hypergradients,
+                                                              step.counts)
+            step = step._replace(stepping=stepping)
+        step.grads.append([[h] for h in hypergradients])
+        upstream, flats = step.grads[-1], [None] * len(flats)  # (a level above: one tensor per group)
+        for group, h in zip(level.param_groups, hypergradients):
+            group["hyper_raw"].grad = h
+    return step, first
+
+
+def updates_top_down(weights, levels, step: Step, active: torch.Tensor | None) -> None:
+    """Each stepping group's count moved on, then each level's update from the top (`active`: the runs that go
+    on, where runs are stacked and checked)."""
+    ts = []
+    for group, count, steps in zip(weights.param_groups, step.counts, step.stepping):
+        state = weights.state[group["params"][0]]
+        if steps and count is None:
+            state["step"] = torch.zeros((), dtype=group["hyper_raw"].dtype, device=group["hyper_raw"].device)
+        if steps:
+            state["step"].add_(1)
+        ts.append(None if not steps else float(state["step"]) if step.host else state["step"])
+    for k, (level, grads) in reversed(list(enumerate(zip(levels, step.grads)))):
+        flats = step.flats if k == 0 else [None] * len(step.flats)
+        for group, g, t, count, steps, flat in zip(level.param_groups, grads, ts, step.counts, step.stepping,
+                                                    flats):
+            if steps:
+                update(level, group, g, active, t, count is None, step.host, flat)
 
 
 def decide_together(weights, stepping: list[bool], first: torch.Tensor | None, hypergradients: list, counts):

@@ -20,8 +20,9 @@ sum over its own slice only, and a run whose hypergradient becomes NaN or infini
 from __future__ import annotations
 
 import copy
+import inspect
 from collections import OrderedDict
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence, Union
 
 import torch
 
@@ -30,11 +31,17 @@ from .checks import check_learn, check_values, numbers, per_hyperparameter
 from .divergence import Divergence
 from .gradients import BackwardGradients, made_gradients, take_scale_off
 from .multi_tensor import FlatState
-from .parameterisations import SQUARE, Parameterisation
+from .parameterisations import IDENTITY, SQUARE, Parameterisation
 from .shards import groups_sharded, made_by_zero
 
 
 GIVEN_BY_HAND = "a process group given by hand, which a copy does not carry"
+
+# What a constructor takes: the parameters (tensors, or param group dicts), and a hyperparameter's value: a number;
+# one per run (a sequence or a tensor, with runs=N); or, at the top of a stack, one per hyperparameter the level
+# below learns ({"lr": κ_α, "momentum": κ_μ})
+Params = Union[Iterable[torch.Tensor], Iterable[dict], None]
+Value = Union[float, Sequence[float], torch.Tensor, dict]
 
 # torch.optim's arguments that have no meaning here, and why
 NOT_HERE = {
@@ -63,7 +70,11 @@ class Hyperoptimizer(torch.optim.Optimizer):
     """Base class of the four optimizers. A subclass (one module each: sgd.py, adam.py, adagrad.py, rmsprop.py)
     supplies, with ``h`` the hyperparameters shaped to broadcast against the tensor at hand:
       NAME: the paper's name of the optimizer, as the notation writes it.
-      HYPERPARAMETERS: {name: (default, Parameterisation, learnable)}, in the notation's positional order.
+      __init__(self, params=None, <each hyperparameter>=<its default>, *, **options): the constructor, its
+          hyperparameters in the notation's positional order, documented (Args:); it passes them on to this one.
+      LEARNED_AS: {name: the Parameterisation a level above learns it as, or None for one never learned}, the
+          constructor's hyperparameters. HYPERPARAMETERS, {name: (default, Parameterisation, learnable)}, is made
+          from the two: the defaults are written once, in the constructor's signature.
       default_learn(values) -> the names the reference learns for these initial values.
       step_scalars(h, t) -> {name: value}: quantities of step t (Adam's bias corrections), added to h.
       update(h, learned, g, state) -> (direction, scale): the update ``x_new = x - scale · direction`` of one
@@ -81,6 +92,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
     _step_supports_amp_scaling = True
 
     NAME: str
+    LEARNED_AS: dict[str, Parameterisation | None]
     HYPERPARAMETERS: dict[str, tuple[float, Parameterisation, bool]]
     OPTIONS: dict[str, bool] = {}  # switches of the update rule, never learned (SGD's nesterov)
     EPSILON: float | None = None  # a fixed ε the update adds in the parameters' dtype (Adam's is its eps)
@@ -90,10 +102,43 @@ class Hyperoptimizer(torch.optim.Optimizer):
     hypergradient_dots: Callable
     hypergradient_terms: Callable
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        signature = inspect.signature(cls.__init__).parameters
+        cls.HYPERPARAMETERS = {name: (signature[name].default, stored or IDENTITY, stored is not None)
+                               for name, stored in cls.LEARNED_AS.items()}
+
     def __init__(self, params: Iterable | None = None, lr=None, *, hyper: Hyperoptimizer | None = None,
                  learn: Iterable[str] | None = None, check_finite: bool = True, keep_in_range: bool = False,
                  compile: bool = False, foreach: bool | None = None, maximize: bool = False, runs: int | None = None,
                  process_group=None, **values):
+        """What every optimizer takes beside its hyperparameters (its own constructor documents those).
+
+        Args:
+            params: the tensors to optimize, or param groups (dicts with "params" and any hyperparameter, as in
+                torch.optim); None for a level above another optimizer (``hyper=``), which gets its parameters
+                from the level below.
+            lr: the step size α, which may be given second, as torch.optim's optimizers take it.
+            hyper: the optimizer that learns this one's hyperparameters (a level above); its own hyper= the
+                next, and so on. Without it, nothing is learned. ``hyperopt.stack`` builds a stack from the
+                paper's notation.
+            learn: the hyperparameters the level above learns (default: what the paper's reference code learns
+                for these values, e.g. SGD's momentum only when it starts non-zero).
+            check_finite: stop at the first step whose hypergradient is not finite (DivergenceError, nothing
+                changed), or with runs=N, freeze that run while the others go on.
+            keep_in_range: hold a learned step size at 0 and a learned momentum or β below 1 when the level
+                above would take it out of range (without it, an OutOfRangeWarning says so once).
+            compile: take the whole step under torch.compile from the third step on (one graph for the run;
+                schedules may change any value).
+            foreach: the multi-tensor path (True, the default where it is None: each param group's tensors as
+                one, a constant number of kernels per step) or the single-tensor path (False: one tensor at a
+                time, the readable specification). Both compute the same numbers.
+            maximize: maximize the objective, as torch.optim's maximize=True (the weights' optimizer only).
+            runs: N independent runs in one param group, each parameter holding them on a leading dimension of
+                N (models.batch_models); each hyperparameter is then one value per run.
+            process_group: the process group the weights are sharded over, where the parameters do not say it
+                (FSDP1, ZeroRedundancyOptimizer); FSDP2's DTensors say it themselves.
+        """
         if lr is not None:  # (second, as torch.optim's optimizers take it: SGD(params, 0.1))
             values["lr"] = lr
         values = self._betas_as_two(values)
@@ -153,6 +198,14 @@ class Hyperoptimizer(torch.optim.Optimizer):
     def HAS_BETAS(self) -> bool:  # noqa: N802 (a class constant, as NAME)
         # Adam's β1 and β2, which torch.optim spells betas=(β1, β2) and its schedulers cycle (OneCycleLR)
         return "beta1" in self.HYPERPARAMETERS and "beta2" in self.HYPERPARAMETERS
+
+    def _betas_or(self, betas, **given) -> dict:
+        """beta1= and beta2= as given, or torch.optim's betas=(β1, β2) where that is given (and they are not)."""
+        if betas is None:
+            return given
+        if any(value is not self.HYPERPARAMETERS[name][0] for name, value in given.items()):
+            raise TypeError(f"{self.NAME}: give betas=(β1, β2) or beta1= and beta2=, not both")
+        return {"betas": betas}
 
     def _betas_as_two(self, values: dict) -> dict:
         """torch.optim's betas=(β1, β2) as the paper's beta1= and beta2=."""

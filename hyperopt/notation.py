@@ -14,28 +14,41 @@ from .hyperoptimizer import Hyperoptimizer
 from .rmsprop import RMSProp
 from .sgd import SGD
 
-OPTIMIZERS = {cls.NAME.lower(): cls for cls in (SGD, Adam, AdamW, AdaGrad, RMSProp)}
 SYMBOLS = {"lr": "α", "momentum": "μ", "beta1": "β1", "beta2": "β2", "gamma": "γ", "eps": "ε",
            "weight_decay": "λ"}
 ALIASES = {**{name: name for name in SYMBOLS}, **{symbol: name for name, symbol in SYMBOLS.items()},
            "alpha": "lr", "mu": "momentum", "β₁": "beta1", "β₂": "beta2", "wd": "weight_decay"}
 
-GRAMMAR = """\
+# One line each optimizer: its module, and its place here and in __init__.py. The grammar below reads this table.
+OPTIMIZERS = {cls.NAME.lower(): cls for cls in (SGD, Adam, AdamW, AdaGrad, RMSProp)}
+
+
+def _positional_orders(width: int = 62) -> str:
+    lines = ["positional order:"]
+    for cls in OPTIMIZERS.values():
+        order = f"{cls.NAME}({', '.join(cls.HYPERPARAMETERS)})"
+        if len(lines[-1]) + len(order) + 2 > width:
+            lines[-1] += ","
+            lines.append(order)
+        else:
+            lines[-1] += (" " if lines[-1].endswith(":") else ", ") + order
+    return "\n".join(" " * 48 + line for line in lines)
+
+
+GRAMMAR = f"""\
   stack      := level ( "/" level )*            leftmost level updates the weights
   level      := NAME [ "^" learned ] [ "(" [ value ( "," value )* ] ")" ]
-  NAME       := SGD | Adam | AdamW | AdaGrad | RMSProp  (any case)
-  learned    := symbol | "{" symbol ( "," symbol )* "}"
+  NAME       := {" | ".join(cls.NAME for cls in OPTIMIZERS.values())}  (any case)
+  learned    := symbol | "{{" symbol ( "," symbol )* "}}"
   symbol     := α | alpha | lr | μ | mu | momentum | β1 | beta1 | β2 | beta2 | γ | gamma | λ | wd
   value      := number | per-level | symbol "=" ( number | per-level )
-                                                positional order: SGD(lr, momentum, weight_decay),
-                                                Adam(lr, beta1, beta2, eps), AdaGrad(lr), RMSProp(lr, gamma),
-                                                AdamW(lr, beta1, beta2, eps, weight_decay)
+{_positional_orders()}
                                                 SGD(0.1, 0.9, nesterov=1): Nesterov momentum
-  per-level  := "{" symbol ":" number ( "," symbol ":" number )* "}"
+  per-level  := "{{" symbol ":" number ( "," symbol ":" number )* "}}"
                                                 at the top of a stack: a value for each hyperparameter the
                                                 level learns, e.g. its step size for α and for μ
-  examples:  SGD   SGD(0.01)/SGD   Adam^α/SGD(1e-5)   RMSProp^{α,γ}/RMSProp(1e-4)   SGD(lr=0.1, momentum=0.9)/SGD
-             SGD(0.1, 0.9, wd=1e-4)/SGD({α: 1e-5, μ: 1e-6})"""
+  examples:  SGD   SGD(0.01)/SGD   Adam^α/SGD(1e-5)   RMSProp^{{α,γ}}/RMSProp(1e-4)   SGD(lr=0.1, momentum=0.9)/SGD
+             SGD(0.1, 0.9, wd=1e-4)/SGD({{α: 1e-5, μ: 1e-6}})"""
 
 _LEVEL = re.compile(r"^\s*(?P<name>[A-Za-z]+)\s*(?:\^\s*(?P<learned>\{[^}]*\}|[^\s(/{]+))?\s*"
                     r"(?:\((?P<args>[^()]*)\))?\s*$")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .hyperoptimizer import Hyperoptimizer
+from .hyperoptimizer import Hyperoptimizer, Params, Value
 from .parameterisations import SQUARE, UNIT_INTERVAL
 from .scalars import divide
 
@@ -56,6 +56,17 @@ class RMSProp(Hyperoptimizer):
 
     NAME = "RMSProp"
     EPSILON = EPS
-    HYPERPARAMETERS = {"lr": (0.01, SQUARE, True), "gamma": (0.99, UNIT_INTERVAL, True)}
+    LEARNED_AS = {"lr": SQUARE, "gamma": UNIT_INTERVAL}
+
+    def __init__(self, params: Params = None, lr: Value = 0.01, gamma: Value = 0.99, **options):
+        """
+        Args:
+            params: the tensors or param groups to optimize; None for a level above (see Hyperoptimizer).
+            lr: the step size α (learned by a level above, stored as √α).
+            gamma: γ, the decay of the squared gradient's average (learned, stored as atanh(2γ - 1)).
+            **options: every optimizer's options (hyper=, learn=, check_finite=, keep_in_range=, compile=,
+                foreach=, maximize=, runs=, process_group=: see Hyperoptimizer).
+        """
+        super().__init__(params, lr, gamma=gamma, **options)
     step_scalars, update, keep = staticmethod(step_scalars), staticmethod(update), staticmethod(keep)
     hypergradient_dots, hypergradient_terms = staticmethod(hypergradient_dots), staticmethod(hypergradient_terms)

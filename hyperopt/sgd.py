@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from .checks import numbers
-from .hyperoptimizer import Hyperoptimizer
+from .hyperoptimizer import Hyperoptimizer, Params, Value
 from .parameterisations import IDENTITY
 
 
@@ -73,9 +73,23 @@ class SGD(Hyperoptimizer):
     steps along g + μ·buffer, as torch.optim.SGD does."""
 
     NAME = "SGD"
-    HYPERPARAMETERS = {"lr": (0.01, IDENTITY, True), "momentum": (0.0, IDENTITY, True),
-                       "weight_decay": (0.0, IDENTITY, False)}
+    LEARNED_AS = {"lr": IDENTITY, "momentum": IDENTITY, "weight_decay": None}
     OPTIONS = {"nesterov": False}
+
+    def __init__(self, params: Params = None, lr: Value = 0.01, momentum: Value = 0.0, weight_decay: Value = 0.0, *,
+                 nesterov: bool = False, **options):
+        """
+        Args:
+            params: the tensors or param groups to optimize; None for a level above (see Hyperoptimizer).
+            lr: the step size α (learned by a level above).
+            momentum: μ, learned by a level above where it starts non-zero (as in the reference code);
+                ``learn=("lr", "momentum")`` learns it from 0 too.
+            weight_decay: λ, added to the gradient as λ·w, as torch.optim.SGD adds it; never learned.
+            nesterov: step along g + μ·buffer, as torch.optim.SGD(nesterov=True).
+            **options: every optimizer's options (hyper=, learn=, check_finite=, keep_in_range=, compile=,
+                foreach=, maximize=, runs=, process_group=: see Hyperoptimizer).
+        """
+        super().__init__(params, lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov, **options)
     update, keep = staticmethod(update), staticmethod(keep)
     hypergradient_dots, hypergradient_terms = staticmethod(hypergradient_dots), staticmethod(hypergradient_terms)
 

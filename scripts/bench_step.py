@@ -1,6 +1,8 @@
 """The optimizer's step alone (no forward, no backward): our stacks on the single-tensor path (foreach=False) and
 the multi-tensor path (foreach=True) against torch.optim's foreach step of the same base optimizer, side by side in
-one process. Prints JSON (and writes it with --out).
+one process; and, on the CPU, the multi-tensor path with its scalars as tensors (a GPU's way) against its default
+there, Python numbers (hypergradient.on_host), which is kept only where it pays. Prints JSON (and writes it with
+--out).
 
 Method: each configuration's model takes one backward; then its optimizer steps again and again on those
 gradients (each step the whole computation: hypergradients, checks, updates). Rounds interleave the configurations
@@ -19,6 +21,7 @@ import torch.nn.functional as F
 
 import hyperopt
 from experiments.benchmark import Loop, interleaved_rounds, paired_ratio
+from hyperopt import hypergradient
 from experiments.provenance import provenance
 from experiments.reports import publish
 from models import MLP, resnet20
@@ -47,6 +50,19 @@ def stepper(name: str, model_name: str, make, device: torch.device) -> Loop:
     return Loop(name, itertools.repeat((nothing, nothing)), lambda x, y: optimizer.step())
 
 
+def with_scalars_as_tensors(loop: Loop) -> Loop:
+    """The loop's steps taken with every scalar a tensor, as on a GPU (a lone run on the CPU uses numbers)."""
+    step, on_host = loop.step, hypergradient.on_host
+
+    def tensor_step(x, y):
+        hypergradient.on_host = lambda weights: False
+        try:
+            step(x, y)
+        finally:
+            hypergradient.on_host = on_host
+    return Loop(loop.name, loop.batches, tensor_step)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="resnet20", choices=list(MODELS))
@@ -62,6 +78,8 @@ def main():
         for spec, foreach in itertools.product(stacks, (False, True)):
             make = (lambda spec, foreach: lambda params: hyperopt.stack(spec, params, foreach=foreach))(spec, foreach)
             loops.append(stepper(f"{spec}/foreach={foreach}", args.model, make, device))
+            if foreach and device.type == "cpu":
+                loops.append(with_scalars_as_tensors(stepper(f"{spec}/tensors", args.model, make, device)))
     times = interleaved_rounds(loops, args.steps, args.rounds, warmup=3, device=device)
     results = []
     for family, (_, stacks) in FAMILIES.items():
@@ -75,6 +93,10 @@ def main():
                             "single_vs_torch_optim": paired_ratio(single, plain),
                             "multi_vs_torch_optim": paired_ratio(multi, plain),
                             "multi_vs_single": paired_ratio(multi, single)})
+            if f"{spec}/tensors" in times:
+                tensors = times[f"{spec}/tensors"]
+                results[-1].update({"multi_scalars_as_tensors_ms": statistics.median(tensors) * 1e3,
+                                    "scalars_as_tensors_vs_numbers": paired_ratio(tensors, multi)})
     report = {"benchmark": f"the optimizer's step alone, {args.model}, gradients of a batch of 32",
               "method": f"median over {args.rounds} interleaved rounds of the mean of {args.steps} steps; ratios: "
                         "median over rounds of each round's ratio",

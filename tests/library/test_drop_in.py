@@ -3,6 +3,7 @@ parameters without a gradient, divergence at any step."""
 
 import copy
 import gc
+import inspect
 import re
 
 import pytest
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from torch.optim import lr_scheduler
 
 import hyperopt
+from hyperopt.notation import OPTIMIZERS
 from models import MLP, batch_models
 from tests.library.closeness import assert_relative_close
 
@@ -532,3 +534,20 @@ def test_a_load_that_fails_changes_nothing(batches):
         assert all(torch.equal(saved["state"][i][k], now["state"][i][k]) for i in saved["state"]
                    for k in saved["state"][i])
     run_side_by_side([model], [optimizer], batches[3:4])  # and it still steps
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_each_optimizers_constructor_names_and_documents_its_hyperparameters(name):
+    """What an IDE shows: the hyperparameters as arguments, in the notation's order, with their defaults, and an
+    Args: entry for each (the table of optimizers is read, so a new one is held to this too)."""
+    cls = OPTIMIZERS[name]
+    parameters = inspect.signature(cls).parameters
+    assert list(parameters)[:len(cls.HYPERPARAMETERS) + 1] == ["params", *cls.HYPERPARAMETERS]
+    doc = inspect.getdoc(cls.__init__)
+    for argument in ["params", *cls.HYPERPARAMETERS, "**options"]:
+        assert re.search(rf"^\s+{re.escape(argument)}:", doc, re.MULTILINE), f"{name}: {argument} undocumented"
+    options = inspect.getdoc(hyperopt.Hyperoptimizer.__init__)
+    for option in ("hyper", "learn", "check_finite", "keep_in_range", "compile", "foreach", "maximize", "runs",
+                   "process_group"):
+        assert option in inspect.signature(hyperopt.Hyperoptimizer).parameters
+        assert re.search(rf"^\s+{option}:", options, re.MULTILINE), f"{option} undocumented"
