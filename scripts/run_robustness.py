@@ -21,10 +21,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from experiments.robustness import ALPHAS, METHODS, SEEDS, STUDIES, TRIALS, TASKS
 
-from experiments.robustness import ALPHAS, METHODS, SEEDS, STUDIES, TRIALS, TASKS  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 FINISHED = ("ok", "diverged", "failed")
 # --smoke: each task this small, two epochs, every method at one step size and one seed, one trial of one study
