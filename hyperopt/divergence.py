@@ -69,9 +69,11 @@ class Divergence:
         time; returns which runs those are."""
         newly = outside.any(1) & (self.left["step"] == 0)
         which = outside.int().argmax(1)
-        value = values.gather(1, which.unsqueeze(1)).squeeze(1).to(torch.float64)
-        for key, new in (("step", step.long()), ("level", level), ("hyperparameter", which), ("value", value)):
-            self.left[key].copy_(torch.where(newly, new, self.left[key]))
+        value = values.gather(1, which.unsqueeze(1)).squeeze(1)
+        self.left["level"].masked_fill_(newly, level)
+        for key, new in (("step", step), ("hyperparameter", which), ("value", value)):
+            kept = self.left[key]  # (written in place: each a kernel a step, at every level)
+            torch.where(newly, new.to(kept.dtype), kept, out=kept)
         return newly
 
     def active(self) -> torch.Tensor:

@@ -385,11 +385,14 @@ def check_ranges(weights, levels, step: torch.Tensor, host: bool) -> None:
                     index = outside.index(True)
                     warnings.warn(OutOfRangeWarning(k, level.NAME, learned[index], int(step), values[index],
                                                     weights.keep_in_range), stacklevel=6)
-            else:
-                values = [p.to_value(column) for p, column in zip(parameterisations, raw.unbind(1))]
-                outside = torch.stack([(value < 0.0) | (value >= 1.0) if name in UNIT_RANGE else value < 0.0
-                                       for name, value in zip(learned, values)], dim=1)
-                weights.divergence.note_left(step.to(raw.device), k, outside, torch.stack(values, dim=1))
+            else:  # the whole (runs, learned) matrix at once: a few operations whatever the number of values
+                converted = {kind: kind.to_value(raw) for kind in set(parameterisations) - {IDENTITY}}
+                values = raw if not converted else torch.stack(
+                    [converted[kind][:, i] if kind in converted else raw[:, i]
+                     for i, kind in enumerate(parameterisations)], dim=1)
+                upper = raw.new_tensor([1.0 if name in UNIT_RANGE else math.inf for name in learned])
+                outside = (values < 0.0) | (values >= upper)
+                weights.divergence.note_left(step.to(raw.device), k, outside, values)
             if weights.keep_in_range:
                 for i, (name, parameterisation) in enumerate(zip(learned, parameterisations)):
                     if parameterisation is IDENTITY:
