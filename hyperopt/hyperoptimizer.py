@@ -104,6 +104,8 @@ class Hyperoptimizer(torch.optim.Optimizer):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
+        if "LEARNED_AS" not in cls.__dict__:  # (a wrapper's subclass, as Lightning makes: the optimizer's table)
+            return
         signature = inspect.signature(cls.__init__).parameters
         cls.HYPERPARAMETERS = {name: (signature[name].default, stored or IDENTITY, stored is not None)
                                for name, stored in cls.LEARNED_AS.items()}

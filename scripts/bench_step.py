@@ -24,28 +24,45 @@ from experiments.benchmark import Loop, interleaved_rounds, paired_ratio
 from hyperopt import hypergradient
 from experiments.provenance import provenance
 from experiments.reports import publish
-from models import MLP, resnet20
+from models import MLP, CharGPT, resnet20
 
-MODELS = {"resnet20": (resnet20, (3, 32, 32)), "mlp": (MLP, (1, 28, 28))}
+
+def images(shape):
+    return lambda device: (torch.rand((32,) + shape, device=device), torch.randint(0, 10, (32,), device=device))
+
+
+def text(device, vocabulary=83, length=64):
+    tokens = torch.randint(0, vocabulary, (32, length + 1), device=device)
+    return tokens[:, :-1], tokens[:, 1:]
+
+
+def gpt_loss(output, y):
+    log_probabilities, _ = output
+    return F.nll_loss(log_probabilities.flatten(0, 1), y.flatten())
+
+
+MODELS = {  # name: (the model, a batch of 32, its loss)
+    "resnet20": (resnet20, images((3, 32, 32)), F.cross_entropy),
+    "mlp": (MLP, images((1, 28, 28)), F.cross_entropy),
+    "char_gpt": (lambda: CharGPT(83), text, gpt_loss),
+}
 
 FAMILIES = {
-    # family: (torch.optim's foreach step, our stacks of that base optimizer). Small step sizes: hundreds of steps
-    # on one batch's gradients must not diverge (the time of a step does not depend on its values).
-    "SGD(α, μ)": (lambda params: torch.optim.SGD(params, lr=1e-4, momentum=0.9, foreach=True),
-                  ["SGD(1e-4, 0.9)/SGD(1e-8)"]),
-    "Adam": (lambda params: torch.optim.Adam(params, lr=1e-5, foreach=True),
-             ["Adam(1e-5)/SGD(1e-9)", "Adam(1e-5)/Adam(1e-8)/Adam(1e-9)"]),
-    "AdamW": (lambda params: torch.optim.AdamW(params, lr=1e-5, foreach=True), ["AdamW(1e-5)/SGD(1e-9)"]),
+    # family: (torch.optim's optimizer and its arguments, our stacks of that base optimizer). Small step sizes:
+    # hundreds of steps on one batch's gradients must not diverge (the time of a step does not depend on its values).
+    "SGD(α, μ)": (torch.optim.SGD, {"lr": 1e-4, "momentum": 0.9}, ["SGD(1e-4, 0.9)/SGD(1e-8)"]),
+    "Adam": (torch.optim.Adam, {"lr": 1e-5}, ["Adam(1e-5)/SGD(1e-9)", "Adam(1e-5)/Adam(1e-8)/Adam(1e-9)"]),
+    "AdamW": (torch.optim.AdamW, {"lr": 1e-5}, ["AdamW(1e-5)/SGD(1e-9)"]),
 }
 
 
 def stepper(name: str, model_name: str, make, device: torch.device) -> Loop:
     torch.manual_seed(0)
-    factory, shape = MODELS[model_name]
+    factory, batch, loss = MODELS[model_name]
     model = factory().to(device)
     optimizer = make(model.parameters())
-    x, y = torch.rand((32,) + shape, device=device), torch.randint(0, 10, (32,), device=device)
-    F.cross_entropy(model(x), y).backward()
+    x, y = batch(device)
+    loss(model(x), y).backward()
     nothing = torch.zeros(())
     return Loop(name, itertools.repeat((nothing, nothing)), lambda x, y: optimizer.step())
 
@@ -73,8 +90,13 @@ def main():
     args = parser.parse_args()
     device = torch.device(args.device)
     loops = []
-    for family, (plain, stacks) in FAMILIES.items():
-        loops.append(stepper(f"{family}/torch.optim", args.model, plain, device))
+    for family, (optimizer, arguments, stacks) in FAMILIES.items():
+        for kind, chosen in (("", {"foreach": True}), (" fused", {"fused": True})):
+            if kind and device.type != "cuda":  # (torch's fused kernels: a GPU's)
+                continue
+            make = (lambda optimizer, options: lambda params: optimizer(params, **options))(
+                optimizer, {**arguments, **chosen})
+            loops.append(stepper(f"{family}/torch.optim{kind}", args.model, make, device))
         for spec, foreach in itertools.product(stacks, (False, True)):
             make = (lambda spec, foreach: lambda params: hyperopt.stack(spec, params, foreach=foreach))(spec, foreach)
             loops.append(stepper(f"{spec}/foreach={foreach}", args.model, make, device))
@@ -82,8 +104,9 @@ def main():
                 loops.append(with_scalars_as_tensors(stepper(f"{spec}/tensors", args.model, make, device)))
     times = interleaved_rounds(loops, args.steps, args.rounds, warmup=3, device=device)
     results = []
-    for family, (_, stacks) in FAMILIES.items():
+    for family, (_, _, stacks) in FAMILIES.items():
         plain = times[f"{family}/torch.optim"]
+        fused = times.get(f"{family}/torch.optim fused")
         for spec in stacks:
             single, multi = times[f"{spec}/foreach=False"], times[f"{spec}/foreach=True"]
             results.append({"family": family, "stack": spec,
@@ -93,11 +116,15 @@ def main():
                             "single_vs_torch_optim": paired_ratio(single, plain),
                             "multi_vs_torch_optim": paired_ratio(multi, plain),
                             "multi_vs_single": paired_ratio(multi, single)})
+            if fused is not None:
+                results[-1].update({"torch_optim_fused_ms": statistics.median(fused) * 1e3,
+                                    "multi_vs_torch_optim_fused": paired_ratio(multi, fused)})
             if f"{spec}/tensors" in times:
                 tensors = times[f"{spec}/tensors"]
                 results[-1].update({"multi_scalars_as_tensors_ms": statistics.median(tensors) * 1e3,
                                     "scalars_as_tensors_vs_numbers": paired_ratio(tensors, multi)})
-    report = {"benchmark": f"the optimizer's step alone, {args.model}, gradients of a batch of 32",
+    report = {"benchmark": f"the optimizer's step alone, {args.model}, gradients of a batch of 32"
+                           + (" (on a GPU, torch's fused Adam and AdamW too)" if device.type == "cuda" else ""),
               "method": f"median over {args.rounds} interleaved rounds of the mean of {args.steps} steps; ratios: "
                         "median over rounds of each round's ratio",
               **provenance(device), "results": results}

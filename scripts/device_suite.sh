@@ -15,8 +15,8 @@
 # and not, every optimizer, bf16, channels_last, against the CPU); bench_batched and bench_overhead (ResNet-20) as
 # JSON; then the largest experiment slices that fit, batched (hydra/launcher=batched): the RNN grid at 50 epochs,
 # Table 1, and Figure 2 at full length on the images the device holds; last, one Table 1 run by torchrun's
-# processes (distributed=ddp, NCCL, one process per GPU); then the step alone (bench_step) and the whole step
-# compiled (bench_compile) on ResNet-20. A part cut off by its limit leaves the
+# processes (distributed=ddp, NCCL, one process per GPU); then the step alone (bench_step, ResNet-20 and the
+# char-GPT) and the whole step compiled (bench_compile, ResNet-20). A part cut off by its limit leaves the
 # records it wrote (run again, a sweep resumes). The records and logs come back as one archive, OUT/runs.tar.gz.
 set -uo pipefail
 out=${1:?usage: bash scripts/device_suite.sh OUT [--dry-run]}
@@ -38,7 +38,7 @@ if [ -d .device-data ]; then
 fi
 
 if [ "$dry" = --dry-run ]; then
-    limits=(0 0 0 0 0 0 0 0 0)  # timeout 0: no limit
+    limits=(0 0 0 0 0 0 0 0 0 0)  # timeout 0: no limit
     bench=(--runs 2 --steps 1 --rounds 1 --batch-size 4)
     overhead=(--heights 0,1 --steps 1 --rounds 1 --batch-size 4 --no-reference --no-compiled)
     step=(--steps 1 --rounds 1)
@@ -49,7 +49,7 @@ if [ "$dry" = --dry-run ]; then
     table1_exp=+exp=mnist_sgd_sgd
     ddp=(--nproc_per_node=2 experiments/train.py +exp=mnist_adam_sgd epochs=1 data.subset=512)
 else
-    limits=(120 60 45 100 60 120 60 30 90)
+    limits=(120 60 45 100 60 120 60 30 30 90)
     bench=()
     overhead=(--heights 0,1,2 --no-reference)
     step=()
@@ -86,11 +86,14 @@ part figure2 "${limits[5]}" "${train[@]}" +exp=cifar_resnet20 cifar.hyper=true,f
 # one run by torchrun's processes, one per GPU (NCCL; gloo in the dry run)
 part ddp "${limits[6]}" "$python" -m torch.distributed.run --standalone "${ddp[@]}" distributed=ddp progress=false \
     hydra.run.dir="$out/runs/ddp"
-# the step alone on ResNet-20, each path against torch.optim's foreach step; the whole step compiled
+# the step alone on ResNet-20 and the char-GPT, each path against torch.optim's foreach and fused steps; the whole
+# step compiled
 part bench_step "${limits[7]}" "$python" scripts/bench_step.py "${step[@]}" --out "$out/bench_step_resnet20.json"
-part bench_compile "${limits[8]}" "$python" scripts/bench_compile.py "${compiled[@]}" \
+part bench_step_gpt "${limits[8]}" "$python" scripts/bench_step.py --model char_gpt "${step[@]}" \
+    --out "$out/bench_step_char_gpt.json"
+part bench_compile "${limits[9]}" "$python" scripts/bench_compile.py "${compiled[@]}" \
     --out "$out/bench_compile_resnet20.json"
-# The device tool brings back at most 8 files: the four benchmarks' JSON, this summary, and one archive of the rest.
+# The device tool brings back at most 8 files: the five benchmarks' JSON, this summary, and one archive of the rest.
 mv "$out"/*.md "$out/logs/" 2>/dev/null
 mkdir -p "$out/runs"
 tar -czf "$out/runs.tar.gz" -C "$out" runs logs && rm -rf "$out/runs" "$out/logs"
