@@ -94,6 +94,6 @@ class Adam(Hyperoptimizer):
             **options: every optimizer's options (hyper=, learn=, check_finite=, keep_in_range=, compile=,
                 foreach=, maximize=, runs=, process_group=: see Hyperoptimizer).
         """
-        super().__init__(params, lr, **self._betas_or(betas, beta1=beta1, beta2=beta2), eps=eps, **options)
+        super().__init__(params, lr, beta1=beta1, beta2=beta2, betas=betas, eps=eps, **options)
     step_scalars, update, keep = staticmethod(step_scalars), staticmethod(update), staticmethod(keep)
     hypergradient_dots, hypergradient_terms = staticmethod(hypergradient_dots), staticmethod(hypergradient_terms)

@@ -73,7 +73,7 @@ class AdamW(Hyperoptimizer):
             **options: every optimizer's options (hyper=, learn=, check_finite=, keep_in_range=, compile=,
                 foreach=, maximize=, runs=, process_group=: see Hyperoptimizer).
         """
-        super().__init__(params, lr, **self._betas_or(betas, beta1=beta1, beta2=beta2), eps=eps,
+        super().__init__(params, lr, beta1=beta1, beta2=beta2, betas=betas, eps=eps,
                          weight_decay=weight_decay, **options)
     DECOUPLED_DECAY = True
     step_scalars, update, keep = staticmethod(step_scalars), staticmethod(update), staticmethod(keep)

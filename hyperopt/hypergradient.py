@@ -22,14 +22,14 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 
 from .divergence import UNIT_RANGE, DivergenceError, OutOfRangeWarning
 from .parameterisations import IDENTITY
-from .scalars import divide
 from .multi_tensor import FlatState, flat_state, flatten, pieces
+from .scalars import divide
 from .shards import local, sum_over_shards
 
 
@@ -110,7 +110,8 @@ def hypergradient(level, group: dict, upstream: list[torch.Tensor | None], t, ho
         terms = level.hypergradient_terms(h, learned, list(sums))
         raw_values = raw.detach().unbind(1)
     if level.DECOUPLED_DECAY:
-        terms = decoupled_decay_terms(h, learned, terms, handed.params(), upstream, runs, host)
+        params = handed.params if handed.flat is None else [flatten(handed.params, runs)]
+        terms = decoupled_decay_terms(h, learned, terms, params, upstream, runs, host)
     slopes = level.schedule_slopes(group)
     columns = []
     for name, term, value in zip(learned, terms, raw_values):  # the chain rule through a schedule's factor and
@@ -142,10 +143,10 @@ def decoupled_decay_terms(h: dict, learned: tuple[str, ...], terms: list, params
 
 
 class Handed(NamedTuple):
-    """What the update and the hypergradient of a group's parameters are handed: their (local) tensors, their
-    states and their gradients, one of each per parameter; or on the multi-tensor path (`flat` not None) one flat
-    tensor and state for them all (`params` is then made only if asked for)."""
-    params: Callable[[], list[torch.Tensor]]
+    """What the update and the hypergradient of a group's parameters are handed: their (local) tensors; their
+    states and their gradients, one of each per parameter, or on the multi-tensor path (`flat` not None) one flat
+    state and gradient for them all."""
+    params: list[torch.Tensor]
     states: list[dict]
     grads: list[torch.Tensor]
     flat: FlatState | None
@@ -159,9 +160,8 @@ def group_tensors(level, group: dict, chosen: list[int], grads: list[torch.Tenso
     if flat is not None:
         state = flat_state(flat, [group["params"][i] for i in chosen], states, params, group["runs"])
         if state is not None:
-            return Handed(lambda: [flatten(params, group["runs"])], [state], [flat.gather(grads, group["runs"])],
-                          flat)
-    return Handed(lambda: params, states, grads, None)
+            return Handed(params, [state], [flat.gather(grads, group["runs"])], flat)
+    return Handed(params, states, grads, None)
 
 
 def update(level, group: dict, grads: list[torch.Tensor | None], active: torch.Tensor | None, t, first: bool,
@@ -189,7 +189,7 @@ def update(level, group: dict, grads: list[torch.Tensor | None], active: torch.T
                 else:
                     state[name] = tensor.clone()
         steps.append(level.update(h_g, learned, g, state))
-    params = [local(group["params"][i]) for i in chosen]
+    params = handed.params
     if level.DECOUPLED_DECAY:
         decay = 1.0 - hs[0]["lr"] * hs[0]["weight_decay"]
         if isinstance(decay, torch.Tensor) or decay != 1.0:

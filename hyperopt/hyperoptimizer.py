@@ -94,6 +94,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
     NAME: str
     LEARNED_AS: dict[str, Parameterisation | None]
     HYPERPARAMETERS: dict[str, tuple[float, Parameterisation, bool]]
+    HAS_BETAS = False
     OPTIONS: dict[str, bool] = {}  # switches of the update rule, never learned (SGD's nesterov)
     EPSILON: float | None = None  # a fixed ε the update adds in the parameters' dtype (Adam's is its eps)
     DECOUPLED_DECAY = False  # its weight_decay shrinks the weights (x ← x(1 - αλ)) rather than adding λx to g
@@ -109,6 +110,8 @@ class Hyperoptimizer(torch.optim.Optimizer):
         signature = inspect.signature(cls.__init__).parameters
         cls.HYPERPARAMETERS = {name: (signature[name].default, stored or IDENTITY, stored is not None)
                                for name, stored in cls.LEARNED_AS.items()}
+        # Adam's β1 and β2, which torch.optim spells betas=(β1, β2) and its schedulers cycle (OneCycleLR)
+        cls.HAS_BETAS = "beta1" in cls.HYPERPARAMETERS and "beta2" in cls.HYPERPARAMETERS
 
     def __init__(self, params: Iterable | None = None, lr=None, *, hyper: Hyperoptimizer | None = None,
                  learn: Iterable[str] | None = None, check_finite: bool = True, keep_in_range: bool = False,
@@ -196,26 +199,15 @@ class Hyperoptimizer(torch.optim.Optimizer):
         if params is not None:
             self._attach(params)
 
-    @property
-    def HAS_BETAS(self) -> bool:  # noqa: N802 (a class constant, as NAME)
-        # Adam's β1 and β2, which torch.optim spells betas=(β1, β2) and its schedulers cycle (OneCycleLR)
-        return "beta1" in self.HYPERPARAMETERS and "beta2" in self.HYPERPARAMETERS
-
-    def _betas_or(self, betas, **given) -> dict:
-        """beta1= and beta2= as given, or torch.optim's betas=(β1, β2) where that is given (and they are not)."""
-        if betas is None:
-            return given
-        if any(value is not self.HYPERPARAMETERS[name][0] for name, value in given.items()):
-            raise TypeError(f"{self.NAME}: give betas=(β1, β2) or beta1= and beta2=, not both")
-        return {"betas": betas}
-
     def _betas_as_two(self, values: dict) -> dict:
-        """torch.optim's betas=(β1, β2) as the paper's beta1= and beta2=."""
+        """torch.optim's betas=(β1, β2) as the paper's beta1= and beta2= (which, given too, must be left at their
+        defaults: a constructor passes its defaults on)."""
         if "betas" not in values or values["betas"] is None:
             return {k: v for k, v in values.items() if k != "betas"}
         if not self.HAS_BETAS:
             raise TypeError(self._no_such_hyperparameter({"betas"}))
-        if "beta1" in values or "beta2" in values:
+        if any(values.get(name, default) is not default
+               for name, (default, _, _) in self.HYPERPARAMETERS.items() if name in ("beta1", "beta2")):
             raise TypeError(f"{self.NAME}: give betas=(β1, β2) or beta1= and beta2=, not both")
         betas = values["betas"]
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
