@@ -1,7 +1,8 @@
 """A run's checkpoint: everything needed to continue it exactly, saved atomically in the run's folder.
 
 checkpoint.pt is the latest and checkpoint.prev.pt the one before it. Each is written to a temporary file and then
-renamed, so a run killed while saving leaves the previous files whole; a file damaged some other way (cut short by
+renamed, and the latest becomes the previous one through a hard link, so a run killed at any moment while saving
+leaves checkpoint.pt whole (the old one or the new one) and checkpoint.prev.pt whole; a file damaged some other way (cut short by
 a full disk, say) is detected when loading and the one before it is used instead. Nothing a checkpoint holds is
 executed: it is loaded with `weights_only=True` (tensors and plain values), and one holding anything else (a pickle
 that could run code, planted in a shared folder say) is refused.
@@ -32,6 +33,19 @@ class UnsafeCheckpoint(ValueError):
     """A checkpoint that holds more than tensors and plain values: refused, not loaded."""
 
 
+def keep_as_previous(latest: Path) -> None:
+    """Make the latest checkpoint the previous one while it stays the latest too (a hard link renamed into place),
+    so that a kill between this and the next rename still leaves a checkpoint.pt. Where the file system has no
+    hard links, it is renamed: a kill in that instant leaves only checkpoint.prev.pt, which loading falls back to."""
+    link = latest.with_name(f".{PREVIOUS}.{os.getpid()}.link")
+    try:
+        os.link(latest, link)
+    except OSError:
+        os.replace(latest, latest.with_name(PREVIOUS))
+        return
+    os.replace(link, latest.with_name(PREVIOUS))
+
+
 class Checkpoints:
     def __init__(self, directory: str | os.PathLike, every_minutes: float | None = None):
         self.directory = Path(directory)
@@ -55,7 +69,7 @@ class Checkpoints:
                 file.flush()
                 os.fsync(file.fileno())
             if latest.exists():
-                os.replace(latest, self.directory / PREVIOUS)
+                keep_as_previous(latest)
             os.replace(temporary, latest)
         except OSError as error:
             Path(temporary).unlink(missing_ok=True)

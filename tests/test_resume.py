@@ -104,6 +104,40 @@ def test_a_damaged_checkpoint_is_passed_over_for_the_one_before(tmp_path):
     assert without_timings(resumed) == without_timings(straight)
 
 
+class Killed(BaseException):
+    """A kill at one file-system call of a save (the process gets no further)."""
+
+
+@pytest.mark.parametrize("hard_links", [True, False], ids=["hard links", "no hard links"])
+def test_a_kill_at_any_moment_of_a_save_leaves_a_whole_checkpoint(tmp_path, monkeypatch, hard_links):
+    from experiments import checkpoints
+    real = {"link": os.link, "replace": os.replace}
+    for kill_at in range(3 if hard_links else 2):
+        folder = tmp_path / f"{hard_links}-{kill_at}"
+        folder.mkdir()
+        saved = checkpoints.Checkpoints(folder)
+        saved.save({"step": 1})
+        saved.save({"step": 2})
+        calls = []
+
+        def call(name, *arguments):
+            if name == "link" and not hard_links:
+                raise OSError("hard links not supported")
+            calls.append(name)
+            if len(calls) - 1 == kill_at:
+                raise Killed
+            return real[name](*arguments)
+
+        monkeypatch.setattr(checkpoints.os, "link", lambda *a: call("link", *a))
+        monkeypatch.setattr(checkpoints.os, "replace", lambda *a: call("replace", *a))
+        with pytest.raises(Killed):
+            saved.save({"step": 3})
+        monkeypatch.undo()
+        assert saved.load()["step"] in (2, 3)
+        if hard_links:
+            assert (folder / checkpoints.LATEST).exists() and (folder / checkpoints.PREVIOUS).exists()
+
+
 class Planted:
     """What an attacker with write access to a shared run folder might leave as its checkpoint."""
 
