@@ -1,5 +1,5 @@
 """Writing results: a benchmark's JSON with a Markdown table beside it, tables and figures from run records (marked
-when their runs depart from the paper's protocol), and generated blocks in the README."""
+when their runs depart from the paper's protocol), and the generated blocks of the documentation's pages."""
 
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def publish(report: dict, out: Path | None, readme: Path | None = None) -> None:
+def publish(report: dict, out: Path | None, page: Path | None = None) -> None:
     """Print a benchmark's JSON report; with `out`, write it there and its results as Markdown beside it (and
-    into the README block named after the file, with `readme`)."""
+    into the block named after the file of the documentation page `page`)."""
     text = json.dumps(report, indent=2, ensure_ascii=False)
     print(text)
     if out is None:
@@ -40,8 +40,8 @@ def publish(report: dict, out: Path | None, readme: Path | None = None) -> None:
                 f"{report.get('versions', {}).get('torch')}, commit {str(report.get('git', {}).get('commit'))[:10]}"
                 f" by `{' '.join(report.get('command', []))}`.\n\n" + markdown_table(report["results"]))
     out.with_suffix(".md").write_text(markdown)
-    if readme is not None:
-        replace_between_markers(readme, out.stem, markdown)
+    if page is not None:
+        replace_between_markers(page, out.stem, markdown)
 
 
 def replace_between_markers(path: Path, name: str, text: str) -> None:
@@ -54,12 +54,12 @@ def replace_between_markers(path: Path, name: str, text: str) -> None:
 
 
 def figure_inputs(description: str, experiment: str, markers: str, out: Path, extra=None):
-    """(arguments, run records) of a figure script: record folders, --out, --readme, --export-records, and
+    """(arguments, run records) of a figure script: record folders, --out, --page, --export-records, and
     whatever `extra(parser)` adds; it stops with a message when the folders hold no run of `experiment`."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_sources(parser, experiment)
     parser.add_argument("--out", type=Path, default=out, help="where the figure and its tables go")
-    parser.add_argument("--readme", type=Path, help=f"also put the table between the {markers} markers of this file")
+    parser.add_argument("--page", type=Path, help=f"also put the table between the {markers} markers of this documentation page")
     parser.add_argument("--export-records", type=Path, metavar="DIR",
                         help="also copy each run's small record files here (to commit them)")
     if extra is not None:
@@ -163,11 +163,11 @@ def mark_deviations(figure, note: str) -> None:
                     wrap=True)
 
 
-def write_table(markdown: str, path: Path, readme: Path | None, markers: str) -> None:
-    """A generated table: into its Markdown file, into the README block named `markers` (with `readme`), and out."""
+def write_table(markdown: str, path: Path, page: Path | None, markers: str) -> None:
+    """A generated table: into its Markdown file, into the block named `markers` of the documentation page `page`, and out."""
     path.write_text(markdown, encoding="utf-8")
-    if readme is not None:
-        replace_between_markers(readme, markers, markdown)
+    if page is not None:
+        replace_between_markers(page, markers, markdown)
     print(markdown)
 
 

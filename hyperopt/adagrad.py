@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from .hyperoptimizer import Hyperoptimizer, Params, Value
@@ -33,13 +35,19 @@ def hypergradient_terms(h, learned, sums):
 
 
 class AdaGrad(Hyperoptimizer):
-    """AdaGrad(lr). The accumulator starts at 0.1, as in the reference."""
+    """AdaGrad(lr). The accumulator starts at 0.1, as in the reference.
+
+    Example:
+        ```python
+        opt = hyperopt.AdaGrad(model.parameters(), lr=0.01, hyper=hyperopt.AdaGrad(lr=0.01))   # AdaGrad/AdaGrad
+        ```
+    """
 
     NAME = "AdaGrad"
     EPSILON = EPS
     LEARNED_AS = {"lr": IDENTITY}
 
-    def __init__(self, params: Params = None, lr: Value = 0.01, **options):
+    def __init__(self, params: Params = None, lr: Value = 0.01, **options: Any):
         """
         Args:
             params: the tensors or param groups to optimize; None for a level above (see Hyperoptimizer).

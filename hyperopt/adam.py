@@ -7,6 +7,8 @@ and β1's and β2's follow from g·w, q·v and (q g)·g with q = m w / ((√v̂ 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from .hyperoptimizer import Hyperoptimizer, Params, Value
@@ -76,13 +78,21 @@ def hypergradient_terms(h, learned, sums):
 
 class Adam(Hyperoptimizer):
     """Adam(lr, beta1, beta2, eps). v starts at eps, as in the reference (√ is not differentiable at 0).
-    ``learn=("lr",)`` is the paper's Adam^α (the reference's AdamBaydin): it keeps nothing beyond m and v."""
+    ``learn=("lr",)`` is the paper's Adam^α (the reference's AdamBaydin): it keeps nothing beyond m and v.
+
+    Example:
+        ```python
+        opt = hyperopt.Adam(model.parameters(), 1e-3, betas=(0.9, 0.99), hyper=hyperopt.SGD(lr=1e-5))
+        assert str(opt) == "Adam(0.001, 0.9, 0.99)/SGD(1e-05)"
+        alpha_only = hyperopt.Adam(model.parameters(), learn=("lr",), hyper=hyperopt.SGD(lr=1e-5))   # Adam^α
+        ```
+    """
 
     NAME = "Adam"
     LEARNED_AS = {"lr": IDENTITY, "beta1": UNIT_INTERVAL, "beta2": UNIT_INTERVAL, "eps": None}
 
     def __init__(self, params: Params = None, lr: Value = 1e-3, beta1: Value = 0.9, beta2: Value = 0.999,
-                 eps: Value = 1e-8, *, betas: tuple[float, float] | None = None, **options):
+                 eps: Value = 1e-8, *, betas: tuple[float, float] | None = None, **options: Any):
         """
         Args:
             params: the tensors or param groups to optimize; None for a level above (see Hyperoptimizer).

@@ -8,6 +8,8 @@ w = u / (√v̂ + ε), as in adam.py.
 
 from __future__ import annotations
 
+from typing import Any
+
 import math
 
 import torch
@@ -52,14 +54,21 @@ def hypergradient_terms(h, learned, sums):
 class AdamW(Hyperoptimizer):
     """AdamW(lr, beta1, beta2, eps, weight_decay): torch.optim.AdamW, step for step, when nothing is learned. A
     level above learns its step size (``learn=("lr",)``, the default) and, if asked, its weight decay
-    (``learn=("lr", "weight_decay")``); its betas are fixed."""
+    (``learn=("lr", "weight_decay")``); its betas are fixed.
+
+    Example:
+        ```python
+        opt = hyperopt.AdamW(model.parameters(), 1e-3, weight_decay=0.01, hyper=hyperopt.Adam(lr=1e-3))
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=100)   # scales the learned step size
+        ```
+    """
 
     NAME = "AdamW"
     LEARNED_AS = {"lr": IDENTITY, "beta1": None, "beta2": None, "eps": None, "weight_decay": IDENTITY}
 
     def __init__(self, params: Params = None, lr: Value = 1e-3, beta1: Value = 0.9, beta2: Value = 0.999,
                  eps: Value = 1e-8, weight_decay: Value = 1e-2, *, betas: tuple[float, float] | None = None,
-                 **options):
+                 **options: Any):
         """
         Args:
             params: the tensors or param groups to optimize; None for a level above (see Hyperoptimizer).

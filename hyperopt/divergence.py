@@ -7,7 +7,28 @@ import torch
 
 
 class DivergenceError(FloatingPointError):
-    """A hypergradient or a learned hyperparameter became NaN or infinite; nothing was updated in that step."""
+    """A hypergradient or a learned hyperparameter became NaN or infinite; nothing was updated in that step.
+
+    Attributes:
+        level: the level whose hyperparameter (or, at level 0 and the first step, whose weights' gradient) it is,
+            0 being the weights' optimizer.
+        optimizer: that level's optimizer's name.
+        hyperparameter: the hyperparameter's name, or None for the weights' gradient.
+        step: the step that was not taken.
+        value: the value found.
+
+    Example:
+        ```python
+        opt = hyperopt.stack("SGD(0.1)/SGD(1e-3)", model.parameters())
+        x, y = batches[0]
+        loss_fn(model(x), y).backward()
+        next(model.parameters()).grad.fill_(float("inf"))
+        try:
+            opt.step()
+        except hyperopt.DivergenceError as error:
+            assert (error.level, error.step) == (0, 1)
+        ```
+    """
 
     def __init__(self, level: int, optimizer: str, hyperparameter: str | None, step: int, value: float):
         self.level, self.optimizer, self.hyperparameter, self.step, self.value = (
@@ -22,7 +43,19 @@ class DivergenceError(FloatingPointError):
 
 class OutOfRangeWarning(UserWarning):
     """A learned value left the range its optimizer needs (a step size below 0: gradient ascent; a momentum or a β
-    outside [0, 1)); said once per run."""
+    outside [0, 1)); said once per run. ``keep_in_range=True`` keeps such values at the edge instead.
+
+    Example:
+        ```python
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", hyperopt.OutOfRangeWarning)   # a run stops at the first one
+            opt = hyperopt.stack("SGD(0.1)/SGD(1e-3)", model.parameters())
+            x, y = batches[0]
+            loss_fn(model(x), y).backward()
+            opt.step()
+        ```
+    """
 
     def __init__(self, level: int, optimizer: str, hyperparameter: str, step: int, value: float, kept: bool):
         self.level, self.optimizer, self.hyperparameter, self.step, self.value = (

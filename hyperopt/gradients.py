@@ -32,7 +32,9 @@ warnings.filterwarnings("ignore", message="GradScaler is going to stop passing i
 
 
 class ClippedGradientWarning(UserWarning):
-    """The hypergradient could not see the gradient as backward made it, and uses the one step() found."""
+    """The hypergradient cannot see the gradient as backward made it, and will use the one step() finds: said
+    when a stack is made over FSDP1's flat parameters, whose gradients no hook sees, so that clipping them changes
+    the hypergradient (see "Training on several processes")."""
 
 
 class BackwardGradients:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import inspect
 from collections import OrderedDict
-from typing import Callable, Iterable, Sequence, Union
+from typing import Any, Callable, Iterable, Sequence, Union
 
 import torch
 
@@ -67,8 +67,8 @@ def _number_or_values(value):
 
 
 class Hyperoptimizer(torch.optim.Optimizer):
-    """Base class of the four optimizers. A subclass (one module each: sgd.py, adam.py, adagrad.py, rmsprop.py)
-    supplies, with ``h`` the hyperparameters shaped to broadcast against the tensor at hand:
+    """Base class of the five optimizers. A subclass (one module each: sgd.py, adam.py, adamw.py, adagrad.py,
+    rmsprop.py) supplies, with ``h`` the hyperparameters shaped to broadcast against the tensor at hand:
       NAME: the paper's name of the optimizer, as the notation writes it.
       __init__(self, params=None, <each hyperparameter>=<its default>, *, **options): the constructor, its
           hyperparameters in the notation's positional order, documented (Args:); it passes them on to this one.
@@ -113,10 +113,10 @@ class Hyperoptimizer(torch.optim.Optimizer):
         # Adam's β1 and β2, which torch.optim spells betas=(β1, β2) and its schedulers cycle (OneCycleLR)
         cls.HAS_BETAS = "beta1" in cls.HYPERPARAMETERS and "beta2" in cls.HYPERPARAMETERS
 
-    def __init__(self, params: Iterable | None = None, lr=None, *, hyper: Hyperoptimizer | None = None,
+    def __init__(self, params: Iterable | None = None, lr: Value | None = None, *, hyper: Hyperoptimizer | None = None,
                  learn: Iterable[str] | None = None, check_finite: bool = True, keep_in_range: bool = False,
                  compile: bool = False, foreach: bool | None = None, maximize: bool = False, runs: int | None = None,
-                 process_group=None, **values):
+                 process_group: torch.distributed.ProcessGroup | None = None, **values: Any):
         """What every optimizer takes beside its hyperparameters (its own constructor documents those).
 
         Args:
@@ -143,6 +143,14 @@ class Hyperoptimizer(torch.optim.Optimizer):
                 N (models.batch_models); each hyperparameter is then one value per run.
             process_group: the process group the weights are sharded over, where the parameters do not say it
                 (FSDP1, ZeroRedundancyOptimizer); FSDP2's DTensors say it themselves.
+            **values: the hyperparameters, by name, as the subclass's constructor passes them on.
+
+        Example:
+            ```python
+            opt = hyperopt.SGD(model.parameters(), 0.1, momentum=0.9, keep_in_range=True,
+                               hyper=hyperopt.SGD(lr={"lr": 1e-3, "momentum": 1e-4}))   # a κ for α and one for μ
+            assert str(opt) == "SGD(0.1, 0.9)/SGD({α: 0.001, μ: 0.0001})"
+            ```
         """
         if lr is not None:  # (second, as torch.optim's optimizers take it: SGD(params, 0.1))
             values["lr"] = lr
@@ -446,7 +454,17 @@ class Hyperoptimizer(torch.optim.Optimizer):
 
     # ----------------------------------------------------------------- the values a step uses
     def levels(self) -> list[Hyperoptimizer]:
-        """This optimizer and every level above it, bottom first."""
+        """This optimizer and every level above it.
+
+        Returns:
+            The levels, bottom (this one) first.
+
+        Example:
+            ```python
+            opt = hyperopt.stack("Adam/SGD(1e-5)/SGD(1e-6)", model.parameters())
+            assert [level.NAME for level in opt.levels()] == ["Adam", "SGD", "SGD"]
+            ```
+        """
         chain = [self]
         while chain[-1].hyper is not None:
             chain.append(chain[-1].hyper)
@@ -607,10 +625,31 @@ class Hyperoptimizer(torch.optim.Optimizer):
 
     # ----------------------------------------------------------------- one step of the whole stack
     @torch.no_grad()
-    def step(self, closure: Callable | None = None, grad_scaler: torch.amp.GradScaler | None = None):
-        """Hypergradients bottom-up, then updates top-down (hyperopt/hypergradient.py). ``grad_scaler`` is
-        GradScaler.step's own (scaler.step(opt) hands itself over): its scale is taken off the gradients exactly,
-        and a step it would skip is skipped, as it skips torch.optim's."""
+    def step(self, closure: Callable | None = None, grad_scaler: torch.amp.GradScaler | None = None) -> Any:
+        """Take one step of the whole stack: hypergradients bottom-up, then updates top-down
+        (``hyperopt/hypergradient.py``). Call it on the weights' optimizer, after ``loss.backward()``.
+
+        Args:
+            closure: re-evaluates the model and returns the loss, as for ``torch.optim`` (called once).
+            grad_scaler: GradScaler.step's own (``scaler.step(opt)`` hands itself over): its scale is taken off
+                the gradients exactly, and a step it would skip is skipped, as it skips torch.optim's.
+
+        Returns:
+            The closure's loss, or None without one.
+
+        Raises:
+            DivergenceError: a hypergradient, or at the first step a gradient, is NaN or infinite (a lone run in
+                eager mode, with check_finite=True); nothing was changed.
+
+        Example:
+            ```python
+            opt = hyperopt.stack("SGD(0.1)/SGD(1e-3)", model.parameters())
+            x, y = batches[0]
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+            ```
+        """
         if not self.attached:
             raise RuntimeError(f"{self.NAME} has no parameters: pass them (params=...) or use it as hyper= of "
                                "another optimizer")
@@ -642,8 +681,19 @@ class Hyperoptimizer(torch.optim.Optimizer):
         return loss
 
     def diverged(self) -> list[dict]:
-        """The runs that diverged and were frozen: run, step, level, hyperparameter (reads the device once). A
-        lone run in eager mode raises DivergenceError instead; compiled, it is frozen and reported here."""
+        """The runs that diverged and were frozen (a stack of runs, or a compiled step; a lone run in eager mode
+        raises DivergenceError instead). Reads the device once.
+
+        Returns:
+            One dict per frozen run: run, step, level, optimizer, hyperparameter (None where a gradient of the
+            weights was not finite).
+
+        Example:
+            ```python
+            opt = hyperopt.stack("SGD(0.1)/SGD(1e-3)", model.parameters())
+            assert opt.diverged() == []
+            ```
+        """
         found = []
         for run, step, level, index in self.divergence.events():
             optimizer = self.levels()[level]
@@ -654,7 +704,17 @@ class Hyperoptimizer(torch.optim.Optimizer):
 
     def out_of_range(self) -> list[dict]:
         """The first learned value of each run that left the range its optimizer needs (a step size below 0, a
-        momentum or β outside [0, 1)): run, step, level, hyperparameter, value (reads the device once)."""
+        momentum or β outside [0, 1)). Reads the device once.
+
+        Returns:
+            One dict per run that left its range: run, step, level, optimizer, hyperparameter, value.
+
+        Example:
+            ```python
+            opt = hyperopt.stack("SGD(0.1)/SGD(1e-3)", model.parameters())
+            assert opt.out_of_range() == []
+            ```
+        """
         found = []
         for run, step, level, index, value in self.divergence.left_range():
             optimizer = self.levels()[level]
@@ -664,8 +724,23 @@ class Hyperoptimizer(torch.optim.Optimizer):
 
     # ----------------------------------------------------------------- reading the stack
     def hyperparameters(self, group: int = 0, run: int | None = None) -> list[dict[str, float]]:
-        """Current hyperparameters of every level for one param group (and, in a stack of runs, one run), the
-        weights' optimizer first, in natural units (α, not the √α RMSProp stores; β in (0, 1), not its atanh)."""
+        """The hyperparameters every level uses now, in natural units (α, not the √α RMSProp stores; β in
+        (0, 1), not its atanh). Under a schedule, the values used (the learned value times the schedule's factor).
+
+        Args:
+            group: which param group.
+            run: which run, in a stack of runs (``runs=N``).
+
+        Returns:
+            One dict per level, the weights' optimizer first: {name: value}.
+
+        Example:
+            ```python
+            opt = hyperopt.stack("Adam/SGD(1e-5)", model.parameters())
+            weights, above = opt.hyperparameters()
+            assert abs(weights["lr"] - 1e-3) < 1e-9 and abs(above["lr"] - 1e-5) < 1e-9   # held in float32
+            ```
+        """
         result, below = [], ()
         for level in self.levels():  # a level above has one group per group of the level below
             if not level.attached:
@@ -725,6 +800,19 @@ class Hyperoptimizer(torch.optim.Optimizer):
                 self.backward.watch(group["params"])
 
     def state_dict(self) -> dict:
+        """Every level's state, as ``torch.optim``'s state dict holds one optimizer's: what a checkpoint saves.
+
+        Returns:
+            torch.optim's state dict of this level, with the optimizer's name, the level above's state dict
+            under "hyper", and what the divergence check and the gradients' hooks keep.
+
+        Example:
+            ```python
+            opt = hyperopt.stack("Adam/SGD(1e-5)", model.parameters())
+            again = hyperopt.stack("Adam/SGD(1e-5)", model.parameters())
+            again.load_state_dict(opt.state_dict())      # continues bitwise
+            ```
+        """
         state = super().state_dict()
         state["optimizer"] = self.NAME
         if self.hyper is not None:
@@ -736,8 +824,26 @@ class Hyperoptimizer(torch.optim.Optimizer):
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Load a state dict of a stack like this one, or change nothing: what differs is said before anything
-        changes, and a load that fails on the way puts back every level as it was."""
+        """Load a state dict of a stack like this one, or change nothing.
+
+        Args:
+            state_dict: what ``state_dict()`` of a stack with the same levels, optimizers and learned values
+                returned.
+
+        Raises:
+            ValueError: the state dict is of another stack, another optimizer or torch.optim; the message says
+                what differs (the level, its optimizer, what a group learns, the height), before anything changes.
+                A load that fails on the way puts back every level as it was.
+
+        Example:
+            ```python
+            opt = hyperopt.stack("SGD(0.1)/SGD(1e-3)", model.parameters())
+            try:
+                opt.load_state_dict(torch.optim.SGD(model.parameters(), lr=0.1).state_dict())
+            except ValueError as error:
+                print(error)                             # what differs; nothing changed
+            ```
+        """
         self._refuse_unless_alike(state_dict, 0)
         levels = self.levels()
         kept = [(level.state, level.param_groups, [group["hyper_raw"].clone() for group in level.param_groups],

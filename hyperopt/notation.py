@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import struct
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from .adagrad import AdaGrad
 from .adam import Adam
@@ -49,6 +49,8 @@ GRAMMAR = f"""\
                                                 level learns, e.g. its step size for α and for μ
   examples:  SGD   SGD(0.01)/SGD   Adam^α/SGD(1e-5)   RMSProp^{{α,γ}}/RMSProp(1e-4)   SGD(lr=0.1, momentum=0.9)/SGD
              SGD(0.1, 0.9, wd=1e-4)/SGD({{α: 1e-5, μ: 1e-6}})"""
+"""The grammar of the paper's notation, as `stack` and `parse` read it (and as their errors show it):
+``print(hyperopt.GRAMMAR)``. Missing values are the paper's defaults."""
 
 _LEVEL = re.compile(r"^\s*(?P<name>[A-Za-z]+)\s*(?:\^\s*(?P<learned>\{[^}]*\}|[^\s(/{]+))?\s*"
                     r"(?:\((?P<args>[^()]*)\))?\s*$")
@@ -102,7 +104,25 @@ def _arguments(text: str) -> list[str]:
 
 
 def parse(spec: str) -> list[tuple[type[Hyperoptimizer], dict, tuple[str, ...] | None]]:
-    """The levels of a stack, bottom first, as (optimizer class, hyperparameter values, learned names or None)."""
+    """Read a stack written in the paper's notation (`GRAMMAR`), without building it.
+
+    Args:
+        spec: the stack, e.g. ``"Adam^α/SGD(1e-5)"``.
+
+    Returns:
+        The levels, bottom (the weights' optimizer) first, each as (optimizer class, hyperparameter values given,
+        the names the level above learns, or None for what the reference code learns by default).
+
+    Raises:
+        ValueError: the spec does not follow the notation; the message names the level and shows the grammar.
+
+    Example:
+        ```python
+        levels = hyperopt.parse("Adam^α/SGD(1e-5)")
+        assert [cls.__name__ for cls, _, _ in levels] == ["Adam", "SGD"]
+        assert levels[0][2] == ("lr",) and levels[1][1] == {"lr": 1e-5}
+        ```
+    """
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"an optimizer stack must be a non-empty string, not {spec!r}.\nThe notation is:\n{GRAMMAR}")
     levels = []
@@ -145,13 +165,35 @@ def parse(spec: str) -> list[tuple[type[Hyperoptimizer], dict, tuple[str, ...] |
 Levels = list[tuple[type[Hyperoptimizer], dict, tuple[str, ...] | None]]
 
 
-def stack(spec: str | Levels | Sequence[str | Levels], params: Iterable | None = None, **options) -> Hyperoptimizer:
-    """Build a stack from the paper's notation: ``stack("Adam/SGD(1e-5)", model.parameters())``, or from its
-    levels as `parse` gives them. ``options`` (check_finite, compile) apply to every level.
+def stack(spec: str | Levels | Sequence[str | Levels], params: Iterable | None = None, **options: Any) -> Hyperoptimizer:
+    """Build a stack from the paper's notation (`GRAMMAR`), or from its levels as `parse` gives them.
 
     A list of stacks, one per run, builds one stack that trains them together (``runs=len(spec)``): ``params``
-    then hold every run's parameters stacked on a leading dimension (models.batch_models), the stacks must share
-    their structure (optimizers, what each level learns) and may differ in their values."""
+    then hold every run's parameters stacked on a leading dimension (``models.batch_models``); the stacks must
+    share their structure (optimizers, what each level learns) and may differ in their values.
+
+    Args:
+        spec: the stack, e.g. ``"Adam/SGD(1e-5)"`` (the weights' optimizer leftmost), its levels, or a list of
+            either, one per run.
+        params: the tensors or param groups the weights' optimizer optimizes, as for ``torch.optim``.
+        **options: applied to every level: check_finite, keep_in_range, compile, foreach, process_group (and
+            maximize, for the weights' level); see `Hyperoptimizer`.
+
+    Returns:
+        The weights' optimizer, a ``torch.optim.Optimizer`` whose ``hyper`` is the level above, and so on.
+
+    Raises:
+        ValueError: the spec does not follow the notation (the message shows the grammar), or a value is out of
+            range for its optimizer.
+        TypeError: an option that is not one of the above.
+
+    Example:
+        ```python
+        opt = hyperopt.stack("SGD(0.1, 0.9)/SGD(1e-3)", model.parameters())
+        assert str(opt) == "SGD(0.1, 0.9)/SGD(0.001)"
+        assert opt.hyper.param_groups[0]["lr"] == 1e-3
+        ```
+    """
     unknown = sorted(set(options) - OPTIONS)
     if unknown:
         raise TypeError(f"stack() got the keyword argument(s) {unknown}; its options, for every level, are "
@@ -260,8 +302,24 @@ def format_level(level: Hyperoptimizer, values: dict[str, float], learned: tuple
 
 
 def format_stack(optimizer: Hyperoptimizer, group: int = 0, run: int | None = None) -> str:
-    """The stack in the paper's notation with its current values (of one run, in a stack of runs);
-    ``stack(format_stack(opt))`` rebuilds it."""
+    """Write a stack in the paper's notation with its current values; ``stack(format_stack(opt))`` rebuilds it.
+    ``str(opt)`` is the same for the first param group.
+
+    Args:
+        optimizer: the weights' optimizer of a stack.
+        group: which param group's values.
+        run: which run's values, in a stack of runs (``runs=N``).
+
+    Returns:
+        The notation, e.g. ``"Adam(0.0038, 0.9, 0.999)/SGD(1e-05)"``.
+
+    Example:
+        ```python
+        opt = hyperopt.stack("Adam/SGD(1e-5)", model.parameters())
+        copy = hyperopt.stack(hyperopt.format_stack(opt), model.parameters())
+        assert hyperopt.format_stack(copy) == hyperopt.format_stack(opt)
+        ```
+    """
     levels = optimizer.levels()
     values = optimizer.hyperparameters(group, run)
     texts = []

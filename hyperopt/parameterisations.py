@@ -1,4 +1,4 @@
-"""How a learned hyperparameter is stored: the reference code's choices (README, "What the reference code does").
+"""How a learned hyperparameter is stored: the reference code's choices (docs/reference-code.md).
 
 A level above learns the raw value; the level below uses ``to_value(raw)``; the chain rule multiplies a
 hypergradient by ``derivative(raw)``. ``to_raw`` runs once, on a Python number, when a group is made.

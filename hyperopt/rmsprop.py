@@ -7,6 +7,8 @@ hypergradient needs the dot products w·u and (w (s - g²) / (s + ε))·u.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from .hyperoptimizer import Hyperoptimizer, Params, Value
@@ -52,13 +54,20 @@ def hypergradient_terms(h, learned, sums):
 
 class RMSProp(Hyperoptimizer):
     """RMSProp(lr, gamma). While learned, α is stored as √α and γ as atanh(2γ - 1), as in the reference.
-    ``learn=("lr",)`` is the paper's RMSProp^α (the reference's RMSPropAlpha)."""
+    ``learn=("lr",)`` is the paper's RMSProp^α (the reference's RMSPropAlpha).
+
+    Example:
+        ```python
+        opt = hyperopt.RMSProp(model.parameters(), lr=0.01, gamma=0.99, hyper=hyperopt.SGD(lr=1e-4))
+        assert abs(opt.hyperparameters()[0]["lr"] - 0.01) < 1e-8   # stored as √α, read back as (√α)²
+        ```
+    """
 
     NAME = "RMSProp"
     EPSILON = EPS
     LEARNED_AS = {"lr": SQUARE, "gamma": UNIT_INTERVAL}
 
-    def __init__(self, params: Params = None, lr: Value = 0.01, gamma: Value = 0.99, **options):
+    def __init__(self, params: Params = None, lr: Value = 0.01, gamma: Value = 0.99, **options: Any):
         """
         Args:
             params: the tensors or param groups to optimize; None for a level above (see Hyperoptimizer).

@@ -6,6 +6,8 @@ The update's Jacobian is never made: ∂step/∂α is the buffer (or the gradien
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from .checks import numbers
@@ -70,14 +72,21 @@ class SGD(Hyperoptimizer):
     """SGD(lr, momentum, weight_decay, nesterov=False). As in the reference, momentum is used (and learned) only
     when it starts non-zero; pass ``learn=("lr", "momentum")`` to learn it from 0 as well. The buffer starts at the
     first gradient. Weight decay (not in the reference) adds weight_decay·w to the gradient, and nesterov=True
-    steps along g + μ·buffer, as torch.optim.SGD does."""
+    steps along g + μ·buffer, as torch.optim.SGD does.
+
+    Example:
+        ```python
+        opt = hyperopt.SGD(model.parameters(), lr=0.1, momentum=0.9, hyper=hyperopt.SGD(lr=1e-3))
+        assert opt.learned(opt.param_groups[0]) == ("lr", "momentum")   # both learned: μ starts non-zero
+        ```
+    """
 
     NAME = "SGD"
     LEARNED_AS = {"lr": IDENTITY, "momentum": IDENTITY, "weight_decay": None}
     OPTIONS = {"nesterov": False}
 
     def __init__(self, params: Params = None, lr: Value = 0.01, momentum: Value = 0.0, weight_decay: Value = 0.0, *,
-                 nesterov: bool = False, **options):
+                 nesterov: bool = False, **options: Any):
         """
         Args:
             params: the tensors or param groups to optimize; None for a level above (see Hyperoptimizer).

@@ -85,7 +85,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--readme", type=Path, help="also put the Markdown table into this file's block")
+    parser.add_argument("--page", type=Path, help="also put the Markdown table into this documentation page's block")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -129,7 +129,7 @@ def main():
                   "epoch (÷ N batched); ours is the stack in `stack`, torch.optim its plain counterpart",
         **provenance(device), "results": results,
     }
-    publish(report, args.out, args.readme)
+    publish(report, args.out, args.page)
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ def main():
     parser.add_argument("--channels-last", action="store_true", help="our loops' memory layout")
     parser.add_argument("--no-reference", action="store_true", help="leave out the reference code")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--readme", type=Path, help="also put the Markdown table into this file's block")
+    parser.add_argument("--page", type=Path, help="also put the Markdown table into this documentation page's block")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -129,7 +129,7 @@ def main():
                   f"reference (it has none); DataLoader with {args.workers} workers",
         "stack": STACK, **provenance(device), "results": results,
     }
-    publish(report, args.out, args.readme)
+    publish(report, args.out, args.page)
 
 
 if __name__ == "__main__":

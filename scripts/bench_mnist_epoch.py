@@ -55,7 +55,7 @@ def main():
     parser.add_argument("--subset", type=int, default=None, help="train on the first N images only (smoke)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-reference", action="store_true")
-    parser.add_argument("--readme", type=Path, help="also put the Markdown table into this file's block")
+    parser.add_argument("--page", type=Path, help="also put the Markdown table into this documentation page's block")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -109,7 +109,7 @@ def main():
               "method": f"median of {args.epochs} interleaved epochs after one warm-up epoch ({args.harness_epochs} "
                         "for the harness against the bare loop, its ratio the median of each pair's)",
               **provenance(device), "results": results}
-    publish(report, args.out, args.readme)
+    publish(report, args.out, args.page)
 
 
 def harness_against_bare(data_root: str, device: torch.device, epochs: int, subset: int | None):

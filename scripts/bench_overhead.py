@@ -130,7 +130,7 @@ def main():
     parser.add_argument("--no-reference", action="store_true", help="leave out the reference code")
     parser.add_argument("--no-compiled", action="store_true",
                         help="leave out compile=True (compiling costs a minute on a CPU: the GPU suite's dry run)")
-    parser.add_argument("--readme", type=Path, help="also put the Markdown table into this file's block")
+    parser.add_argument("--page", type=Path, help="also put the Markdown table into this documentation page's block")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -192,7 +192,7 @@ def main():
         **provenance(device),
         "results": results,
     }
-    publish(report, args.out, args.readme)
+    publish(report, args.out, args.page)
 
 
 if __name__ == "__main__":

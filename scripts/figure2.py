@@ -2,7 +2,7 @@
 against epochs on a log scale for the fixed SGD(α, μ), the hyperoptimized SGD(α, μ)/SGD and He et al.'s schedule;
 and a table of final test errors beside the values read off the paper's figure.
 
-    python scripts/figure2.py runs/figure2 --readme README.md --export-records results/figure2/runs
+    python scripts/figure2.py runs/figure2 --page docs/figure2.md --export-records results/figure2/runs
 
 Writes results/figure2.png, results/figure2_hyperparameters.png (per cell, the α and μ the hyperoptimized runs
 learn, against steps), results/figure2.csv and results/figure2.md.
@@ -163,7 +163,7 @@ def main() -> None:
                 f"({describe_commits(records)}; trained on {' / '.join(data)}): final test error (%, mean over "
                 "runs) per cell and method, the paper's value read off its figure (±1-2 points), and the α and μ "
                 "the runs ended with.\n\n" + markdown_table(table.to_dict("records")))
-    write_table(markdown, args.out / "figure2.md", args.readme, "figure2")
+    write_table(markdown, args.out / "figure2.md", args.page, "figure2")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Figure 3 from run records and benchmark JSON: test error against the initial step size for SGD stacks of
 height 0-3 and learning-rate-free optimizers (left), and per-step time against stack height (right).
 
-    python scripts/figure3.py runs/sensitivity --runtime results/bench_height_cpu.json --readme README.md \
+    python scripts/figure3.py runs/sensitivity --runtime results/bench_height_cpu.json --page docs/figure3.md \
         --export-records results/figure3/runs
 
 Writes results/figure3.png, results/figure3.csv (one line per method, height and α) and results/figure3.md (the
@@ -168,7 +168,7 @@ def main() -> None:
     command = "python scripts/figure3.py " + describe_source(args) + \
         (f" --runtime {args.runtime}" if args.runtime else "")
     markdown = to_markdown(spread(table), times, points, command, describe_commits(records), note)
-    write_table(markdown, args.out / "figure3.md", args.readme, "figure3")
+    write_table(markdown, args.out / "figure3.md", args.page, "figure3")
 
 
 if __name__ == "__main__":

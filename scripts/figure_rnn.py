@@ -2,7 +2,7 @@
 Adam^α dashed, the hyperoptimized Adam^α/Adam solid), and the learned α against steps (every log_every_steps
 steps where the records logged it).
 
-    python scripts/figure_rnn.py runs/rnn --readme README.md --export-records results/rnn/runs
+    python scripts/figure_rnn.py runs/rnn --page docs/rnn.md --export-records results/rnn/runs
 
 Writes results/figure_rnn.png, results/rnn.csv (final numbers per α and arm, mean ± std over seeds) and
 results/rnn.md (the same as a table, with one generated text sample).
@@ -114,7 +114,7 @@ def main() -> None:
                 "seeds) and the α the hyperoptimized runs ended with.\n\n" + markdown_table(table.to_dict("records")) +
                 "\nA text sample (300 characters at temperature 0.8) from one of these runs:\n\n```\n"
                 + sample + "\n```\n")
-    write_table(markdown, args.out / "rnn.md", args.readme, "rnn")
+    write_table(markdown, args.out / "rnn.md", args.page, "rnn")
 
 
 if __name__ == "__main__":

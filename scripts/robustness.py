@@ -1,7 +1,7 @@
 """The robustness benchmark's table and figure from its run records (scripts/run_robustness.py makes them):
 
     python scripts/robustness.py runs/robustness --export-records results/robustness/runs
-    python scripts/robustness.py results/robustness/runs --readme README.md   # the committed results
+    python scripts/robustness.py results/robustness/runs --page docs/robustness.md   # the committed results
 
 Writes results/robustness.png (a panel per task: the final metric against the initial step size α, a curve per
 method, the learning-rate-free methods at their defaults as bands over seeds, the tuned AdamW as a line),
@@ -276,7 +276,7 @@ def main() -> None:
     table.to_csv(args.out / "robustness.csv", index=False)
     rows.to_csv(args.out / "robustness_summary.csv", index=False)
     command = "python scripts/robustness.py " + describe_source(args)
-    write_table(to_markdown(runs, rows, records, command), args.out / "robustness.md", args.readme, "robustness")
+    write_table(to_markdown(runs, rows, records, command), args.out / "robustness.md", args.page, "robustness")
 
 
 if __name__ == "__main__":

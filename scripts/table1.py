@@ -159,7 +159,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "results", help="where table1.md and .csv go")
     parser.add_argument("--export-records", type=Path, metavar="DIR",
                         help="also copy each run's small record files here (to commit them)")
-    parser.add_argument("--readme", type=Path, help="also put the table between the table1 markers of this file")
+    parser.add_argument("--page", type=Path, help="also put the table between the table1 markers of this documentation page")
     args = parser.parse_args()
     runs = runs_of(records_of("table1", args))
     if args.export_records:
@@ -171,8 +171,8 @@ def main() -> None:
     markdown = to_markdown(table, sources, timing(runs), note)
     (args.out / "table1.md").write_text(markdown)
     table.to_csv(args.out / "table1.csv", index=False)
-    if args.readme:
-        replace_between_markers(args.readme, "table1", markdown.split("\n", 2)[2])
+    if args.page:
+        replace_between_markers(args.page, "table1", markdown.split("\n", 2)[2])
     print(markdown)
 
 

@@ -4,7 +4,7 @@ test error and the learned values, mean ± standard deviation over seeds.
 
     python experiments/train.py -m +exp=mnist_sgd_adam,mnist_sgd_rmsprop,mnist_adagrad_sgd,mnist_adam_adam,\
 mnist_adamalpha_adam,mnist_adamalpha_sgd backend=reference,ours seed=0,1,2 hydra.sweep.dir=runs/reference
-    python scripts/table1_reference.py runs/reference --readme README.md --export-records results/table1_reference/runs
+    python scripts/table1_reference.py runs/reference --page docs/table1.md --export-records results/table1_reference/runs
 
 Writes results/table1_reference.md and results/table1_reference.csv.
 """
@@ -82,7 +82,7 @@ def main() -> None:
                 "batches; test error and learned values, mean ± standard deviation over seeds (runs in "
                 "parentheses); the paper's learned values are those its rerun rows print.\n\n"
                 + "\n".join(markdown_lines))
-    write_table(markdown, args.out / "table1_reference.md", args.readme, "table1_reference")
+    write_table(markdown, args.out / "table1_reference.md", args.page, "table1_reference")
 
 
 if __name__ == "__main__":
