@@ -195,3 +195,16 @@ def test_the_site_builds_without_a_warning(tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode == 0 and "WARNING" not in output, output
     assert (tmp_path / "api" / "index.html").read_text().count("Args") or "Parameters" in output
+
+
+def test_the_table_of_optimizers_is_the_constructors():
+    from hyperopt.notation import OPTIMIZERS
+    rows = re.findall(r"^\| `(\w+)` \| (.*?) \| (.*?) \| (.*?) \|$", (ROOT / "docs" / "library.md").read_text(), re.M)
+    assert [name for name, *_ in rows] == [cls.NAME for cls in OPTIMIZERS.values()]
+    for name, defaults, by_default, learnable in rows:
+        cls = getattr(hyperopt, name)
+        assert defaults == ", ".join(f"{k}={d!r}" for k, (d, _, _) in cls.HYPERPARAMETERS.items()), name
+        assert learnable == ", ".join(k for k, (_, _, can) in cls.HYPERPARAMETERS.items() if can), name
+        values = {k: d for k, (d, _, _) in cls.HYPERPARAMETERS.items()}
+        assert by_default.split(";")[0] == ", ".join(cls.default_learn(values)), name
+    assert hyperopt.SGD.default_learn({"lr": 0.1, "momentum": 0.9, "weight_decay": 0.0}) == ("lr", "momentum")
