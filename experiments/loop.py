@@ -18,7 +18,9 @@ import statistics
 import sys
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import hydra
 import torch
@@ -294,168 +296,246 @@ def train_group(runs: list[OpenRun], as_one_network: bool = False, world: World 
             report(run.cfg.row, summary, run.directory)
 
 
-def train(runs: list[OpenRun], task, trainee, loggers: list, progress: bool, stop: StopRequest,
-          own_logs: bool, world: World | None = None) -> list[dict]:
-    """The epochs of a group of runs (trainee: Alone or Together); each run's summary. `own_logs`: each run's
-    lines go to its own train.log (a lone run's go to its Hydra job's). Under several processes (`world`) each
-    step's loss and whether to stop are decided together, and rank 0 alone reads and writes checkpoints."""
-    writes = world is None or world.writes
-    cfg = runs[0].cfg
-    count = len(runs)
-    members = [run.directory for run in runs]
-    run_logs = [_run_log(directory) for directory in members] if own_logs else [log]
-    shuffles = [torch.Generator().manual_seed(run.cfg.seed) for run in runs]
-    epoch, done, step, losses, epoch_seconds = 1, 0, 0, [], []
-    epoch_starts = [shuffle.get_state() for shuffle in shuffles]  # before each epoch draws its order
-    outcomes: dict[int, dict] = {}
-    last = {i: run.record.last_metrics() for i, run in enumerate(runs)}  # a run stopped after its last epoch
-    checkpoints = Checkpoints(runs[0].directory, cfg.checkpoint.every_minutes)
-    resuming = any(run.record.attempt > 1 for run in runs)
-    schedule = None if cfg.schedule is None else Schedule(
-        runs[0].config["schedule"], task.steps_per_epoch, cfg.epochs, trainee.param_groups)
-    try:
-        saved = checkpoints.load() if resuming and writes else None
-    except UnsafeCheckpoint as error:
-        raise RunFailure(str(error)) from None
-    if world is not None:
-        saved = world.from_writer(saved)
-    if saved is not None and saved.get("members") != members:
-        log.warning("the checkpoint in %s is of other runs: these start from their first step", runs[0].directory)
-        saved = None
-    if saved is not None:
-        trainee.load_state_dict(saved["trainee"])
-        torch.set_rng_state(saved["torch_rng"])
-        if saved["cuda_rng"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(saved["cuda_rng"])
-        epoch, done, step, epoch_starts = saved["epoch"], saved["batches_done"], saved["step"], saved["epoch_starts"]
-        device = next(trainee.model.parameters()).device
-        losses, epoch_seconds = list(saved["losses"].to(device)), saved["epoch_seconds"]
-        outcomes = saved["outcomes"]
-        log.info("resumed from the checkpoint at epoch %d, step %d (attempt %d)", epoch, step, runs[0].record.attempt)
-    elif resuming:
-        log.warning("no usable checkpoint in %s: the run starts again from its first step", runs[0].directory)
-    for i, run in enumerate(runs):
-        run.record.forget_from(epoch, step)
-        run.record.summary.setdefault("optimizer_initial", trainee.describe(i))
-    every = log_every(cfg.log_every_steps, task.steps_per_epoch * cfg.epochs)
-    log.info("%s on %s: %s, %s", f"{count} runs as one network" if own_logs else trainee.describe(0),
-             next(trainee.model.parameters()).device, task.description, cfg.experiment)
+@dataclass
+class Position:
+    """Where a group of runs stands: what its checkpoint holds besides the trainee, and what a resumed run continues
+    from."""
 
-    def state(seconds_in_epoch: float) -> dict:
-        return {"members": members, "epoch": epoch, "batches_done": done, "step": step,
-                "epoch_starts": epoch_starts, "losses": torch.stack(losses).cpu() if losses else torch.zeros(0),
-                "epoch_seconds": epoch_seconds, "seconds_in_epoch": seconds_in_epoch, "outcomes": outcomes,
-                "trainee": trainee.state_dict(), "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "task": task.state_dict()}
+    epoch_starts: list  # each run's shuffling generator's state before this epoch drew its order
+    epoch: int = 1
+    done: int = 0  # batches taken in this epoch
+    step: int = 0
+    losses: list = field(default_factory=list)  # this epoch's, one (runs,) tensor a step
+    epoch_seconds: list = field(default_factory=list)
+    outcomes: dict = field(default_factory=dict)  # {run: how it diverged}, for each run that has
+    seconds_before: float = 0.0  # this epoch's seconds before the checkpoint it resumed from
+    task_state: dict | None = None  # the task's state at that checkpoint (the LSTM state carried over)
 
-    seconds_before = saved["seconds_in_epoch"] if saved else 0.0
-    epochs = tqdm(range(epoch, cfg.epochs + 1), desc=str(cfg.row), unit="epoch", disable=not progress)
-    for epoch in epochs:
-        start = time.perf_counter() - seconds_before
-        first_step = step - done + 1
-        streams = []
-        for shuffle, epoch_start in zip(shuffles, epoch_starts):
-            shuffle.set_state(epoch_start)
-            streams.append(task.batches(shuffle))
-        batches = zip(*streams)
-        if done:  # resuming within the epoch: its order is drawn again, the batches already taken are passed over
-            batches = itertools.islice(batches, done, None)
-            task.load_state_dict(saved["task"])
-        raised = {}
+    @property
+    def first_step(self) -> int:
+        """The epoch's first step."""
+        return self.step - self.done + 1
+
+    def next_epoch(self, shuffles: list[torch.Generator]) -> None:
+        self.epoch, self.done, self.losses, self.seconds_before = self.epoch + 1, 0, [], 0.0
+        self.epoch_starts = [shuffle.get_state() for shuffle in shuffles]
+
+
+class Judged(NamedTuple):
+    """An epoch's outcome for each run."""
+
+    train_losses: list[float]  # the mean over the steps it took
+    steps: list[int]  # its step count at the epoch's end
+    newly: dict[int, dict]  # {run: its divergence} for the runs that diverged in this epoch
+
+
+class Loop:
+    """The epochs of a group of runs (trainee: Alone or Together), as the phases `train` takes in turn. `own_logs`:
+    each run's lines go to its own train.log (a lone run's go to its Hydra job's). Under several processes
+    (`world`) each step's loss and whether to stop are decided together, and rank 0 alone reads and writes
+    checkpoints."""
+
+    def __init__(self, runs: list[OpenRun], task, trainee, loggers: list, stop: StopRequest, own_logs: bool,
+                 world: World | None):
+        self.runs, self.task, self.trainee, self.loggers, self.stop = runs, task, trainee, loggers, stop
+        self.cfg, self.own_logs, self.world, self.writes = runs[0].cfg, own_logs, world, world is None or world.writes
+        self.members = [run.directory for run in runs]
+        self.run_logs = [_run_log(directory) for directory in self.members] if own_logs else [log]
+        self.shuffles = [torch.Generator().manual_seed(run.cfg.seed) for run in runs]
+        self.checkpoints = Checkpoints(runs[0].directory, self.cfg.checkpoint.every_minutes)
+        self.schedule = None if self.cfg.schedule is None else Schedule(
+            runs[0].config["schedule"], task.steps_per_epoch, self.cfg.epochs, trainee.param_groups)
+        self.every = log_every(self.cfg.log_every_steps, task.steps_per_epoch * self.cfg.epochs)
+        self.last = {i: run.record.last_metrics() for i, run in enumerate(runs)}  # a run stopped after its last epoch
+
+    def resume(self) -> Position:
+        """The position to start from: the checkpoint's, where a run is resumed and has one, else the first step."""
+        position = Position([shuffle.get_state() for shuffle in self.shuffles])
+        resuming = any(run.record.attempt > 1 for run in self.runs)
         try:
-            for batch in tqdm(batches, total=task.steps_per_epoch, initial=done, leave=False, unit="step",
-                              disable=not progress):
-                if schedule is not None:
-                    schedule.apply(step + 1)
-                loss, stopping, due = trainee.step(list(batch)), stop.signal_number is not None, checkpoints.due()
-                if world is not None:
-                    loss, stopping, due = world.together(loss, stopping, due)
-                losses.append(loss)
-                step, done = step + 1, done + 1
-                if step % every == 0:
-                    for i, run in enumerate(runs):
-                        if i not in outcomes:
-                            loggers[i].log_trajectory(run.record.log_hyperparameters(step, trainee.hyperparameters(i)))
+            saved = self.checkpoints.load() if resuming and self.writes else None
+        except UnsafeCheckpoint as error:
+            raise RunFailure(str(error)) from None
+        if self.world is not None:
+            saved = self.world.from_writer(saved)
+        if saved is not None and saved.get("members") != self.members:
+            log.warning("the checkpoint in %s is of other runs: these start from their first step", self.members[0])
+            saved = None
+        if saved is not None:
+            self.trainee.load_state_dict(saved["trainee"])
+            torch.set_rng_state(saved["torch_rng"])
+            if saved["cuda_rng"] is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(saved["cuda_rng"])
+            device = next(self.trainee.model.parameters()).device
+            position = Position(saved["epoch_starts"], saved["epoch"], saved["batches_done"], saved["step"],
+                                list(saved["losses"].to(device)), saved["epoch_seconds"], saved["outcomes"],
+                                saved["seconds_in_epoch"], saved["task"])
+            log.info("resumed from the checkpoint at epoch %d, step %d (attempt %d)", position.epoch, position.step,
+                     self.runs[0].record.attempt)
+        elif resuming:
+            log.warning("no usable checkpoint in %s: the run starts again from its first step", self.members[0])
+        for i, run in enumerate(self.runs):
+            run.record.forget_from(position.epoch, position.step)
+            run.record.summary.setdefault("optimizer_initial", self.trainee.describe(i))
+        log.info("%s on %s: %s, %s",
+                 f"{len(self.runs)} runs as one network" if self.own_logs else self.trainee.describe(0),
+                 next(self.trainee.model.parameters()).device, self.task.description, self.cfg.experiment)
+        return position
+
+    def save(self, position: Position, seconds_in_epoch: float) -> None:
+        """A checkpoint: the position, the trainee, every random generator (by every process: fsdp gathers its
+        shards; rank 0 writes)."""
+        state = {"members": self.members, "epoch": position.epoch, "batches_done": position.done,
+                 "step": position.step, "epoch_starts": position.epoch_starts,
+                 "losses": torch.stack(position.losses).cpu() if position.losses else torch.zeros(0),
+                 "epoch_seconds": position.epoch_seconds, "seconds_in_epoch": seconds_in_epoch,
+                 "outcomes": position.outcomes, "trainee": self.trainee.state_dict(),
+                 "torch_rng": torch.get_rng_state(),
+                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                 "task": self.task.state_dict()}
+        if self.writes:
+            self.checkpoints.save(state)
+
+    def batches(self, position: Position):
+        """The epoch's batches, each run its own order; resumed within an epoch, its order is drawn again and the
+        batches already taken are passed over."""
+        streams = []
+        for shuffle, epoch_start in zip(self.shuffles, position.epoch_starts):
+            shuffle.set_state(epoch_start)
+            streams.append(self.task.batches(shuffle))
+        batches = zip(*streams)
+        if position.done:
+            batches = itertools.islice(batches, position.done, None)
+            self.task.load_state_dict(position.task_state)
+        return batches
+
+    def take_steps(self, position: Position, start: float, progress: bool) -> dict[int, dict]:
+        """The epoch's steps, with the schedule, the hyperparameter log and the checkpoints within it; a lone
+        stack's divergence ({0: its step and error}: nothing changed in that step), else {}."""
+        try:
+            for batch in tqdm(self.batches(position), total=self.task.steps_per_epoch, initial=position.done,
+                              leave=False, unit="step", disable=not progress):
+                if self.schedule is not None:
+                    self.schedule.apply(position.step + 1)
+                loss = self.trainee.step(list(batch))
+                stopping, due = self.stop.signal_number is not None, self.checkpoints.due()
+                if self.world is not None:
+                    loss, stopping, due = self.world.together(loss, stopping, due)
+                position.losses.append(loss)
+                position.step, position.done = position.step + 1, position.done + 1
+                if position.step % self.every == 0:
+                    for i, run in enumerate(self.runs):
+                        if i not in position.outcomes:
+                            self.loggers[i].log_trajectory(
+                                run.record.log_hyperparameters(position.step, self.trainee.hyperparameters(i)))
                 if stopping or due:
-                    saving = state(time.perf_counter() - start)  # (by every process: fsdp gathers its shards)
-                    if writes:
-                        checkpoints.save(saving)
+                    self.save(position, time.perf_counter() - start)
                     if stopping:
-                        raise Interrupted(stop.signal_number or signal.SIGTERM, step)
-        except hyperopt.DivergenceError as error:  # a lone stack: nothing changed in that step
-            raised = {0: {"step": error.step, "error": str(error)}}
-        stacked = torch.stack(losses).cpu() if losses else torch.zeros(0, count)  # (steps, runs)
-        diverged = {**trainee.frozen(), **raised}
+                        raise Interrupted(self.stop.signal_number or signal.SIGTERM, position.step)
+        except hyperopt.DivergenceError as error:
+            return {0: {"step": error.step, "error": str(error)}}
+        return {}
+
+    def judge(self, position: Position, raised: dict[int, dict]) -> Judged:
+        """Each run's mean training loss over the epoch's steps it took, its step count, and the runs that diverged
+        in this epoch (its stack raised or froze it, or its loss was not finite): one event each."""
+        count = len(self.runs)
+        stacked = torch.stack(position.losses).cpu() if position.losses else torch.zeros(0, count)  # (steps, runs)
+        diverged = {**self.trainee.frozen(), **raised}
         train_losses, steps, newly = [], [], {}
         for i in range(count):
             # a run that diverged at step s (in this epoch: an earlier one is an outcome already) stopped before
             # it, with s - 1 steps behind it
-            event = None if i in outcomes else diverged.get(i)
-            taken = len(stacked) if event is None else event["step"] - first_step
+            event = None if i in position.outcomes else diverged.get(i)
+            taken = len(stacked) if event is None else event["step"] - position.first_step
             run_losses = stacked[:taken, i]
             finite = torch.isfinite(run_losses)
             if event is None and not bool(finite.all()):
-                at = first_step + int((~finite).nonzero()[0])
+                at = position.first_step + int((~finite).nonzero()[0])
                 event = {"step": at, "error": f"the training loss became NaN or infinite at step {at}"}
-            if event is not None and i not in outcomes:
+            if event is not None and i not in position.outcomes:
                 newly[i] = {"status": "diverged", "diverged_at_step": event["step"], "error": event["error"]}
             train_losses.append(float(run_losses.mean()) if taken else float("nan"))
-            steps.append(first_step - 1 + taken)
-        train_seconds = time.perf_counter() - start  # the steps alone, for per-step times
-        evaluations = trainee.evaluate(train_losses)
-        epoch_seconds.append(time.perf_counter() - start)
-        for i, run in enumerate(runs):
-            if i in outcomes:
+            steps.append(position.first_step - 1 + taken)
+        return Judged(train_losses, steps, newly)
+
+    def record_epoch(self, position: Position, judged: Judged, evaluations: list[dict], train_seconds: float) -> None:
+        """Each run still training: its epoch's metrics into its record and logger, and its log's line; the first
+        learned value out of range and a divergence, said once."""
+        train_losses, steps, newly = judged
+        for i, run in enumerate(self.runs):
+            if i in position.outcomes:
                 continue
-            metrics = {"epoch": epoch, "step": steps[i], "train_loss": train_losses[i], **evaluations[i],
-                       "hyperparameters": trainee.hyperparameters(i), "epoch_seconds": epoch_seconds[-1],
-                       "train_seconds": train_seconds}
+            metrics = {"epoch": position.epoch, "step": steps[i], "train_loss": train_losses[i],
+                       **evaluations[i], "hyperparameters": self.trainee.hyperparameters(i),
+                       "epoch_seconds": position.epoch_seconds[-1], "train_seconds": train_seconds}
             line = run.record.log_epoch(metrics)
-            run.record.progress(last_epoch=epoch, steps=steps[i])
-            loggers[i].log(metrics, line)
-            together = f" ({count} runs as one)" if own_logs else ""
-            run_logs[i].info("epoch %d: train loss %.4f, %s, %.2f s%s", epoch, train_losses[i],
-                             task.describe(metrics), epoch_seconds[-1], together)
-            last[i] = metrics
-            left = trainee.out_of_range(i)
+            run.record.progress(last_epoch=position.epoch, steps=steps[i])
+            self.loggers[i].log(metrics, line)
+            together = f" ({len(self.runs)} runs as one)" if self.own_logs else ""
+            self.run_logs[i].info("epoch %d: train loss %.4f, %s, %.2f s%s", position.epoch, train_losses[i],
+                                  self.task.describe(metrics), position.epoch_seconds[-1], together)
+            self.last[i] = metrics
+            left = self.trainee.out_of_range(i)
             if left and "out_of_range" not in run.record.summary:  # said once per run, and kept in its summary
                 event = {k: v for k, v in left[0].items() if k != "run"}
                 run.record.progress(out_of_range=event)
-                run_logs[i].warning("level %d (%s): the learned %r left its range after step %d (it was %g)",
-                                    event["level"], event["optimizer"], event["hyperparameter"], event["step"],
-                                    event["value"])
+                self.run_logs[i].warning("level %d (%s): the learned %r left its range after step %d (it was %g)",
+                                         event["level"], event["optimizer"], event["hyperparameter"], event["step"],
+                                         event["value"])
             if i in newly:
-                run_logs[i].warning("diverged: %s", newly[i]["error"])
-        outcomes.update(newly)
+                self.run_logs[i].warning("diverged: %s", newly[i]["error"])
+        position.outcomes.update(newly)
+
+    def finish(self, position: Position) -> list[dict]:
+        """Each run's summary (its final evaluation, what the task adds, its outcome); the checkpoint removed
+        unless kept."""
+        summaries = []
+        for i, run in enumerate(self.runs):
+            metrics = self.last[i]
+            finished = self.task.finish(self.trainee.model_of(i), Path(run.directory) if self.writes else None,
+                                        run.cfg.seed)
+            outcome = dict(position.outcomes.get(i, {"status": "ok"}))
+            batched = {"batched": {"runs": len(self.runs), "members": self.members}} if self.own_logs else {}
+            summaries.append(run.record.finish(
+                outcome.pop("status"), **outcome, data=self.task.description, train_examples=self.task.train_examples,
+                epochs_completed=metrics["epoch"], steps=metrics["step"],
+                **{k: v for k, v in metrics.items() if k not in ("epoch", "step", "epoch_seconds", "train_seconds")},
+                **finished, optimizer_initial=run.record.summary["optimizer_initial"],
+                optimizer_final=self.trainee.describe(i),
+                seconds_per_epoch=statistics.median(position.epoch_seconds) if position.epoch_seconds
+                else float("nan"), **batched))
+        if not self.cfg.checkpoint.keep and self.writes:
+            self.checkpoints.remove()
+        return summaries
+
+
+def train(runs: list[OpenRun], task, trainee, loggers: list, progress: bool, stop: StopRequest,
+          own_logs: bool, world: World | None = None) -> list[dict]:
+    """Train a group of runs (trainee: Alone or Together) epoch by epoch, and return each run's summary."""
+    loop = Loop(runs, task, trainee, loggers, stop, own_logs, world)
+    position = loop.resume()
+    epochs = tqdm(range(position.epoch, runs[0].cfg.epochs + 1), desc=str(runs[0].cfg.row), unit="epoch",
+                  disable=not progress)
+    for epoch in epochs:
+        position.epoch = epoch
+        start = time.perf_counter() - position.seconds_before
+        raised = loop.take_steps(position, start, progress)
+        judged = loop.judge(position, raised)
+        train_seconds = time.perf_counter() - start  # the steps alone, for per-step times
+        evaluations = trainee.evaluate(judged.train_losses)
+        position.epoch_seconds.append(time.perf_counter() - start)
+        loop.record_epoch(position, judged, evaluations, train_seconds)
         if not own_logs:
-            epochs.set_postfix(loss=f"{train_losses[0]:.4f}", evaluation=task.describe(last[0]))
+            epochs.set_postfix(loss=f"{judged.train_losses[0]:.4f}", evaluation=task.describe(loop.last[0]))
         else:
-            log.info("epoch %d: %d runs as one, %.2f s%s", epoch, count, epoch_seconds[-1],
-                     f", {len(outcomes)} diverged" if outcomes else "")
-        if len(outcomes) == count:
+            log.info("epoch %d: %d runs as one, %.2f s%s", position.epoch, len(runs), position.epoch_seconds[-1],
+                     f", {len(position.outcomes)} diverged" if position.outcomes else "")
+        if len(position.outcomes) == len(runs):
             break
-        epoch, done, losses, seconds_before = epoch + 1, 0, [], 0.0
-        epoch_starts = [shuffle.get_state() for shuffle in shuffles]
-        saving = state(0.0)
-        if writes:
-            checkpoints.save(saving)
-    summaries = []
-    for i, run in enumerate(runs):
-        metrics = last[i]
-        finished = task.finish(trainee.model_of(i), Path(run.directory) if writes else None, run.cfg.seed)
-        outcome = dict(outcomes.get(i, {"status": "ok"}))
-        batched = {"batched": {"runs": count, "members": members}} if own_logs else {}
-        summaries.append(run.record.finish(
-            outcome.pop("status"), **outcome, data=task.description, train_examples=task.train_examples,
-            epochs_completed=metrics["epoch"], steps=metrics["step"],
-            **{k: v for k, v in metrics.items() if k not in ("epoch", "step", "epoch_seconds", "train_seconds")},
-            **finished,
-            optimizer_initial=run.record.summary["optimizer_initial"], optimizer_final=trainee.describe(i),
-            seconds_per_epoch=statistics.median(epoch_seconds) if epoch_seconds else float("nan"), **batched))
-    if not cfg.checkpoint.keep and writes:
-        checkpoints.remove()
-    return summaries
+        position.next_epoch(loop.shuffles)
+        loop.save(position, 0.0)
+    return loop.finish(position)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIGS), config_name="config")
