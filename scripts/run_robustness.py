@@ -12,11 +12,11 @@ sweep skips its finished runs and resumes the interrupted ones; then make the ta
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from tqdm import tqdm
@@ -79,7 +79,8 @@ def run_sweep(task: str, name: str, overrides: list[str], runs: int, folder: Pat
             tqdm(total=runs, desc=f"{task} {name}", unit="run", disable=not args.progress) as bar:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         while process.poll() is None:
-            time.sleep(2)
+            with contextlib.suppress(subprocess.TimeoutExpired):  # (returns as soon as the sweep ends)
+                process.wait(timeout=2)
             bar.update(min(runs, finished_runs(folder)) - bar.n)
         bar.update(min(runs, finished_runs(folder)) - bar.n)
     return process.returncode
