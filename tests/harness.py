@@ -1,5 +1,5 @@
-"""Running the Hydra harness as a user does: composing configs, and train.py's command, in this process (as
-Hydra runs it from the command line) or, where a test must kill it or run two at once, in a subprocess."""
+"""Running the Hydra harness as a user does: composing configs, train.py's command (in this process, as Hydra runs it
+from the command line; a test that must kill a run starts its own process) and the scripts."""
 
 import contextlib
 import io
@@ -49,17 +49,6 @@ def train(*overrides: str, check: bool = True) -> subprocess.CompletedProcess:
         root.handlers[:], _ = kept[0], root.setLevel(kept[1])
         torch.set_num_threads(threads)
     result = subprocess.CompletedProcess(["train.py", *overrides], status, output.getvalue(), errors.getvalue())
-    if check:
-        assert result.returncode == 0, result.stdout + result.stderr
-    return result
-
-
-def train_in_a_subprocess(*overrides: str, check: bool = True) -> subprocess.CompletedProcess:
-    """`python experiments/train.py OVERRIDES` in its own process: for what must be one (a signal, a second
-    writer, torchrun's processes, an installed copy)."""
-    env = {**os.environ, "HYPEROPT_DATA_ROOT": str(data_root()), "WANDB_SILENT": "true"}
-    result = subprocess.run([sys.executable, str(ROOT / "experiments" / "train.py"), *overrides], cwd=ROOT,
-                            env=env, capture_output=True, text=True, timeout=600)
     if check:
         assert result.returncode == 0, result.stdout + result.stderr
     return result
