@@ -118,7 +118,7 @@ def hypergradient(level, group: dict, upstream: list[torch.Tensor | None], t, ho
         if name in slopes:                                      # each parameterisation
             slope = slopes[name]
             term = term * (slope if host or not isinstance(slope, torch.Tensor) else slope.reshape(-1))
-        derivative = level.HYPERPARAMETERS[name][1].derivative(value)
+        derivative = level.stored_as(group, name).derivative(value)
         columns.append(term if derivative is None else term * derivative)
     if host:
         return raw.new_tensor([[-column for column in columns]])
@@ -369,7 +369,7 @@ def check_ranges(weights, levels, step: torch.Tensor, host: bool) -> None:
     for k, level in enumerate(levels[:-1]):
         for group in level.param_groups:
             learned = level.learned(group)
-            parameterisations = [level.HYPERPARAMETERS[name][1] for name in learned]
+            parameterisations = [level.stored_as(group, name) for name in learned]
             raw = group["hyper_raw"]
             if host:  # numbers: the tensors are written only when a value first leaves its range
                 said = weights.divergence.left_range_said

@@ -31,7 +31,7 @@ from .checks import check_learn, check_values, numbers, per_hyperparameter
 from .divergence import Divergence
 from .gradients import BackwardGradients, made_gradients, take_scale_off
 from .multi_tensor import FlatState
-from .parameterisations import IDENTITY, SQUARE, Parameterisation
+from .parameterisations import IDENTITY, LOG, SQUARE, Parameterisation
 from .shards import groups_sharded, made_by_zero
 
 
@@ -95,7 +95,8 @@ class Hyperoptimizer(torch.optim.Optimizer):
     LEARNED_AS: dict[str, Parameterisation | None]
     HYPERPARAMETERS: dict[str, tuple[float, Parameterisation, bool]]
     HAS_BETAS = False
-    OPTIONS: dict[str, bool] = {}  # switches of the update rule, never learned (SGD's nesterov)
+    # switches, never learned: how the step size is learned (every optimizer's), of the update rule (SGD's nesterov)
+    OPTIONS: dict[str, bool] = {"log_lr": False}
     EPSILON: float | None = None  # a fixed ε the update adds in the parameters' dtype (Adam's is its eps)
     DECOUPLED_DECAY = False  # its weight_decay shrinks the weights (x ← x(1 - αλ)) rather than adding λx to g
     update: Callable
@@ -116,7 +117,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
     def __init__(self, params: Iterable | None = None, lr: Value | None = None, *, hyper: Hyperoptimizer | None = None,
                  learn: Iterable[str] | None = None, check_finite: bool = True, keep_in_range: bool = False,
                  compile: bool = False, foreach: bool | None = None, maximize: bool = False, runs: int | None = None,
-                 process_group: torch.distributed.ProcessGroup | None = None, **values: Any):
+                 process_group: torch.distributed.ProcessGroup | None = None, log_lr: bool = False, **values: Any):
         """What every optimizer takes beside its hyperparameters (its own constructor documents those).
 
         Args:
@@ -143,6 +144,9 @@ class Hyperoptimizer(torch.optim.Optimizer):
                 N (models.batch_models); each hyperparameter is then one value per run.
             process_group: the process group the weights are sharded over, where the parameters do not say it
                 (FSDP1, ZeroRedundancyOptimizer); FSDP2's DTensors say it themselves.
+            log_lr: the level above learns this optimizer's step size as log α (not in the paper): its step then
+                changes α by a factor (about e^±κ a step with Adam above) rather than by an amount, and α stays
+                above 0. The hypergradient is α·∂L/∂α. Notation: ``Adam(1e-3, log_lr=1)/Adam(0.01)``.
             **values: the hyperparameters, by name, as the subclass's constructor passes them on.
 
         Example:
@@ -154,6 +158,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
         """
         if lr is not None:  # (second, as torch.optim's optimizers take it: SGD(params, 0.1))
             values["lr"] = lr
+        values["log_lr"] = log_lr
         values = self._betas_as_two(values)
         for name in sorted(set(values) & set(NOT_HERE)):
             raise TypeError(f"{self.NAME}: {name}= {NOT_HERE[name]}")
@@ -326,11 +331,19 @@ class Hyperoptimizer(torch.optim.Optimizer):
             raise ValueError(f"{self.NAME}: its ε ({', '.join(map(str, epsilons))}) is 0 in {first.dtype}, whose "
                              f"smallest positive number is {smallest:.2g}: keep the parameters in float32 (autocast "
                              "still computes in lower precision), or give a larger eps")
+        if group["log_lr"] and "lr" not in self.learned(group):
+            raise ValueError(f"{self.NAME}: log_lr=True has the level above learn the step size as log α, but no "
+                             "level above learns it here: give this optimizer a hyper= that learns lr, or drop "
+                             "log_lr")
         for name in self.learned(group) if self.hyper is not None else ():
-            if self.HYPERPARAMETERS[name][1] is SQUARE and 0.0 in numbers(group[name]):
+            stored_as = self.stored_as(group, name)
+            if stored_as is SQUARE and 0.0 in numbers(group[name]):
                 raise ValueError(f"{self.NAME}: a learned {name} is stored as its square root (as the reference "
                                  f"stores it), whose hypergradient is 0 at {name}=0: it would stay 0; start it "
                                  "above 0")
+            if stored_as is LOG and min(numbers(group[name])) <= 0.0:
+                raise ValueError(f"{self.NAME}: with log_lr=True the step size is learned as its logarithm, so it "
+                                 f"must start above 0, not at {min(numbers(group[name]))}")
         if any(p.device != first.device or p.dtype != first.dtype for p in group["params"]):
             raise ValueError("all parameters of a param group must share one device and dtype (their "
                              "hyperparameters are one set of tensors); put the others in a param group of their own")
@@ -407,11 +420,11 @@ class Hyperoptimizer(torch.optim.Optimizer):
         (so that a learning-rate scheduler works at the top of a stack)."""
         learned = self.learned(group)
         if group["runs"] is None:
-            raw = [[self.HYPERPARAMETERS[name][1].to_raw(group[name]) for name in learned]]
+            raw = [[self.stored_as(group, name).to_raw(group[name]) for name in learned]]
             return torch.tensor(raw, dtype=dtype, device=device).reshape(1, len(learned))
         raw = []
-        for name, (_, parameterisation, _) in self.HYPERPARAMETERS.items():
-            value = group[name]
+        for name in self.HYPERPARAMETERS:
+            value, parameterisation = group[name], self.stored_as(group, name)
             if isinstance(value, torch.Tensor) and not self._is_per_run(name, value):
                 continue  # one value per hyperparameter below, the same for every run
             given = numbers(value)
@@ -470,6 +483,10 @@ class Hyperoptimizer(torch.optim.Optimizer):
             chain.append(chain[-1].hyper)
         return chain
 
+    def stored_as(self, group: dict, name: str) -> Parameterisation:
+        """How the level above holds the group's learned `name` (hyperopt/parameterisations.py)."""
+        return LOG if name == "lr" and group["log_lr"] else self.HYPERPARAMETERS[name][1]
+
     def learned(self, group: dict) -> tuple[str, ...]:
         """The hyperparameters of this group that the level above learns (none at the top of the stack)."""
         return group["learn"] if self.hyper is not None else ()
@@ -484,7 +501,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
             for name in group["learn"]:
                 if isinstance(fixed[name], torch.Tensor):  # one value per hyperparameter below: set, not stored
                     continue
-                parameterisation = self.HYPERPARAMETERS[name][1]
+                parameterisation = self.stored_as(group, name)
                 fixed[name] = parameterisation.to_value(parameterisation.to_raw(fixed[name]))
         return fixed
 
@@ -506,7 +523,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
             raw = group["hyper_raw"].detach().unbind(1) if raw is None else raw.unbind(1)
         scheduled = self.scheduled(group, settings)
         for name, value in zip(self.learned(group), raw):
-            value = self.HYPERPARAMETERS[name][1].to_value(value if host else value.unsqueeze(1))
+            value = self.stored_as(group, name).to_value(value if host else value.unsqueeze(1))
             if name in scheduled:
                 now, initial = scheduled[name]
                 # exactly the schedule's value while the learned one has not moved (now × 1.0)

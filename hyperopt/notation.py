@@ -44,6 +44,7 @@ GRAMMAR = f"""\
   value      := number | per-level | symbol "=" ( number | per-level )
 {_positional_orders()}
                                                 SGD(0.1, 0.9, nesterov=1): Nesterov momentum
+                                                Adam(1e-3, log_lr=1)/Adam: α learned as log α
   per-level  := "{{" symbol ":" number ( "," symbol ":" number )* "}}"
                                                 at the top of a stack: a value for each hyperparameter the
                                                 level learns, e.g. its step size for α and for μ

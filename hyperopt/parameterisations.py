@@ -17,6 +17,10 @@ class Parameterisation:
         self.to_raw, self.to_value, self.derivative = to_raw, to_value, derivative
 
 
+def _exp(raw):
+    return raw.exp() if isinstance(raw, torch.Tensor) else math.exp(raw)
+
+
 def _tanh(raw):
     # also on a Python number: a fixed value at the top of a stack goes through its parameterisation and back
     return raw.tanh() if isinstance(raw, torch.Tensor) else math.tanh(raw)
@@ -26,6 +30,8 @@ def _tanh(raw):
 IDENTITY = Parameterisation(lambda x: x, lambda raw: raw, lambda raw: None)
 # √α is stored so that α = (√α)² stays non-negative (the reference RMSProp).
 SQUARE = Parameterisation(math.sqrt, lambda raw: raw * raw, lambda raw: 2.0 * raw)
+# log α, with log_lr=True (not in the reference): a level above then moves α by a factor, and α stays above 0.
+LOG = Parameterisation(math.log, _exp, _exp)
 # β ∈ (0, 1) is stored as atanh(2β - 1) and read back as (tanh(x) + 1) / 2, written as the reference writes it.
 # (A fixed β = 0, which torch.optim accepts, is -inf stored and 0 read back.)
 UNIT_INTERVAL = Parameterisation(

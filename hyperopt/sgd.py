@@ -83,7 +83,7 @@ class SGD(Hyperoptimizer):
 
     NAME = "SGD"
     LEARNED_AS = {"lr": IDENTITY, "momentum": IDENTITY, "weight_decay": None}
-    OPTIONS = {"nesterov": False}
+    OPTIONS = {**Hyperoptimizer.OPTIONS, "nesterov": False}
 
     def __init__(self, params: Params = None, lr: Value = 0.01, momentum: Value = 0.0, weight_decay: Value = 0.0, *,
                  nesterov: bool = False, **options: Any):

@@ -3,7 +3,9 @@ divergence, param groups, torch.compile."""
 
 import copy
 import io
+import math
 import re
+import warnings
 
 import pytest
 import torch
@@ -478,3 +480,33 @@ def test_a_fixed_beta_of_zero_is_accepted_as_torch_optim_accepts_it(spec, batche
     assert all(torch.isfinite(torch.tensor(train(model, optimizer, batches[:5]))))
     assert not torch.equal(model.layer1.weight, before.layer1.weight)
     assert optimizer.hyperparameters()[0].get("beta1", optimizer.hyperparameters()[0].get("gamma")) == 0.0
+
+
+def test_a_step_size_learned_as_its_logarithm_changes_by_a_factor_and_stays_above_zero():
+    """Two gradients that point opposite ways: the additive step size is pushed below 0 (gradient ascent), the
+    one learned as log α shrinks by the factor exp(-κ·α·g₂·g₁) and stays above 0."""
+    def after_two_opposite_steps(spec):
+        w = torch.nn.Parameter(torch.ones(1, dtype=torch.float64))
+        opt = hyperopt.stack(spec, [w], keep_in_range=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", hyperopt.OutOfRangeWarning)
+            for sign in (1.0, -1.0):
+                opt.zero_grad()
+                (sign * w).sum().backward()
+                opt.step()
+        return opt.hyperparameters()[0]["lr"], opt
+    additive, _ = after_two_opposite_steps("SGD(0.01)/SGD(5.0)")
+    in_log, opt = after_two_opposite_steps("SGD(0.01, log_lr=1)/SGD(5.0)")
+    assert additive == pytest.approx(0.01 - 5.0)
+    assert in_log == pytest.approx(0.01 * math.exp(-5.0 * 0.01 * 1.0), rel=1e-12)  # ∂L/∂log α = α·g₂·(-g₁)·(-1)
+    assert hyperopt.stack(str(opt), [torch.zeros(1)]).param_groups[0]["log_lr"]  # the notation says it back
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("SGD(0.1, log_lr=1)", "no level above learns it"),
+    ("Adam^{β1,β2}(log_lr=1)/SGD(1e-3)", "no level above learns it"),
+    ("SGD(0.0, log_lr=1)/SGD(1e-3)", "must start above 0"),
+])
+def test_a_step_size_in_log_space_where_nothing_learns_it_or_from_zero_is_refused(spec, message):
+    with pytest.raises(ValueError, match=message):
+        hyperopt.stack(spec, [torch.zeros(2, requires_grad=True)])

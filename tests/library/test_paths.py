@@ -16,7 +16,8 @@ from tests.library.closeness import assert_relative_close
 
 STACKS = [f"{cls.NAME}/SGD(1e-4)" for cls in OPTIMIZERS.values()] + [
     "SGD(0.1, 0.9)/SGD(1e-3)", "SGD(0.1, 0.9, 0.01, nesterov=1)/Adam(1e-3)", "AdamW^{α,λ}(0.01)/SGD(1e-4)",
-    "RMSProp^{α,γ}/RMSProp(1e-4)", "Adam^α/SGD(1e-4)", "Adam/Adam(1e-4)/Adam(1e-5)", "SGD(0.1)"]
+    "RMSProp^{α,γ}/RMSProp(1e-4)", "Adam^α/SGD(1e-4)", "Adam/Adam(1e-4)/Adam(1e-5)", "SGD(0.1)",
+    "SGD(0.1, 0.9, log_lr=1)/SGD(1e-3)", "Adam(1e-3, log_lr=1)/Adam(1e-2)", "RMSProp(0.01, log_lr=1)/SGD(1e-4)"]
 LAYOUTS = ["one group", "two groups", "a parameter frozen now and then", "a parameter trained from step 3",
            "two runs"]
 STEPS = 6

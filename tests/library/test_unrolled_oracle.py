@@ -39,7 +39,7 @@ SCHEDULES = {
 }
 
 
-def train(model, optimizer, batches, learned, scheduler=None, scaler=None, clip=None):
+def train(model, optimizer, batches, learned, scheduler=None, scaler=None, clip=None, in_log=()):
     """The loop as users write it: a schedule stepped after the optimizer, GradScaler unscaling before clipping.
     The learned values after each step."""
     history = []
@@ -58,7 +58,7 @@ def train(model, optimizer, batches, learned, scheduler=None, scaler=None, clip=
             optimizer.step()
         if scheduler:
             scheduler.step()
-        history.append(learned_values(optimizer, learned))
+        history.append(learned_values(optimizer, learned, in_log))
     return history
 
 
@@ -134,3 +134,23 @@ def test_a_schedule_a_scaler_and_clipping_together(batches):
     ours = train(model, stack, batches, learned, SCHEDULES["OneCycleLR, momentum cycled"](stack),
                  torch.amp.GradScaler("cpu", init_scale=2.0 ** 16), clip=0.05)
     assert_trained_as_unrolled(model, ours, oracle)
+
+
+@pytest.mark.parametrize("spec, optimizer, values, learned, kappa", [
+    ("SGD(0.1, log_lr=1)/SGD(0.5)", "SGD", {"lr": 0.1}, ("lr",), 0.5),
+    ("SGD(0.1, 0.9, log_lr=1)/SGD(1e-2)", "SGD", {"lr": 0.1, "momentum": 0.9}, ("lr", "momentum"), 1e-2),
+    ("Adam(1e-3, log_lr=1)/SGD(1e-2)", "Adam", {}, ("lr", "beta1", "beta2"), 1e-2),
+])
+def test_a_step_size_learned_as_its_logarithm_moves_as_autograd_through_the_updates_says(spec, optimizer, values,
+                                                                                         learned, kappa, batches):
+    """log_lr=True: the level above descends on log α, whose hypergradient is α·∂L/∂α; with a schedule, so that the
+    chain rule goes through both the schedule's factor and exp."""
+    torch.manual_seed(0)
+    model = MLP().double()
+    start = {"lr": 1e-3, **values}
+    oracle = unrolled(copy.deepcopy(model), loss_of, batches, optimizer, values, learned, kappa, in_log=("lr",),
+                      factors=schedule_factors(SCHEDULES["StepLR"], start, len(batches)))
+    stack = hyperopt.stack(spec, model.parameters())
+    ours = train(model, stack, batches, learned, SCHEDULES["StepLR"](stack), in_log=("lr",))
+    assert_trained_as_unrolled(model, ours, oracle)
+    assert ours[-1]["lr"] != pytest.approx(start["lr"], rel=1e-6)  # it did learn

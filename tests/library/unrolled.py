@@ -5,7 +5,8 @@ Each learned value of the weights' optimizer is a leaf for one update: the weigh
 values that update used (its schedule's factor times the learned value, on the gradient as that update saw it:
 clipped, unscaled), and the next loss's gradient with respect to those leaves is the hypergradient, by which
 SGD(κ) moves the learned values. SGD and Adam are written from the paper's formulas as the reference code takes
-them (SGD's buffer starts at the first gradient; Adam's v starts at ε; a β learned as atanh(2β - 1)).
+them (SGD's buffer starts at the first gradient; Adam's v starts at ε; a β learned as atanh(2β - 1); a step size
+learned as log α where asked, log_lr=True).
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ from torch.func import functional_call
 UNIT = ("beta1", "beta2")  # learned through atanh(2β - 1); SGD's α and μ, and Adam's α, as themselves
 
 
-def to_raw(name: str, value: float) -> float:
-    return math.atanh(2.0 * value - 1.0) if name in UNIT else value
+def to_raw(name: str, value: float, in_log: tuple[str, ...] = ()) -> float:
+    return math.atanh(2.0 * value - 1.0) if name in UNIT else math.log(value) if name in in_log else value
 
 
-def to_value(name: str, raw: torch.Tensor) -> torch.Tensor:
-    return (raw.tanh() + 1.0) / 2.0 if name in UNIT else raw
+def to_value(name: str, raw: torch.Tensor, in_log: tuple[str, ...] = ()) -> torch.Tensor:
+    return (raw.tanh() + 1.0) / 2.0 if name in UNIT else raw.exp() if name in in_log else raw
 
 
 def sgd_step(values: dict, grads: dict, state: dict, t: int) -> dict:
@@ -65,13 +66,14 @@ def clip_norm(grads: dict, max_norm: float) -> dict:
 
 def unrolled(model, loss_of, batches, optimizer: str, values: dict, learned: tuple[str, ...], kappa: float,
              factors: dict | None = None, clip: float | None = None,
-             gradient_factor: float = 1.0) -> tuple[list[dict], dict]:
+             gradient_factor: float = 1.0, in_log: tuple[str, ...] = ()) -> tuple[list[dict], dict]:
     """The learned values after each step, in natural units, and the weights at the end. `factors`: {name: [the schedule's factor at each
     step]} (the value an update uses is the factor times the learned value); `clip`: the max norm the update's
     gradient is clipped to (the hypergradient is from the gradient as backward made it); `gradient_factor`: what
-    every derivative is multiplied by on its way (a GradScaler's scale times its 1/scale, rounded to float32)."""
+    every derivative is multiplied by on its way (a GradScaler's scale times its 1/scale, rounded to float32);
+    `in_log`: the learned values held as their logarithm."""
     fixed = {**DEFAULTS[optimizer], **values}
-    raw = {name: torch.tensor(to_raw(name, fixed[name]), dtype=torch.float64) for name in learned}
+    raw = {name: torch.tensor(to_raw(name, fixed[name], in_log), dtype=torch.float64) for name in learned}
     factors = factors or {}
     weights = {name: p.detach().clone().requires_grad_() for name, p in model.named_parameters()}
     leaves, state, history = None, {}, []
@@ -88,19 +90,19 @@ def unrolled(model, loss_of, batches, optimizer: str, values: dict, learned: tup
         leaves = {name: raw[name].clone().requires_grad_() for name in learned}
         used = dict(fixed)
         for name in learned:
-            used[name] = to_value(name, leaves[name])
+            used[name] = to_value(name, leaves[name], in_log)
         for name, per_step in factors.items():
             used[name] = used[name] * per_step[t]
         steps = STEPS[optimizer](used, clip_norm(grads, clip) if clip else grads, state, t + 1)
         weights = {name: weights[name].detach() - steps[name] for name in names}
-        history.append({name: float(to_value(name, raw[name])) for name in learned})
+        history.append({name: float(to_value(name, raw[name], in_log)) for name in learned})
     return history, {name: w.detach() for name, w in weights.items()}
 
 
-def learned_values(stack, learned: tuple[str, ...]) -> dict:
+def learned_values(stack, learned: tuple[str, ...], in_log: tuple[str, ...] = ()) -> dict:
     """The weights' optimizer's learned values (not the values used: a schedule scales those), natural units."""
     raw = stack.param_groups[0]["hyper_raw"][0]
-    return {name: float(to_value(name, raw[stack.param_groups[0]["learn"].index(name)])) for name in learned}
+    return {name: float(to_value(name, raw[stack.param_groups[0]["learn"].index(name)], in_log)) for name in learned}
 
 
 def schedule_factors(make_scheduler, values: dict, steps: int) -> dict:
