@@ -2,10 +2,10 @@
 
 checkpoint.pt is the latest and checkpoint.prev.pt the one before it. Each is written to a temporary file and then
 renamed, and the latest becomes the previous one through a hard link, so a run killed at any moment while saving
-leaves checkpoint.pt whole (the old one or the new one) and checkpoint.prev.pt whole; a file damaged some other way (cut short by
-a full disk, say) is detected when loading and the one before it is used instead. Nothing a checkpoint holds is
-executed: it is loaded with `weights_only=True` (tensors and plain values), and one holding anything else (a pickle
-that could run code, planted in a shared folder say) is refused.
+leaves checkpoint.pt whole (the old one or the new one) and checkpoint.prev.pt whole; a file damaged some other way
+(cut short by a full disk, say) is detected when loading and the one before it is used instead. Nothing a
+checkpoint holds is executed: it is loaded with `weights_only=True` (tensors and plain values), and one holding
+anything else (a pickle that could run code, planted in a shared folder say) is refused.
 """
 
 from __future__ import annotations

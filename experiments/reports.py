@@ -59,7 +59,8 @@ def figure_inputs(description: str, experiment: str, markers: str, out: Path, ex
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_sources(parser, experiment)
     parser.add_argument("--out", type=Path, default=out, help="where the figure and its tables go")
-    parser.add_argument("--page", type=Path, help=f"also put the table between the {markers} markers of this documentation page")
+    parser.add_argument("--page", type=Path,
+                        help=f"also put the table between the {markers} markers of this documentation page")
     parser.add_argument("--export-records", type=Path, metavar="DIR",
                         help="also copy each run's small record files here (to commit them)")
     if extra is not None:
@@ -164,7 +165,8 @@ def mark_deviations(figure, note: str) -> None:
 
 
 def write_table(markdown: str, path: Path, page: Path | None, markers: str) -> None:
-    """A generated table: into its Markdown file, into the block named `markers` of the documentation page `page`, and out."""
+    """A generated table: into its Markdown file, into the block named `markers` of the documentation page `page`
+    (with one), and out."""
     path.write_text(markdown, encoding="utf-8")
     if page is not None:
         replace_between_markers(page, markers, markdown)

@@ -53,7 +53,7 @@ class AdaGrad(Hyperoptimizer):
             params: the tensors or param groups to optimize; None for a level above (see Hyperoptimizer).
             lr: the step size α (learned by a level above).
             **options: every optimizer's options (hyper=, learn=, check_finite=, keep_in_range=, compile=,
-                foreach=, maximize=, runs=, process_group=: see Hyperoptimizer).
+                foreach=, maximize=, runs=, process_group=, log_lr=: see Hyperoptimizer).
         """
         super().__init__(params, lr, **options)
     update, keep = staticmethod(update), staticmethod(keep)

@@ -102,7 +102,7 @@ class Adam(Hyperoptimizer):
             eps: ε, added to √v̂; never learned. v starts at ε, as in the reference code.
             betas: torch.optim's spelling, (β1, β2), in place of beta1= and beta2=.
             **options: every optimizer's options (hyper=, learn=, check_finite=, keep_in_range=, compile=,
-                foreach=, maximize=, runs=, process_group=: see Hyperoptimizer).
+                foreach=, maximize=, runs=, process_group=, log_lr=: see Hyperoptimizer).
         """
         super().__init__(params, lr, beta1=beta1, beta2=beta2, betas=betas, eps=eps, **options)
     step_scalars, update, keep = staticmethod(step_scalars), staticmethod(update), staticmethod(keep)

@@ -80,7 +80,7 @@ class AdamW(Hyperoptimizer):
                 ``learn=("lr", "weight_decay")``.
             betas: torch.optim's spelling, (β1, β2), in place of beta1= and beta2=.
             **options: every optimizer's options (hyper=, learn=, check_finite=, keep_in_range=, compile=,
-                foreach=, maximize=, runs=, process_group=: see Hyperoptimizer).
+                foreach=, maximize=, runs=, process_group=, log_lr=: see Hyperoptimizer).
         """
         super().__init__(params, lr, beta1=beta1, beta2=beta2, betas=betas, eps=eps,
                          weight_decay=weight_decay, **options)

@@ -166,7 +166,8 @@ def parse(spec: str) -> list[tuple[type[Hyperoptimizer], dict, tuple[str, ...] |
 Levels = list[tuple[type[Hyperoptimizer], dict, tuple[str, ...] | None]]
 
 
-def stack(spec: str | Levels | Sequence[str | Levels], params: Iterable | None = None, **options: Any) -> Hyperoptimizer:
+def stack(spec: str | Levels | Sequence[str | Levels], params: Iterable | None = None,
+          **options: Any) -> Hyperoptimizer:
     """Build a stack from the paper's notation (`GRAMMAR`), or from its levels as `parse` gives them.
 
     A list of stacks, one per run, builds one stack that trains them together (``runs=len(spec)``): ``params``

@@ -74,7 +74,7 @@ class RMSProp(Hyperoptimizer):
             lr: the step size α (learned by a level above, stored as √α).
             gamma: γ, the decay of the squared gradient's average (learned, stored as atanh(2γ - 1)).
             **options: every optimizer's options (hyper=, learn=, check_finite=, keep_in_range=, compile=,
-                foreach=, maximize=, runs=, process_group=: see Hyperoptimizer).
+                foreach=, maximize=, runs=, process_group=, log_lr=: see Hyperoptimizer).
         """
         super().__init__(params, lr, gamma=gamma, **options)
     step_scalars, update, keep = staticmethod(step_scalars), staticmethod(update), staticmethod(keep)

@@ -96,7 +96,7 @@ class SGD(Hyperoptimizer):
             weight_decay: λ, added to the gradient as λ·w, as torch.optim.SGD adds it; never learned.
             nesterov: step along g + μ·buffer, as torch.optim.SGD(nesterov=True).
             **options: every optimizer's options (hyper=, learn=, check_finite=, keep_in_range=, compile=,
-                foreach=, maximize=, runs=, process_group=: see Hyperoptimizer).
+                foreach=, maximize=, runs=, process_group=, log_lr=: see Hyperoptimizer).
         """
         super().__init__(params, lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov, **options)
     update, keep = staticmethod(update), staticmethod(keep)

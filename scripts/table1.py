@@ -159,7 +159,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "results", help="where table1.md and .csv go")
     parser.add_argument("--export-records", type=Path, metavar="DIR",
                         help="also copy each run's small record files here (to commit them)")
-    parser.add_argument("--page", type=Path, help="also put the table between the table1 markers of this documentation page")
+    parser.add_argument("--page", type=Path,
+                        help="also put the table between the table1 markers of this documentation page")
     args = parser.parse_args()
     runs = runs_of(records_of("table1", args))
     if args.export_records:

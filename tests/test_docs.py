@@ -168,9 +168,11 @@ def test_every_script_and_option_the_pages_show_exists():
             shown.setdefault(script, []).append((page, [w.split("=", 1)[0] for w in command if w.startswith("--")]))
     python_scripts = sorted(script for script in shown if script.endswith(".py"))
     assert len(python_scripts) >= 8
+    def help_of(script: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=300)
     with ThreadPoolExecutor(2) as pool:
-        helps = dict(zip(python_scripts, pool.map(lambda script: subprocess.run(
-            [sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=300), python_scripts)))
+        helps = dict(zip(python_scripts, pool.map(help_of, python_scripts)))
     for script, result in helps.items():
         assert result.returncode == 0, f"{script} --help: {result.stderr}"
         for page, options in shown[script]:

@@ -498,7 +498,7 @@ def test_a_step_size_learned_as_its_logarithm_changes_by_a_factor_and_stays_abov
     additive, _ = after_two_opposite_steps("SGD(0.01)/SGD(5.0)")
     in_log, opt = after_two_opposite_steps("SGD(0.01, log_lr=1)/SGD(5.0)")
     assert additive == pytest.approx(0.01 - 5.0)
-    assert in_log == pytest.approx(0.01 * math.exp(-5.0 * 0.01 * 1.0), rel=1e-12)  # ∂L/∂log α = α·g₂·(-g₁)·(-1)
+    assert in_log == pytest.approx(0.01 * math.exp(-5.0 * 0.01 * 1.0), rel=1e-12)  # ∂L/∂log α = α·(-g₂·g₁)
     assert hyperopt.stack(str(opt), [torch.zeros(1)]).param_groups[0]["log_lr"]  # the notation says it back
 
 

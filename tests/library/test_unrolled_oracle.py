@@ -109,8 +109,8 @@ def test_adam_learns_alpha_and_both_betas_through_a_schedule(batches):
 @pytest.mark.parametrize("scale", [2.0 ** 16, 3.0 * 2.0 ** 10])
 def test_a_grad_scaler_unscaled_before_clipping_leaves_the_hypergradient_of_the_unscaled_gradient(
         spec, optimizer, learned, kappa, scale, batches):
-    """The documentation's recipe (docs/training-loop.md), and what Accelerate and the Hugging Face Trainer do in fp16: scaler.unscale_(opt),
-    clip, scaler.step(opt). (The scaler's 1/scale is a float32: a scale that is not a power of two leaves each
+    """The documentation's recipe (docs/training-loop.md), and what Accelerate and the Hugging Face Trainer do in
+    fp16: scaler.unscale_(opt), clip, scaler.step(opt). (The scaler's 1/scale is a float32: a scale that is not a power of two leaves each
     gradient off by its rounding, 3072 × float32(1/3072) = 1 + 3.0e-8, for us as for torch.optim.)"""
     torch.manual_seed(0)
     model = MLP().double()
@@ -143,8 +143,8 @@ def test_a_schedule_a_scaler_and_clipping_together(batches):
 ])
 def test_a_step_size_learned_as_its_logarithm_moves_as_autograd_through_the_updates_says(spec, optimizer, values,
                                                                                          learned, kappa, batches):
-    """log_lr=True: the level above descends on log α, whose hypergradient is α·∂L/∂α; with a schedule, so that the
-    chain rule goes through both the schedule's factor and exp."""
+    """log_lr=True: the level above descends on log α, whose hypergradient is α·∂L/∂α; with a schedule, so that
+    the chain rule goes through both the schedule's factor and exp."""
     torch.manual_seed(0)
     model = MLP().double()
     start = {"lr": 1e-3, **values}
