@@ -2,7 +2,8 @@
 optimizers a researcher would otherwise reach for, from its own PyPI package, written the same way:
 ``Prodigy``, ``DAdaptSGD``, ``DAdaptAdam`` (their lr is a multiplier of the step they estimate, 1 by default),
 ``DoG`` (its lr a multiplier, 1 by default), ``ScheduleFreeSGD(0.1)``, ``ScheduleFreeAdamW(0.0025)`` (lr is a
-step size); or a builder of the grid experiments (Figures 2 and 3, the RNN), given as
+step size), ``MechanicAdam(1e-3)`` (Mechanic's learned scale over Adam's step of that size) and ``MomoAdam(0.01)``
+(MoMo-Adam: Adam's step, bounded by the Polyak-type step its model of the loss allows); or a builder of the grid experiments (Figures 2 and 3, the RNN), given as
 ``{_target_: experiments.optimizers.NAME, ...values}``."""
 
 from __future__ import annotations
@@ -10,19 +11,34 @@ from __future__ import annotations
 import importlib
 import re
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import torch
 
 import hyperopt
 
-BASELINES = {
-    # notation name: (package, class, default lr)
-    "Prodigy": ("prodigyopt", "Prodigy", 1.0),
-    "DAdaptSGD": ("dadaptation", "DAdaptSGD", 1.0),
-    "DAdaptAdam": ("dadaptation", "DAdaptAdam", 1.0),
-    "ScheduleFreeSGD": ("schedulefree", "SGDScheduleFree", 1.0),
-    "ScheduleFreeAdamW": ("schedulefree", "AdamWScheduleFree", 0.0025),
-    "DoG": ("dog", "DoG", 1.0),
+class Source(NamedTuple):
+    """Where a baseline comes from: its PyPI package's class, or its wrapper of a torch.optim class."""
+
+    package: str
+    attribute: str
+    lr: float  # its default
+    wraps: type[torch.optim.Optimizer] | None = None  # the optimizer a wrapper (Mechanic's mechanize) is given
+    needs_loss: bool = False  # its step takes the loss (MoMo's: step(loss=...))
+    distribution: str | None = None  # its name on PyPI, where it is not the package's
+    attributes: tuple[str, ...] = ()  # what it keeps outside its state dict, which a checkpoint must hold too
+
+
+BASELINES = {  # notation name: its source
+    "Prodigy": Source("prodigyopt", "Prodigy", 1.0),
+    "DAdaptSGD": Source("dadaptation", "DAdaptSGD", 1.0),
+    "DAdaptAdam": Source("dadaptation", "DAdaptAdam", 1.0),
+    "ScheduleFreeSGD": Source("schedulefree", "SGDScheduleFree", 1.0),
+    "ScheduleFreeAdamW": Source("schedulefree", "AdamWScheduleFree", 0.0025),
+    "DoG": Source("dog", "DoG", 1.0),
+    "MechanicAdam": Source("mechanic_pytorch", "mechanize", 1e-3, wraps=torch.optim.Adam),
+    "MomoAdam": Source("momo", "MomoAdam", 1e-2, needs_loss=True, distribution="momo-opt",
+                       attributes=("_number_steps", "loss_avg", "lb", "_initial_lb")),
 }
 _BASELINE = re.compile(r"^\s*(?P<name>[A-Za-z]+)\s*(?:\(\s*(?:lr\s*=\s*)?(?P<lr>[^()]*?)\s*\))?\s*$")
 
@@ -33,13 +49,14 @@ class Baseline:
 
     def __init__(self, name: str, optimizer: torch.optim.Optimizer):
         self.name, self.optimizer = name, optimizer
+        self.needs_loss = BASELINES[name].needs_loss  # (the training step hands it the loss: experiments/step.py)
         self.train()
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
-    def step(self, closure=None):
-        return self.optimizer.step(closure)
+    def step(self, closure=None, loss: torch.Tensor | None = None):
+        return self.optimizer.step(closure) if loss is None else self.optimizer.step(loss=loss)
 
     def train(self) -> None:
         if hasattr(self.optimizer, "train"):
@@ -50,10 +67,28 @@ class Baseline:
             self.optimizer.eval()
 
     def state_dict(self) -> dict:
-        return self.optimizer.state_dict()
+        """torch.optim's state dict, and what the optimizer keeps besides it: its attributes, and state it keys by
+        the parameters themselves (Mechanic's), keyed by their place instead, so that it loads into a copy."""
+        places = {id(p): i for i, p in enumerate(self._params())}
+        state = self.optimizer.state_dict()
+        state["state"] = _rekeyed(state["state"], lambda k: ("parameter", places[id(k)])
+                                  if isinstance(k, torch.Tensor) else k)
+        attributes = {name: getattr(self.optimizer, name) for name in BASELINES[self.name].attributes}
+        return {"optimizer": state, "attributes": attributes}
 
     def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state)
+        self.optimizer.load_state_dict(state["optimizer"])
+        params = self._params()
+        for key in [key for key in self.optimizer.state if isinstance(key, str)]:  # (torch.optim leaves these)
+            self.optimizer.state[key] = _rekeyed(
+                self.optimizer.state[key],
+                lambda k: params[k[1]] if isinstance(k, tuple) and k[:1] == ("parameter",) else k,
+                lambda v: v.to(params[0].device) if isinstance(v, torch.Tensor) else v)
+        for name, value in state["attributes"].items():
+            setattr(self.optimizer, name, value)
+
+    def _params(self) -> list[torch.Tensor]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
 
     def hyperparameters(self) -> list[dict[str, float]]:
         group = self.optimizer.param_groups[0]
@@ -64,6 +99,13 @@ class Baseline:
 
     def __str__(self) -> str:
         return f"{self.name}({self.optimizer.param_groups[0]['lr']!r})"
+
+
+def _rekeyed(value, key, leaf=lambda v: v):
+    """`value` with every dict key k, at any depth, made key(k), and every other value leaf(value)."""
+    if not isinstance(value, dict):
+        return leaf(value)
+    return {key(k): _rekeyed(v, key, leaf) for k, v in value.items()}
 
 
 def resolve(spec):
@@ -112,12 +154,16 @@ def baseline(name: str, params, lr: float | None = None) -> Baseline:
     """A learning-rate-free optimizer from its own package; lr None is the package's default."""
     if name not in BASELINES:
         raise ValueError(f"unknown learning-rate-free optimizer {name!r}; known: {', '.join(BASELINES)}")
-    package, class_name, default_lr = BASELINES[name]
+    source = BASELINES[name]
     try:
-        module = importlib.import_module(package)
+        module = importlib.import_module(source.package)
     except ImportError:
-        raise ImportError(f"{name} comes from the PyPI package {package}: pip install {package}") from None
-    return Baseline(name, getattr(module, class_name)(params, lr=default_lr if lr is None else lr))
+        distribution = source.distribution or source.package.replace("_", "-")
+        raise ImportError(f"{name} comes from the PyPI package {distribution}: pip install {distribution}") from None
+    make = getattr(module, source.attribute)
+    if source.wraps is not None:
+        make = make(source.wraps)
+    return Baseline(name, make(params, lr=source.lr if lr is None else lr))
 
 
 def _function(target):

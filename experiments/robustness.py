@@ -78,6 +78,8 @@ METHODS = {
     "adam_h2": Method("Adam(α)/Adam/Adam", "stack", True),
     "adamw_learned_scale": Method("AdamW^α(α)/Adam, warmup-cosine", "stack", True),
     "schedulefree_adamw": Method("Schedule-Free AdamW(α)", "free", True),
+    "mechanic_adam": Method("Mechanic(Adam(α))", "free", True),  # a learned scale over Adam's step
+    "momo_adam": Method("MoMo-Adam(α)", "free", True),  # Adam's step capped by a Polyak-type bound
     "prodigy": Method("Prodigy", "free", False),
     "dadapt_adam": Method("D-Adapt Adam", "free", False),
     "dog": Method("DoG (its last iterate)", "free", False),  # without the averaging its authors recommend
@@ -130,6 +132,8 @@ def optimizer(method: str, alpha: float, seed: int, trial: int) -> str:
         "adam_h2": f"Adam({a})/Adam({UPPER_ADAM})/Adam({UPPER_ADAM})",
         "adamw_learned_scale": f"AdamW^α({a})/Adam({UPPER_ADAM})",
         "schedulefree_adamw": f"ScheduleFreeAdamW({a})",
+        "mechanic_adam": f"MechanicAdam({a})",
+        "momo_adam": f"MomoAdam({a})",
         "prodigy": "Prodigy",
         "dadapt_adam": "DAdaptAdam",
         "dog": "DoG",

@@ -28,5 +28,13 @@ def train_step(model, optimizer, x, y, precision: str = "fp32") -> torch.Tensor:
         loss = F.nll_loss(model(x), y)
     optimizer.zero_grad()
     loss.backward(create_graph=getattr(optimizer, "create_graph", False))
-    optimizer.step()
+    optimizer_step(optimizer, loss)
     return loss.detach()
+
+
+def optimizer_step(optimizer, loss: torch.Tensor) -> None:
+    """optimizer.step(), handing the loss to an optimizer whose step bounds itself with it (MoMo's)."""
+    if getattr(optimizer, "needs_loss", False):
+        optimizer.step(loss=loss.detach())
+    else:
+        optimizer.step()

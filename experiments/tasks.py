@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from experiments.data import load_dataset
-from experiments.step import forward_precision, train_step
+from experiments.step import forward_precision, optimizer_step, train_step
 from experiments.text import load_text, windows
 
 
@@ -158,7 +158,7 @@ class LanguageModelling:
         loss = F.nll_loss(log_probabilities.float().flatten(0, 1), y.flatten())
         optimizer.zero_grad()
         loss.backward(create_graph=getattr(optimizer, "create_graph", False))
-        optimizer.step()
+        optimizer_step(optimizer, loss)
         return loss.detach()
 
     def step_runs(self, model, optimizer, x, y) -> torch.Tensor:

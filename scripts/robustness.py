@@ -155,8 +155,8 @@ def summary(runs: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
 
 COLOURS = {"sgd": "#1b9e77", "sgd_momentum": "#66a61e", "adam": "#e7298a", "sgd_h1": "#8da0cb", "sgd_h2": "#5e6fb5",
            "sgd_h3": "#1f2f8c", "adam_h1": "#fc8d62", "adam_h2": "#d95f02", "adamw_learned_scale": "#a6761d",
-           "schedulefree_adamw": "#e6ab02", "prodigy": "tab:green", "dadapt_adam": "tab:purple", "dog": "tab:gray",
-           "tuned_adamw": "black"}
+           "schedulefree_adamw": "#e6ab02", "mechanic_adam": "tab:cyan", "momo_adam": "tab:olive",
+           "prodigy": "tab:green", "dadapt_adam": "tab:purple", "dog": "tab:gray", "tuned_adamw": "black"}
 
 
 def draw(table: pd.DataFrame, rows: pd.DataFrame, out: Path) -> None:

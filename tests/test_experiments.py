@@ -1,6 +1,7 @@
 """The Hydra harness as a user runs it: configs and their checks, train.py runs and sweeps, run records, W&B, Table
 1's script."""
 
+import io
 import json
 import re
 import shutil
@@ -13,7 +14,9 @@ from experiments.config import ConfigError, validate
 from experiments.optimizers import BASELINES, build_optimizer, set_mode
 from experiments.paper import TABLE_1
 from experiments.records import copy_record, read_records
+from experiments.step import train_step
 from experiments.wandb_runs import read_offline_file
+from models import MLP
 from tests.conftest import ROOT, data_root
 from tests.harness import SMOKE, compose_experiment, script, train
 from tests.pictures import share_in_colour
@@ -407,3 +410,33 @@ def test_the_mnist_epoch_benchmark_times_the_harness_against_a_bare_loop(tmp_pat
     harness = rows["SGD(0.01), whole epoch: harness vs bare torch loop"]
     assert harness["ours_seconds_per_epoch"] > 0 and harness["torch_optim_seconds_per_epoch"] > 0, result.stdout
     assert set(rows) == {"SGD(0.01)", "Adam/SGD(1e-5)", "SGD(0.01), whole epoch: harness vs bare torch loop"}
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_every_baseline_trains_and_resumes_from_its_state_dict_exactly(name):
+    """Each learning-rate-free optimizer through the harness's own step (MoMo's takes the loss), saved after 3
+    steps as a checkpoint saves it and loaded into a fresh one: both take the same 3 more steps (MoMo's step count
+    and loss average, which it keeps outside its state dict, and Mechanic's state, which it keys by the parameters
+    themselves, included)."""
+    torch.manual_seed(0)
+    batches = [(torch.randn(16, 1, 28, 28), torch.randint(10, (16,))) for _ in range(6)]
+
+    def trained(model, optimizer, steps):
+        for x, y in steps:
+            train_step(model, optimizer, x, y)
+        return model
+
+    first = MLP()
+    optimizer = build_optimizer(name, first.parameters())
+    trained(first, optimizer, batches[:3])
+    buffer = io.BytesIO()  # as a checkpoint holds it: tensors and plain values only
+    torch.save((first.state_dict(), optimizer.state_dict()), buffer)
+    saved = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
+    second = MLP()
+    second.load_state_dict(saved[0])
+    resumed = build_optimizer(name, second.parameters())
+    resumed.load_state_dict(saved[1])
+    trained(first, optimizer, batches[3:])
+    trained(second, resumed, batches[3:])
+    for a, b in zip(first.parameters(), second.parameters()):
+        assert torch.equal(a, b), name

@@ -120,7 +120,7 @@ def test_the_report_gives_back_the_numbers_of_its_records(tmp_path):
     assert len(table) == 2 * 7 + 1  # a line per α of each swept method, one for Prodigy
 
 
-@pytest.mark.slow  # every task and method, 4 × 14 tiny runs through the sweeps, then one task again: 2 minutes
+@pytest.mark.slow  # every task and method, 4 × 16 tiny runs through the sweeps, then one task again: 2 minutes
 def test_the_whole_benchmark_runs_at_tiny_sizes_reports_and_continues_where_it_stopped(tmp_path):
     def start(*arguments):
         return subprocess.Popen([sys.executable, str(ROOT / "scripts" / "run_robustness.py"), "--smoke", "--runs",
