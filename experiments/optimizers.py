@@ -3,8 +3,8 @@ optimizers a researcher would otherwise reach for, from its own PyPI package, wr
 ``Prodigy``, ``DAdaptSGD``, ``DAdaptAdam`` (their lr is a multiplier of the step they estimate, 1 by default),
 ``DoG`` (its lr a multiplier, 1 by default), ``ScheduleFreeSGD(0.1)``, ``ScheduleFreeAdamW(0.0025)`` (lr is a
 step size), ``MechanicAdam(1e-3)`` (Mechanic's learned scale over Adam's step of that size) and ``MomoAdam(0.01)``
-(MoMo-Adam: Adam's step, bounded by the Polyak-type step its model of the loss allows); or a builder of the grid experiments (Figures 2 and 3, the RNN), given as
-``{_target_: experiments.optimizers.NAME, ...values}``."""
+(MoMo-Adam: Adam's step, bounded by the Polyak-type step its model of the loss allows); or a builder of the grid
+experiments (Figures 2 and 3, the RNN), given as ``{_target_: experiments.optimizers.NAME, ...values}``."""
 
 from __future__ import annotations
 

@@ -7,8 +7,12 @@ Writes results/robustness.png (a panel per task: the final metric against the in
 method, the learning-rate-free methods at their defaults as bands over seeds, the tuned AdamW as a line),
 results/robustness.csv (one line per task, method and α: the median over seeds and its range) and
 results/robustness.md with results/robustness_summary.csv: per task and method, the best and worst final value over
-α, their spread, the decades of α within 10 % of the best, the steps to reach the tuned AdamW's median, and the
-seconds per step against the tuned AdamW's, measured in the same runs.
+α, their spread, the decades of α within 10 % of the method's own best and of the best of any method on the task,
+the learning-rate sensitivity of Wortsman et al. (ICLR 2024: the mean excess over the method's best, over the α
+grid), the steps to reach the tuned AdamW's median, and the seconds per step against the tuned AdamW's, measured in
+the same runs; and results/robustness_profile.png, a performance profile over the tasks (the fraction of tasks on
+which a method is within a factor τ of the best method, as AlgoPerf draws it), at each method's best α and over
+its α grid.
 
 A run that diverged, or ended worse than chance (uniform prediction: 90 % error, log2 of the vocabulary in bits
 per character), counts as chance: the table says how many did.
@@ -141,16 +145,65 @@ def summary(runs: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
                 chosen = runs_of if math.isnan(at_best) else runs_of[runs_of["alpha"] == at_best]
                 curve = median_curve(list(chosen["curve"]), worst)
                 decades = (float((finals <= 1.1 * best).sum() * spacing) if METHODS[method].swept else None)
+            swept = METHODS[method].swept
             rows.append({
                 "task": task, "method": method, "label": METHODS[method].label, "family": METHODS[method].family,
                 "best": best, "worst": worst_value, "spread": worst_value - best, "decades_within_10pct": decades,
+                # what a user who picks α from the grid at random gets, and its mean excess over the best α
+                "median_over_alpha": float(finals.median()) if swept else best,
+                "lr_sensitivity": float((finals - best).mean()) if swept else None,
                 "steps_to_tuned_median": first_step_reaching(curve, target),
                 "budget_steps": int(runs_of["steps"].max()),
                 "seconds_per_step_vs_adamw": seconds_per_step(runs_of) / reference_time,
                 "counted_as_chance": int(runs_of["counted_as_chance"].sum()), "runs": len(runs_of),
                 "tuning_runs": len(tuned) if method == "tuned_adamw" else None,
                 "tuning_seconds": float(tuned["wall_seconds"].sum()) if method == "tuned_adamw" else None})
-    return pd.DataFrame(rows)
+    rows = pd.DataFrame(rows)
+    rows.insert(rows.columns.get_loc("decades_within_10pct") + 1, "decades_within_10pct_of_any",
+                [within_of_any(table, rows, row) for row in rows.to_dict("records")])
+    return rows
+
+
+def within_of_any(table: pd.DataFrame, rows: pd.DataFrame, row: dict) -> float | None:
+    """The decades of α over which a swept method ends within 10 % (relative) of the best final value of any
+    method on the task (not its own best)."""
+    if not METHODS[row["method"]].swept:
+        return None
+    task = row["task"]
+    finals = table[(table["task"] == task) & (table["method"] == row["method"])]["median"]
+    spacing = math.log10(TASKS[task].alphas[1] / TASKS[task].alphas[0])
+    return float((finals <= 1.1 * rows[rows["task"] == task]["best"].min()).sum() * spacing)
+
+
+def profile(rows: pd.DataFrame, column: str, factors: list[float]) -> dict[str, list[float]]:
+    """{method: the fraction of the tasks on which its `column` is within each factor τ of the best method's}."""
+    tasks = sorted(set(rows["task"]))
+    best = {task: rows[rows["task"] == task][column].min() for task in tasks}
+    fractions = {}
+    for method in (name for name in METHODS if name in set(rows["method"])):
+        mine = rows[rows["method"] == method].set_index("task")[column]
+        fractions[method] = [sum(task in mine.index and mine[task] <= factor * best[task] for task in tasks)
+                             / len(tasks) for factor in factors]
+    return fractions
+
+
+def draw_profile(rows: pd.DataFrame, out: Path) -> None:
+    plt = pyplot()
+    factors = [1.0 + 3.0 * i / 300 for i in range(301)]
+    figure, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
+    for axis, (column, title) in zip(axes, [("best", "at each method's best α (tuned)"),
+                                            ("median_over_alpha", "over its α grid (the median: α not tuned)")]):
+        for method, fractions in profile(rows, column, factors).items():
+            axis.step(factors, fractions, where="post", color=COLOURS[method], label=METHODS[method].label,
+                      linestyle="--" if METHODS[method].family in ("free", "tuned") else "-")
+        axis.set_xlabel("τ: within this factor of the best method's final value")
+        axis.set_title(title, fontsize=10)
+        axis.set_xlim(1.0, 4.0)
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel(f"fraction of the {rows['task'].nunique()} tasks")
+    axes[1].legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    save_figure(figure, out)
 
 
 COLOURS = {"sgd": "#1b9e77", "sgd_momentum": "#66a61e", "adam": "#e7298a", "sgd_h1": "#8da0cb", "sgd_h2": "#5e6fb5",
@@ -219,7 +272,9 @@ def machines(records: list[dict]) -> str:
 def to_markdown(runs: pd.DataFrame, rows: pd.DataFrame, records: list[dict], command: str) -> str:
     text = (f"Generated by `{command}` from {len(runs)} run records ({describe_commits(records)}). Each task's "
             "final value is the median over seeds at the end of its budget; best and worst are over the initial "
-            "step sizes α; the decades are the width of the α grid within 10 % (relative) of the method's best; the steps are the "
+            "step sizes α; the decades are the width of the α grid within 10 % (relative) of the method's own "
+            "best, and of the best final value of any method on the task; the sensitivity is Wortsman et al.'s "
+            "(ICLR 2024), the mean over the α grid of the excess over the method's best; the steps are the "
             "first evaluation at which the method, at its best α, reached the tuned AdamW's median (— : never, "
             "within the budget); the time is the median seconds per training step over the method's runs that "
             f"did not diverge, against the tuned AdamW's, in the same sweeps (on {machines(records)}). A run that "
@@ -241,18 +296,21 @@ def to_markdown(runs: pd.DataFrame, rows: pd.DataFrame, records: list[dict], com
                   "between them enters their time ratios." if one_after_another(swept) else "")
         text += (f"\n**{TASKS[task].label}**, final {TASKS[task].metric} ({unit}); the budget is "
                  f"{int(part['budget_steps'].max())} steps.{caveat}\n\n")
-        text += ("| method | best | worst | spread | decades within 10 % | steps to tuned median | s/step vs AdamW | "
-                 "counted as chance / runs |\n|---|---|---|---|---|---|---|---|\n")
+        text += ("| method | best | worst | spread | decades within 10 %: of its best, of any method's | "
+                 "sensitivity | steps to tuned median | s/step vs AdamW | counted as chance / runs |\n"
+                 "|---|---|---|---|---|---|---|---|---|\n")
         for row in part.to_dict("records"):
             decades = row["decades_within_10pct"]
-            decades = "at its default" if pd.isna(decades) else f"{decades:g}"
+            decades = "at its default" if pd.isna(decades) else \
+                f"{decades:g}, {row['decades_within_10pct_of_any']:g}"
             steps = "—" if pd.isna(row["steps_to_tuned_median"]) else str(int(row["steps_to_tuned_median"]))
             label = row["label"]
             if row["method"] == "tuned_adamw":
                 label += f" (tuning: {int(row['tuning_runs'])} runs, {row['tuning_seconds']:.0f} s)"
                 decades = "tuned"
             text += (f"| {label} | {_value(row['best'], digits)} | {_value(row['worst'], digits)} | "
-                     f"{_value(row['spread'], digits)} | {decades} | {steps} | "
+                     f"{_value(row['spread'], digits)} | {decades} | {_value(row['lr_sensitivity'], digits)} | "
+                     f"{steps} | "
                      f"{_value(row['seconds_per_step_vs_adamw'])} | {row['counted_as_chance']} / {row['runs']} |\n")
         if task == "mnist_mlp":
             text += (f"\nThe paper's Figure 3 (read off, 30 epochs): height 0 spans {FIGURE_3_RANGE[0][0]:g} to "
@@ -273,6 +331,7 @@ def main() -> None:
     rows = summary(runs, table)
     args.out.mkdir(parents=True, exist_ok=True)
     draw(table, rows, args.out / "robustness.png")
+    draw_profile(rows, args.out / "robustness_profile.png")
     table.to_csv(args.out / "robustness.csv", index=False)
     rows.to_csv(args.out / "robustness_summary.csv", index=False)
     command = "python scripts/robustness.py " + describe_source(args)

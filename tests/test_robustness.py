@@ -97,7 +97,7 @@ def made_up_records(root):
 
 def test_the_report_gives_back_the_numbers_of_its_records(tmp_path):
     from experiments.records import read_records
-    from scripts.robustness import points, runs_table, summary, to_markdown
+    from scripts.robustness import points, profile, runs_table, summary, to_markdown
     made_up_records(tmp_path / "runs")
     records = read_records(tmp_path / "runs", experiment="robustness")
     runs = runs_table(records)
@@ -113,6 +113,15 @@ def test_the_report_gives_back_the_numbers_of_its_records(tmp_path):
     assert rows.loc["prodigy", "best"] == 52.5 and rows.loc["prodigy", "counted_as_chance"] == 1
     assert rows.loc["sgd", "seconds_per_step_vs_adamw"] == 2.0 and rows.loc["prodigy", "seconds_per_step_vs_adamw"] == 1
     assert rows.loc["sgd_h1", "seconds_per_step_vs_adamw"] == 3.0
+    # against the best of any method on the task (SGD/SGD's 10.5, not the tuned AdamW's 12): SGD/SGD's three
+    # decades, SGD's none; the sensitivity, the mean excess over the α grid: 6 × 40 / 7 and 4 × 29.5 / 7
+    assert rows.loc["sgd_h1", "decades_within_10pct_of_any"] == 3
+    assert rows.loc["sgd", "decades_within_10pct_of_any"] == 0
+    assert rows.loc["sgd", "lr_sensitivity"] == pytest.approx(240 / 7)
+    assert rows.loc["sgd_h1", "lr_sensitivity"] == pytest.approx(118 / 7)
+    assert pd.isna(rows.loc["prodigy", "lr_sensitivity"]) and rows.loc["prodigy", "median_over_alpha"] == 52.5
+    fractions = profile(rows.reset_index(), "best", [1.0, 1.2, 2.0])  # SGD 20 / 10.5 = 1.9, the tuned 12 / 10.5
+    assert fractions["sgd_h1"] == [1, 1, 1] and fractions["sgd"] == [0, 0, 1] and fractions["tuned_adamw"] == [0, 1, 1]
     markdown = to_markdown(runs, rows.reset_index(), records, "the command")
     assert "**100 steps in these runs**, not the benchmark's 200 steps" in markdown
     assert "The swept methods ran one after another, not interleaved" in markdown
