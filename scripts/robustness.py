@@ -68,7 +68,7 @@ def runs_table(records: list[dict]) -> pd.DataFrame:
             "seconds_per_step": sum(seconds) / metrics[-1]["step"] if metrics and None not in seconds
             and metrics[-1]["step"] else math.nan,
             "wall_seconds": summary.get("wall_seconds", math.nan), "started": summary.get("started", math.nan),
-            "directory": record["directory"]})
+            "commit": str(record["run"].get("git", {}).get("commit"))[:10], "directory": record["directory"]})
     table = pd.DataFrame(lines)
     unfinished = table[~table["status"].isin(["ok", "diverged"])]
     if len(unfinished):
@@ -155,6 +155,9 @@ def summary(runs: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
                 "steps_to_tuned_median": first_step_reaching(curve, target),
                 "budget_steps": int(runs_of["steps"].max()),
                 "seconds_per_step_vs_adamw": seconds_per_step(runs_of) / reference_time,
+                # runs made in other sweeps than the tuned AdamW's (another commit): their time ratio compares
+                # the machine on two occasions, not the methods
+                "timed_apart": set(runs_of["commit"]) != set(tuned["commit"]) if len(tuned) else False,
                 "counted_as_chance": int(runs_of["counted_as_chance"].sum()), "runs": len(runs_of),
                 "tuning_runs": len(tuned) if method == "tuned_adamw" else None,
                 "tuning_seconds": float(tuned["wall_seconds"].sum()) if method == "tuned_adamw" else None})
@@ -277,7 +280,9 @@ def to_markdown(runs: pd.DataFrame, rows: pd.DataFrame, records: list[dict], com
             "(ICLR 2024), the mean over the α grid of the excess over the method's best; the steps are the "
             "first evaluation at which the method, at its best α, reached the tuned AdamW's median (— : never, "
             "within the budget); the time is the median seconds per training step over the method's runs that "
-            f"did not diverge, against the tuned AdamW's, in the same sweeps (on {machines(records)}). A run that "
+            f"did not diverge, against the tuned AdamW's, in the same sweeps (on {machines(records)}; \"other "
+            "sweeps\": the method's runs were made at another commit than the tuned AdamW's, so the ratio compares "
+            "the machine on two occasions, not the methods). A run that "
             "diverged or ended worse than chance counts as chance (the last column).\n\n")
     text += "| task | budget | metric | α grid | runs | against the paper |\n|---|---|---|---|---|---|\n"
     for task in (name for name in TASKS if name in set(rows["task"])):
@@ -308,10 +313,10 @@ def to_markdown(runs: pd.DataFrame, rows: pd.DataFrame, records: list[dict], com
             if row["method"] == "tuned_adamw":
                 label += f" (tuning: {int(row['tuning_runs'])} runs, {row['tuning_seconds']:.0f} s)"
                 decades = "tuned"
+            ratio = _value(row["seconds_per_step_vs_adamw"]) + (" (other sweeps)" if row["timed_apart"] else "")
             text += (f"| {label} | {_value(row['best'], digits)} | {_value(row['worst'], digits)} | "
                      f"{_value(row['spread'], digits)} | {decades} | {_value(row['lr_sensitivity'], digits)} | "
-                     f"{steps} | "
-                     f"{_value(row['seconds_per_step_vs_adamw'])} | {row['counted_as_chance']} / {row['runs']} |\n")
+                     f"{steps} | {ratio} | {row['counted_as_chance']} / {row['runs']} |\n")
         if task == "mnist_mlp":
             text += (f"\nThe paper's Figure 3 (read off, 30 epochs): height 0 spans {FIGURE_3_RANGE[0][0]:g} to "
                      f"{FIGURE_3_RANGE[0][1]:g} % over α, height 3 {FIGURE_3_RANGE[3][0]:g} to "

@@ -123,6 +123,11 @@ def test_the_report_gives_back_the_numbers_of_its_records(tmp_path):
     fractions = profile(rows.reset_index(), "best", [1.0, 1.2, 2.0])  # SGD 20 / 10.5 = 1.9, the tuned 12 / 10.5
     assert fractions["sgd_h1"] == [1, 1, 1] and fractions["sgd"] == [0, 0, 1] and fractions["tuned_adamw"] == [0, 1, 1]
     markdown = to_markdown(runs, rows.reset_index(), records, "the command")
+    assert "(other sweeps)" not in markdown.split("\n\n", 1)[1]  # every method timed in the AdamW's sweeps
+    runs.loc[runs["method"] == "sgd", "commit"] = "rerun"  # SGD's runs made again, at another commit
+    again = summary(runs, table).set_index("method")
+    assert again.loc["sgd", "timed_apart"] and not again.loc["sgd_h1", "timed_apart"]
+    assert "| 2.00 (other sweeps) |" in to_markdown(runs, again.reset_index(), records, "the command")
     assert "**100 steps in these runs**, not the benchmark's 200 steps" in markdown
     assert "The swept methods ran one after another, not interleaved" in markdown
     assert "| AdamW, warmup-cosine, tuned (tuning: 6 runs, 18 s) | 12.00 |" in markdown
