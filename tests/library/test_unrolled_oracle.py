@@ -144,13 +144,14 @@ def test_a_schedule_a_scaler_and_clipping_together(batches):
 def test_a_step_size_learned_as_its_logarithm_moves_as_autograd_through_the_updates_says(spec, optimizer, values,
                                                                                          learned, kappa, batches):
     """log_lr=True: the level above descends on log α, whose hypergradient is α·∂L/∂α; with a schedule, so that
-    the chain rule goes through both the schedule's factor and exp."""
+    the chain rule goes through both the schedule's factor and exp, and a GradScaler unscaling to clip."""
     torch.manual_seed(0)
     model = MLP().double()
     start = {"lr": 1e-3, **values}
     oracle = unrolled(copy.deepcopy(model), loss_of, batches, optimizer, values, learned, kappa, in_log=("lr",),
-                      factors=schedule_factors(SCHEDULES["StepLR"], start, len(batches)))
+                      factors=schedule_factors(SCHEDULES["StepLR"], start, len(batches)), clip=0.05)
     stack = hyperopt.stack(spec, model.parameters())
-    ours = train(model, stack, batches, learned, SCHEDULES["StepLR"](stack), in_log=("lr",))
+    ours = train(model, stack, batches, learned, SCHEDULES["StepLR"](stack),
+                 torch.amp.GradScaler("cpu", init_scale=2.0 ** 16), clip=0.05, in_log=("lr",))
     assert_trained_as_unrolled(model, ours, oracle)
     assert ours[-1]["lr"] != pytest.approx(start["lr"], rel=1e-6)  # it did learn
