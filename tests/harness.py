@@ -46,7 +46,8 @@ def train(*overrides: str, check: bool = True) -> subprocess.CompletedProcess:
         for handler in root.handlers:
             if handler not in kept[0]:
                 handler.close()
-        root.handlers[:], _ = kept[0], root.setLevel(kept[1])
+        root.handlers[:] = kept[0]
+        root.setLevel(kept[1])
         torch.set_num_threads(threads)
     result = subprocess.CompletedProcess(["train.py", *overrides], status, output.getvalue(), errors.getvalue())
     if check:
