@@ -33,7 +33,8 @@ def train_step(model, optimizer, x, y, precision: str = "fp32") -> torch.Tensor:
 
 
 def optimizer_step(optimizer, loss: torch.Tensor) -> None:
-    """optimizer.step(), handing the loss to an optimizer whose step bounds itself with it (MoMo's)."""
+    """optimizer.step(), handing the loss to an optimizer whose step bounds itself with it (MoMo's; a stack's with
+    polyak=True, which takes one per run)."""
     if getattr(optimizer, "needs_loss", False):
         optimizer.step(loss=loss.detach())
     else:

@@ -26,7 +26,7 @@ def _backward_and_step(losses: torch.Tensor, optimizer) -> torch.Tensor:
     # The runs are independent, so the gradient of their sum is each run's own gradient.
     optimizer.zero_grad()
     losses.sum().backward()
-    optimizer.step()
+    optimizer_step(optimizer, losses)  # (each run's loss, where the step bounds itself by it)
     return losses.detach()
 
 

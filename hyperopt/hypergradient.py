@@ -26,6 +26,7 @@ from typing import NamedTuple
 
 import torch
 
+from . import polyak
 from .divergence import UNIT_RANGE, DivergenceError, OutOfRangeWarning
 from .parameterisations import IDENTITY
 from .multi_tensor import FlatState, flat_state, flatten, pieces
@@ -260,13 +261,14 @@ class Step(NamedTuple):
     host: bool
 
 
-def step_stack(weights, made: list[list[torch.Tensor | None]]) -> None:
+def step_stack(weights, made: list[list[torch.Tensor | None]], loss: torch.Tensor | None = None) -> None:
     """One step of the stack whose weights' optimizer is `weights`, in four phases: its gradients gathered,
     hypergradients bottom-up, divergence checked, updates top-down (each level's hyperparameters are updated by the
     level above before they update the level below: the reference code's order). Every level of a param group steps
     once a step, so the group's step count, kept by the weights' optimizer, is every level's. A param group none of
     whose parameters has a gradient takes no step at any level, as torch.optim leaves it: its step count (Adam's
-    bias correction) and the update its next hypergradient differentiates stay as they are."""
+    bias correction) and the update its next hypergradient differentiates stay as they are. With `loss` (each
+    run's, with polyak=True), Polyak's bound shortens the step after the updates (hyperopt/polyak.py)."""
     levels = weights.levels()
     step = gathered(weights, made)
     if step is None:
@@ -280,7 +282,10 @@ def step_stack(weights, made: list[list[torch.Tensor | None]]) -> None:
         return
     lead = step.stepping.index(True)  # the group whose step count the divergence checks report
     active = check(weights, levels, step.grads[1:], step.counts[lead], first) if checking else None
+    before = polyak.weights_before(weights) if loss is not None else None
     updates_top_down(weights, levels, step, active)
+    if loss is not None:
+        polyak.cap(weights, step.made, before, loss, functools.partial(run_dot, runs=weights.param_groups[0]["runs"]))
     if checking:
         check_ranges(weights, levels, weights.state[weights.param_groups[lead]["params"][0]]["step"], step.host)
 

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Sequence, Union
 
 import torch
 
-from . import hypergradient
+from . import hypergradient, polyak
 from .checks import check_learn, check_values, numbers, per_hyperparameter
 from .divergence import Divergence
 from .gradients import BackwardGradients, made_gradients, take_scale_off
@@ -95,8 +95,9 @@ class Hyperoptimizer(torch.optim.Optimizer):
     LEARNED_AS: dict[str, Parameterisation | None]
     HYPERPARAMETERS: dict[str, tuple[float, Parameterisation, bool]]
     HAS_BETAS = False
-    # switches, never learned: how the step size is learned (every optimizer's), of the update rule (SGD's nesterov)
-    OPTIONS: dict[str, bool] = {"log_lr": False}
+    # switches, never learned: how the step size is learned and whether Polyak's bound holds it (every
+    # optimizer's), of the update rule (SGD's nesterov)
+    OPTIONS: dict[str, bool] = {"log_lr": False, "polyak": False}
     EPSILON: float | None = None  # a fixed ε the update adds in the parameters' dtype (Adam's is its eps)
     DECOUPLED_DECAY = False  # its weight_decay shrinks the weights (x ← x(1 - αλ)) rather than adding λx to g
     update: Callable
@@ -117,7 +118,8 @@ class Hyperoptimizer(torch.optim.Optimizer):
     def __init__(self, params: Iterable | None = None, lr: Value | None = None, *, hyper: Hyperoptimizer | None = None,
                  learn: Iterable[str] | None = None, check_finite: bool = True, keep_in_range: bool = False,
                  compile: bool = False, foreach: bool | None = None, maximize: bool = False, runs: int | None = None,
-                 process_group: torch.distributed.ProcessGroup | None = None, log_lr: bool = False, **values: Any):
+                 process_group: torch.distributed.ProcessGroup | None = None, log_lr: bool = False,
+                 polyak: bool = False, **values: Any):
         """What every optimizer takes beside its hyperparameters (its own constructor documents those).
 
         Args:
@@ -147,6 +149,11 @@ class Hyperoptimizer(torch.optim.Optimizer):
             log_lr: the level above learns this optimizer's step size as log α (not in the paper): its step then
                 changes α by a factor (about e^±κ a step with Adam above) rather than by an amount, and α stays
                 above 0. The hypergradient is α·∂L/∂α. Notation: ``Adam(1e-3, log_lr=1)/Adam(0.01)``.
+            polyak: hold the learned step size under Polyak's bound (not in the paper; hyperopt/polyak.py): a
+                step whose first-order decrease g·S would exceed the loss is shortened to reach it, and the learned
+                step size with it; the safeguard against a step size too large. For the weights' optimizer, with
+                a level above that learns lr; step() then takes the loss (``opt.step(loss=loss)``). Notation:
+                ``Adam(1, log_lr=1, polyak=1)/Adam(0.01)``.
             **values: the hyperparameters, by name, as the subclass's constructor passes them on.
 
         Example:
@@ -158,7 +165,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
         """
         if lr is not None:  # (second, as torch.optim's optimizers take it: SGD(params, 0.1))
             values["lr"] = lr
-        values["log_lr"] = log_lr
+        values["log_lr"], values["polyak"] = log_lr, polyak
         values = self._betas_as_two(values)
         for name in sorted(set(values) & set(NOT_HERE)):
             raise TypeError(f"{self.NAME}: {name}= {NOT_HERE[name]}")
@@ -344,6 +351,8 @@ class Hyperoptimizer(torch.optim.Optimizer):
             if stored_as is LOG and min(numbers(group[name])) <= 0.0:
                 raise ValueError(f"{self.NAME}: with log_lr=True the step size is learned as its logarithm, so it "
                                  f"must start above 0, not at {min(numbers(group[name]))}")
+        if any(g["polyak"] for g in self.param_groups):
+            self._check_polyak(group)
         if any(p.device != first.device or p.dtype != first.dtype for p in group["params"]):
             raise ValueError("all parameters of a param group must share one device and dtype (their "
                              "hyperparameters are one set of tensors); put the others in a param group of their own")
@@ -384,6 +393,9 @@ class Hyperoptimizer(torch.optim.Optimizer):
             self._note_shards(group)
             self.backward = self.backward or BackwardGradients()
             self.backward.watch(group["params"])
+            # Polyak's bound needs the gradient as backward made it from the first step on, before any clipping
+            # has been seen to change it: a copy is kept from the start
+            self.backward.copying = self.backward.copying or group["polyak"]
         if self.hyper is not None:
             # the level above sees this group's runs on the leading dimension of hyper_raw, one run for a lone one
             hyper_group = {"params": [group["hyper_raw"]], "runs": count,
@@ -393,6 +405,22 @@ class Hyperoptimizer(torch.optim.Optimizer):
             else:
                 self.hyper._owner = self
                 self.hyper._attach([hyper_group])
+
+    def _check_polyak(self, group: dict) -> None:
+        """Refuse polyak=True where the bound could not mean what hyperopt/polyak.py says."""
+        why = None
+        if self._owner is not None:
+            why = "is for the weights' optimizer, whose step the loss bounds, not a level above it"
+        elif self.hyper is None or "lr" not in self.learned(group):
+            why = "scales the learned step size: it needs a level above that learns lr (hyper=)"
+        elif self.maximize:
+            why = "bounds a loss's decrease by the loss, which maximize=True does not lower"
+        elif self.compile:
+            why = "reads the loss back to the host to check it, which a compiled step does not: drop compile=True"
+        elif any(not g["polyak"] for g in self.param_groups):
+            why = "bounds the step of all the weights together: give it to the optimizer, not to some param groups"
+        if why is not None:
+            raise ValueError(f"{self.NAME}: polyak=True {why}")
 
     def _note_shards(self, group: dict) -> None:
         """Whether the group's weights are shards whose sums the other processes complete, and over which group."""
@@ -605,7 +633,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
             self._compiled["step"] = torch.compile(hypergradient.step_stack)
         return self._compiled_step
 
-    def _compiled_step(self, weights: Hyperoptimizer, made: list) -> None:
+    def _compiled_step(self, weights: Hyperoptimizer, made: list, loss: None = None) -> None:
         """The compiled step, handed every setting that a schedule or the caller may change as a tensor: a number
         would be a constant of the compiled graph, compiled again each time it moved. (A setting of 0 stays a
         number: it switches a term off, SGD's momentum, and the graph's structure with it.)"""
@@ -642,7 +670,8 @@ class Hyperoptimizer(torch.optim.Optimizer):
 
     # ----------------------------------------------------------------- one step of the whole stack
     @torch.no_grad()
-    def step(self, closure: Callable | None = None, grad_scaler: torch.amp.GradScaler | None = None) -> Any:
+    def step(self, closure: Callable | None = None, grad_scaler: torch.amp.GradScaler | None = None,
+             loss: torch.Tensor | float | None = None) -> Any:
         """Take one step of the whole stack: hypergradients bottom-up, then updates top-down
         (``hyperopt/hypergradient.py``). Call it on the weights' optimizer, after ``loss.backward()``.
 
@@ -650,6 +679,8 @@ class Hyperoptimizer(torch.optim.Optimizer):
             closure: re-evaluates the model and returns the loss, as for ``torch.optim`` (called once).
             grad_scaler: GradScaler.step's own (``scaler.step(opt)`` hands itself over): its scale is taken off
                 the gradients exactly, and a step it would skip is skipped, as it skips torch.optim's.
+            loss: the loss whose gradients these are (unscaled; one per run), which polyak=True bounds the step
+                by; ignored without it. A closure's loss stands in for it.
 
         Returns:
             The closure's loss, or None without one.
@@ -683,19 +714,25 @@ class Hyperoptimizer(torch.optim.Optimizer):
                                "needs no scaler)")
         for level in self.levels()[1:]:  # it steps too: a scheduler of a level above checks (torch reads this flag)
             level._opt_called = True
-        loss = None
+        returned = None
         if closure is not None:
             with torch.enable_grad():
-                loss = closure()
+                returned = loss = closure()
+        bound = polyak.mean_loss(self, polyak.check_loss(self, loss)) if self.needs_loss else None
         if grad_scaler is None:
             made, skip = made_gradients(self), False
         else:
             made, skip = take_scale_off(self, grad_scaler)
         if not skip:
-            self.step_stack()(self, made)
+            self.step_stack()(self, made, bound)
         if self.backward is not None:
             self.backward.forget()  # (what backward made is of this step's gradients only)
-        return loss
+        return returned
+
+    @property
+    def needs_loss(self) -> bool:
+        """Whether step() takes the loss (polyak=True), as a training loop that hands it over asks."""
+        return bool(self.param_groups and self.param_groups[0]["polyak"])
 
     def diverged(self) -> list[dict]:
         """The runs that diverged and were frozen (a stack of runs, or a compiled step; a lone run in eager mode

@@ -45,6 +45,7 @@ GRAMMAR = f"""\
 {_positional_orders()}
                                                 SGD(0.1, 0.9, nesterov=1): Nesterov momentum
                                                 Adam(1e-3, log_lr=1)/Adam: α learned as log α
+                                                Adam(1e-3, polyak=1)/Adam: α held under Polyak's bound
   per-level  := "{{" symbol ":" number ( "," symbol ":" number )* "}}"
                                                 at the top of a stack: a value for each hyperparameter the
                                                 level learns, e.g. its step size for α and for μ

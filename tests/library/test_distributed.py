@@ -71,14 +71,18 @@ def train(model, optimizer, data, run: Run, rank=None):
         optimizer.zero_grad()
         if run.no_sync:  # one process accumulates the same two halves
             with model.no_sync() if hasattr(model, "no_sync") else contextlib.nullcontext():
-                (F.nll_loss(model(x[::2]), y[::2]) / 2).backward()
-            (F.nll_loss(model(x[1::2]), y[1::2]) / 2).backward()
+                first = F.nll_loss(model(x[::2]), y[::2]) / 2
+                first.backward()
+            second = F.nll_loss(model(x[1::2]), y[1::2]) / 2
+            second.backward()
+            loss = first + second
         else:
-            F.nll_loss(model(x), y).backward()
+            loss = F.nll_loss(model(x), y)
+            loss.backward()
         if run.clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), run.clip)
-        try:
-            optimizer.step()
+        try:  # (polyak=True takes this rank's loss, which the stack averages over the ranks)
+            optimizer.step(**{"loss": loss.detach()} if getattr(optimizer, "needs_loss", False) else {})
         except hyperopt.DivergenceError as error:
             return (error.step, error.level)
     return None
@@ -196,7 +200,9 @@ def check(run: Run, world_size: int = 2) -> list[dict]:
     Run("Adam/SGD(1e-5)", clip=0.05, bucket_view=True),
     Run("Adam/SGD(1e-5)/SGD(1e-4)/SGD(1e-4)", clip=0.05, tensor_path=True),
     Run("SGD(0.1, 0.9)/SGD(1e-3)", clip=0.05, no_sync=True),
-], ids=["height 1", "clipped", "bucket view", "height 3, tensor path", "no_sync accumulation"])
+    Run("Adam(0.5, polyak=1)/SGD(1e-5)", clip=0.05, no_sync=True),
+], ids=["height 1", "clipped", "bucket view", "height 3, tensor path", "no_sync accumulation",
+        "Polyak's bound on each rank's loss, clipped, accumulated"])
 def test_ddp_learns_what_one_process_learns_on_the_whole_batch(run):
     """DDP writes the averaged gradient into p.grad after backward's hooks: the hypergradient is from that one,
     clipped or not, so the ranks never drift apart (nothing is summed: every rank holds the whole sums)."""
@@ -219,8 +225,10 @@ def test_a_nan_in_one_ranks_batch_stops_every_rank_at_the_same_step(wrapper, ste
     (Run("Adam/SGD(1e-5)", clip=0.05, hidden=129, wrapper="fsdp2"), 4),
     (Run("SGD(0.1, 0.9)/SGD(1e-3)", clip=0.05, tensor_path=True, wrapper="fsdp2"), 2),
     (Run("Adam(1e-3, log_lr=1)/SGD(1e-2)", clip=0.05, wrapper="fsdp2"), 2),
+    (Run("Adam(0.5, log_lr=1, polyak=1)/SGD(1e-2)", clip=0.05, layout="a group per parameter", wrapper="fsdp2"), 2),
 ], ids=["height 1", "a group per parameter, clipped", "Adam/Adam/SGD, clipped", "AdamW's decay",
-        "uneven shards", "tensor path", "a step size in log space, clipped"])
+        "uneven shards", "tensor path", "a step size in log space, clipped",
+        "Polyak's bound, a group per parameter, clipped"])
 def test_fsdp2_learns_what_one_process_learns(run, world_size):
     """Each rank's hypergradient is its shards' share: summed over the ranks in one all-reduce a step. Clipping a
     DTensor's gradient moves no version counter: the hooks keep a copy."""

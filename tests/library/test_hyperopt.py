@@ -510,3 +510,87 @@ def test_a_step_size_learned_as_its_logarithm_changes_by_a_factor_and_stays_abov
 def test_a_step_size_in_log_space_where_nothing_learns_it_or_from_zero_is_refused(spec, message):
     with pytest.raises(ValueError, match=message):
         hyperopt.stack(spec, [torch.zeros(2, requires_grad=True)])
+
+
+def test_polyaks_bound_on_one_dimension_is_the_polyak_step_size():
+    """L(w) = w²/2 from w = 1 with SGD(10)/SGD(0): the step g·α = 10 would take the loss's first-order decrease
+    g·S = 10 past the loss 1/2, so it is shortened to S = L/g = 1/2, and α to 1/2, Polyak's step size (L - 0)/g²."""
+    w = torch.nn.Parameter(torch.ones(1, dtype=torch.float64))
+    opt = hyperopt.stack("SGD(10.0, polyak=1)/SGD(0.0)", [w])
+    loss = (w * w).sum() / 2
+    loss.backward()
+    opt.step(loss=loss.detach())
+    assert w.item() == pytest.approx(0.5, rel=1e-15)
+    assert opt.hyperparameters()[0]["lr"] == pytest.approx(0.5, rel=1e-15)
+    assert str(opt) == "SGD(0.5, polyak=1)/SGD(0.0)"  # the notation says it back
+    assert hyperopt.stack(str(opt), [torch.zeros(1)]).needs_loss
+
+
+def test_a_run_whose_steps_stay_within_polyaks_bound_takes_the_papers_steps(batches):
+    torch.manual_seed(0)
+    model = MLP().double()
+    bounded_model = copy.deepcopy(model)
+    plain = hyperopt.stack("Adam(1e-3)/Adam(1e-4)", model.parameters())
+    bounded = hyperopt.stack("Adam(1e-3, polyak=1)/Adam(1e-4)", bounded_model.parameters())
+    for x, y in batches[:6]:
+        for net, optimizer in ((model, plain), (bounded_model, bounded)):
+            train_step(net, optimizer, x.double(), y)  # (it hands the loss over where the optimizer asks)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), bounded_model.parameters()))
+    assert plain.hyperparameters() == bounded.hyperparameters()
+
+
+def test_polyaks_bound_holds_each_run_of_a_stack_of_runs_as_it_holds_the_run_alone(batches):
+    """Each run's loss bounds its own step: one run starts far above the bound, the other within it."""
+    torch.manual_seed(0)
+    models = [MLP().double() for _ in range(2)]
+    network = batch_models([copy.deepcopy(model) for model in models])
+    specs = ["Adam(0.5, polyak=1)/Adam(1e-3)", "Adam(1e-3, polyak=1)/Adam(1e-5)"]
+    alone = [hyperopt.stack(spec, model.parameters()) for spec, model in zip(specs, models)]
+    together = hyperopt.stack(specs, network.parameters())
+    for x, y in batches[:6]:
+        x = x.double()
+        for model, optimizer in zip(models, alone):
+            train_step(model, optimizer, x, y)
+        together.zero_grad()
+        losses = torch.stack([F.nll_loss(output, y) for output in network(torch.stack([x, x]))])
+        losses.sum().backward()
+        together.step(loss=losses.detach())
+    for run, (model, optimizer) in enumerate(zip(models, alone)):
+        for name, weight in model.state_dict().items():
+            assert_relative_close(network.run_state_dict(run)[name], weight, 1e-9, f"run {run} {name}")
+        for level, (ours, theirs) in enumerate(zip(together.hyperparameters(run=run), optimizer.hyperparameters())):
+            for name, value in theirs.items():
+                assert_relative_close(torch.tensor(ours[name]), torch.tensor(value), 1e-9, f"run {run} {name}")
+    assert alone[0].hyperparameters()[0]["lr"] < 0.05 and alone[1].hyperparameters()[0]["lr"] > 5e-4
+
+
+@pytest.mark.parametrize("make, step, message", [
+    (lambda p: hyperopt.stack("Adam(polyak=1)/SGD(1e-3)", p), {}, r"opt.step\(loss=loss\)"),
+    (lambda p: hyperopt.stack("Adam(polyak=1)/SGD(1e-3)", p), {"loss": -1.0}, "at least 0"),
+    (lambda p: hyperopt.stack("Adam(polyak=1)/SGD(1e-3)", p), {"loss": torch.ones(2)}, "one loss per run"),
+    (lambda p: hyperopt.stack("Adam(polyak=1)", p), None, "level above that learns lr"),
+    (lambda p: hyperopt.stack("Adam^{β1,β2}(polyak=1)/SGD(1e-3)", p), None, "level above that learns lr"),
+    (lambda p: hyperopt.stack("Adam/SGD(polyak=1)", p), None, "not a level above"),
+    (lambda p: hyperopt.stack("Adam(polyak=1)/SGD(1e-3)", p, maximize=True), None, "maximize"),
+    (lambda p: hyperopt.stack("Adam(polyak=1)/SGD(1e-3)", p, compile=True), None, "compile"),
+    (lambda p: hyperopt.Adam([{"params": p[:1]}, {"params": p[1:], "polyak": True}], hyper=hyperopt.SGD(lr=1e-3)),
+     None, "not to some param groups"),
+], ids=["no loss", "a negative loss", "a loss per run for one run", "nothing learns lr",
+        "lr not learned", "a level above", "maximize", "compiled", "one param group of two"])
+def test_polyaks_bound_where_it_cannot_mean_what_it_says_is_refused_before_anything_moves(make, step, message):
+    params = [torch.nn.Parameter(torch.ones(2, dtype=torch.float64)) for _ in range(2)]
+    with pytest.raises((ValueError, TypeError), match=message):
+        optimizer = make(params)
+        sum((p * p).sum() for p in params).backward()
+        optimizer.step(**step)
+    assert all(torch.equal(p, torch.ones(2, dtype=torch.float64)) for p in params)
+
+
+def test_a_loss_that_is_nan_under_polyaks_bound_is_a_divergence_as_without_it():
+    w = torch.nn.Parameter(torch.ones(2, dtype=torch.float64))
+    opt = hyperopt.stack("Adam(polyak=1)/SGD(1e-3)", [w])
+    loss = (w * float("nan")).sum()
+    loss.backward()
+    with pytest.raises(hyperopt.DivergenceError):
+        opt.step(loss=loss.detach())
+    assert torch.equal(w, torch.ones(2, dtype=torch.float64))

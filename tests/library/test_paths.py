@@ -17,7 +17,8 @@ from tests.library.closeness import assert_relative_close
 STACKS = [f"{cls.NAME}/SGD(1e-4)" for cls in OPTIMIZERS.values()] + [
     "SGD(0.1, 0.9)/SGD(1e-3)", "SGD(0.1, 0.9, 0.01, nesterov=1)/Adam(1e-3)", "AdamW^{α,λ}(0.01)/SGD(1e-4)",
     "RMSProp^{α,γ}/RMSProp(1e-4)", "Adam^α/SGD(1e-4)", "Adam/Adam(1e-4)/Adam(1e-5)", "SGD(0.1)",
-    "SGD(0.1, 0.9, log_lr=1)/SGD(1e-3)", "Adam(1e-3, log_lr=1)/Adam(1e-2)", "RMSProp(0.01, log_lr=1)/SGD(1e-4)"]
+    "SGD(0.1, 0.9, log_lr=1)/SGD(1e-3)", "Adam(1e-3, log_lr=1)/Adam(1e-2)", "RMSProp(0.01, log_lr=1)/SGD(1e-4)",
+    "Adam(0.5, polyak=1)/Adam(1e-2)", "AdamW(0.5, log_lr=1, polyak=1)/SGD(1e-3)"]
 LAYOUTS = ["one group", "two groups", "a parameter frozen now and then", "a parameter trained from step 3",
            "two runs"]
 STEPS = 6
@@ -32,11 +33,16 @@ def parameters(layout: str) -> list[torch.Tensor]:
             for shape in shapes]
 
 
-def loss(params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def losses(params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Each run's loss (one for a lone run's tensors)."""
     w1, b1, w2, b2 = params
     hidden = torch.tanh(x @ w1.transpose(-1, -2) + b1.unsqueeze(-2))
     logits = hidden @ w2.transpose(-1, -2) + b2.unsqueeze(-2)
-    return F.cross_entropy(logits.reshape(-1, 3), y.reshape(-1), reduction="sum") / y.shape[-1]
+    return F.cross_entropy(logits.reshape(-1, 3), y.reshape(-1), reduction="none").reshape(y.shape).mean(-1)
+
+
+def loss(params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return losses(params, x, y).sum()
 
 
 def make(spec: str, layout: str, params: list[torch.Tensor], foreach: bool):
@@ -64,12 +70,13 @@ def train(spec: str, layout: str, foreach: bool, tensor_path: bool, steps: int =
             x = torch.randn(lead + (8, 6), generator=generator, dtype=torch.float64)
             y = torch.randint(0, 3, lead + (8,), generator=generator)
             optimizer.zero_grad()
-            loss(params, x, y).backward()
+            each = losses(params, x, y)
+            each.sum().backward()
             if layout == "a parameter frozen now and then" and step % 3 == 2:
                 params[1].grad = None
             if layout == "a parameter trained from step 3" and step < 3:
                 params[3].grad = None
-            optimizer.step()
+            optimizer.step(**{"loss": each.detach()} if optimizer.needs_loss else {})
             taken.append([p.detach().clone() for p in params]
                          + [g["hyper_raw"].clone() for level in optimizer.levels() for g in level.param_groups])
             if step == resume_at:

@@ -40,8 +40,8 @@ SCHEDULES = {
 
 
 def train(model, optimizer, batches, learned, scheduler=None, scaler=None, clip=None, in_log=()):
-    """The loop as users write it: a schedule stepped after the optimizer, GradScaler unscaling before clipping.
-    The learned values after each step."""
+    """The loop as users write it: a schedule stepped after the optimizer, GradScaler unscaling before clipping,
+    the loss handed to step where the optimizer asks for it. The learned values after each step."""
     history = []
     for x, y in batches:
         optimizer.zero_grad()
@@ -51,11 +51,12 @@ def train(model, optimizer, batches, learned, scheduler=None, scaler=None, clip=
             scaler.unscale_(optimizer)
         if clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        handed = {"loss": loss.detach()} if optimizer.needs_loss else {}
         if scaler:
-            scaler.step(optimizer)
+            scaler.step(optimizer, **handed)
             scaler.update()
         else:
-            optimizer.step()
+            optimizer.step(**handed)
         if scheduler:
             scheduler.step()
         history.append(learned_values(optimizer, learned, in_log))
@@ -155,3 +156,29 @@ def test_a_step_size_learned_as_its_logarithm_moves_as_autograd_through_the_upda
                  torch.amp.GradScaler("cpu", init_scale=2.0 ** 16), clip=0.05, in_log=("lr",))
     assert_trained_as_unrolled(model, ours, oracle)
     assert ours[-1]["lr"] != pytest.approx(start["lr"], rel=1e-6)  # it did learn
+
+
+@pytest.mark.parametrize("spec, optimizer, values, learned, kappa, in_log", [
+    ("SGD(300.0, polyak=1)/SGD(0.05)", "SGD", {"lr": 300.0}, ("lr",), 0.05, ()),
+    ("SGD(300.0, 0.9, log_lr=1, polyak=1)/SGD(1e-2)", "SGD", {"lr": 300.0, "momentum": 0.9}, ("lr", "momentum"), 1e-2,
+     ("lr",)),
+    ("Adam(0.5, polyak=1)/SGD(1e-5)", "Adam", {"lr": 0.5}, ("lr", "beta1", "beta2"), 1e-5, ()),
+    ("Adam(0.5, log_lr=1, polyak=1)/SGD(1e-2)", "Adam", {"lr": 0.5}, ("lr", "beta1", "beta2"), 1e-2, ("lr",)),
+])
+def test_polyaks_bound_shortens_a_step_and_the_step_size_as_autograd_through_the_steps_taken_says(
+        spec, optimizer, values, learned, kappa, in_log, batches):
+    """polyak=True, with a schedule, a GradScaler unscaling to clip, and clipping: a step whose first-order decrease
+    (by the gradient before clipping) exceeds the loss is scaled down to reach it, the learned step size with it,
+    and the next hypergradient is that of the step taken. The step size starts too large, so that the bound
+    shortens some steps and not others."""
+    torch.manual_seed(0)
+    model = MLP().double()
+    capped = []
+    oracle = unrolled(copy.deepcopy(model), loss_of, batches, optimizer, values, learned, kappa, in_log=in_log,
+                      factors=schedule_factors(SCHEDULES["StepLR"], values, len(batches)), clip=0.05,
+                      capped=capped)
+    stack = hyperopt.stack(spec, model.parameters())
+    ours = train(model, stack, batches, learned, SCHEDULES["StepLR"](stack),
+                 torch.amp.GradScaler("cpu", init_scale=2.0 ** 16), clip=0.05, in_log=in_log)
+    assert_trained_as_unrolled(model, ours, oracle)
+    assert any(capped) and not all(capped), capped
