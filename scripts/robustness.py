@@ -29,7 +29,7 @@ from matplotlib.ticker import FuncFormatter
 from experiments.paper import FIGURE_3_RANGE
 from experiments.records import describe_commits
 from experiments.reports import describe_source, export_records, figure_inputs, pyplot, save_figure, write_table
-from experiments.robustness import METHODS, STUDIES, TASKS, TRIALS
+from experiments.robustness import BASE_TASKS, METHODS, STUDIES, TASKS, TRIALS
 
 ROOT = Path(__file__).resolve().parents[1]
 UNITS = {"test_error": "%", "valid_bpc": "bits/char"}
@@ -159,6 +159,7 @@ def summary(runs: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
                 # the machine on two occasions, not the methods
                 "timed_apart": set(runs_of["commit"]) != set(tuned["commit"]) if len(tuned) else False,
                 "counted_as_chance": int(runs_of["counted_as_chance"].sum()), "runs": len(runs_of),
+                "seeds": int(runs_of["seed"].nunique()) if method != "tuned_adamw" else None,
                 "tuning_runs": len(tuned) if method == "tuned_adamw" else None,
                 "tuning_seconds": float(tuned["wall_seconds"].sum()) if method == "tuned_adamw" else None})
     rows = pd.DataFrame(rows)
@@ -179,8 +180,11 @@ def within_of_any(table: pd.DataFrame, rows: pd.DataFrame, row: dict) -> float |
 
 
 def profile(rows: pd.DataFrame, column: str, factors: list[float]) -> dict[str, list[float]]:
-    """{method: the fraction of the tasks on which its `column` is within each factor τ of the best method's}."""
+    """{method: the fraction of the four tasks on which its `column` is within each factor τ of the best method's},
+    for the methods run on all four (not the longer budgets, nor the κ swept on two)."""
+    rows = rows[rows["task"].isin(BASE_TASKS)]
     tasks = sorted(set(rows["task"]))
+    rows = rows[rows["method"].map(lambda method: all(METHODS[method].runs_on(task) for task in tasks))]
     best = {task: rows[rows["task"] == task][column].min() for task in tasks}
     fractions = {}
     for method in (name for name in METHODS if name in set(rows["method"])):
@@ -203,7 +207,7 @@ def draw_profile(rows: pd.DataFrame, out: Path) -> None:
         axis.set_title(title, fontsize=10)
         axis.set_xlim(1.0, 4.0)
         axis.grid(alpha=0.3)
-    axes[0].set_ylabel(f"fraction of the {rows['task'].nunique()} tasks")
+    axes[0].set_ylabel(f"fraction of the {rows[rows['task'].isin(BASE_TASKS)]['task'].nunique()} tasks")
     axes[1].legend(fontsize=7, loc="lower right")
     figure.tight_layout()
     save_figure(figure, out)
@@ -212,6 +216,7 @@ def draw_profile(rows: pd.DataFrame, out: Path) -> None:
 COLOURS = {"sgd": "#1b9e77", "sgd_momentum": "#66a61e", "adam": "#e7298a", "sgd_h1": "#8da0cb", "sgd_h2": "#5e6fb5",
            "sgd_h3": "#1f2f8c", "adam_h1": "#fc8d62", "adam_h2": "#d95f02", "adamw_learned_scale": "#a6761d",
            "schedulefree_adamw": "#e6ab02", "mechanic_adam": "tab:cyan", "momo_adam": "tab:olive",
+           "adam_polyak": "tab:red", "adam_polyak_kappa_down": "#f4a3a3", "adam_polyak_kappa_up": "#8b0000",
            "prodigy": "tab:green", "dadapt_adam": "tab:purple", "dog": "tab:gray", "tuned_adamw": "black"}
 
 
@@ -314,14 +319,55 @@ def to_markdown(runs: pd.DataFrame, rows: pd.DataFrame, records: list[dict], com
                 label += f" (tuning: {int(row['tuning_runs'])} runs, {row['tuning_seconds']:.0f} s)"
                 decades = "tuned"
             ratio = _value(row["seconds_per_step_vs_adamw"]) + (" (other sweeps)" if row["timed_apart"] else "")
+            seeds = "" if pd.isna(row["seeds"]) else f" ({int(row['seeds'])} seed{'s' if row['seeds'] > 1 else ''})"
             text += (f"| {label} | {_value(row['best'], digits)} | {_value(row['worst'], digits)} | "
                      f"{_value(row['spread'], digits)} | {decades} | {_value(row['lr_sensitivity'], digits)} | "
-                     f"{steps} | {ratio} | {row['counted_as_chance']} / {row['runs']} |\n")
+                     f"{steps} | {ratio} | {row['counted_as_chance']} / {row['runs']}{seeds} |\n")
         if task == "mnist_mlp":
             text += (f"\nThe paper's Figure 3 (read off, 30 epochs): height 0 spans {FIGURE_3_RANGE[0][0]:g} to "
                      f"{FIGURE_3_RANGE[0][1]:g} % over α, height 3 {FIGURE_3_RANGE[3][0]:g} to "
                      f"{FIGURE_3_RANGE[3][1]:g} %; results/figure3.md has our 30-epoch run of it.\n")
-    return text
+    return text + against_goal(runs, rows)
+
+
+RECOMMENDED = "adam_polyak"
+KAPPA_VARIANTS = {"adam_polyak_kappa_down": "1e-4", RECOMMENDED: "1e-3", "adam_polyak_kappa_up": "1e-2"}
+GOAL_DECADES = 6
+
+
+def against_goal(runs: pd.DataFrame, rows: pd.DataFrame) -> str:
+    """The recommended stack against issue 29's goal, task by task: within 10 % of the best final value of any
+    method over at least 6 decades of α, no run diverged, the same over the swept κ, and at or better than Prodigy
+    at its defaults (over the α grid: the median, and the worst)."""
+    mine = rows[rows["method"] == RECOMMENDED]
+    if mine.empty:
+        return ""
+    text = (f"\n**The recommended stack, {METHODS[RECOMMENDED].label}, against the goal** (at least "
+            f"{GOAL_DECADES} decades of α within 10 % of the best of any method; no run diverged; the same at each "
+            "swept κ of the level above; at or better than Prodigy at its defaults).\n\n"
+            "| task | decades within 10 % of any method's best | diverged / runs | the same at κ = 1e-4, 1e-3, 1e-2 "
+            "| median over α, worst over α; Prodigy | met |\n|---|---|---|---|---|---|\n")
+    met = 0
+    for row in mine.to_dict("records"):
+        task = row["task"]
+        full = len(TASKS[task].alphas) * math.log10(TASKS[task].alphas[1] / TASKS[task].alphas[0])
+        diverged = int(((runs["task"] == task) & (runs["method"] == RECOMMENDED)
+                        & (runs["status"] == "diverged")).sum())
+        at_kappa = rows[(rows["task"] == task) & rows["method"].isin(KAPPA_VARIANTS)]
+        kappas = ("not swept" if len(at_kappa) < 2 else ", ".join(
+            f"{at_kappa[at_kappa['method'] == method]['decades_within_10pct_of_any'].iloc[0]:g}"
+            for method in KAPPA_VARIANTS if method in set(at_kappa["method"])))
+        prodigy = rows[(rows["task"] == task) & (rows["method"] == "prodigy")]["best"]
+        digits = 2 if TASKS[task].metric == "test_error" else 3
+        against = (f"{_value(row['median_over_alpha'], digits)}, {_value(row['worst'], digits)}; "
+                   + (_value(prodigy.iloc[0], digits) if len(prodigy) else "not run"))
+        ok = (row["decades_within_10pct_of_any"] >= GOAL_DECADES and diverged == 0
+              and (len(at_kappa) < 2 or (at_kappa["decades_within_10pct_of_any"] >= GOAL_DECADES).all())
+              and (len(prodigy) == 0 or row["median_over_alpha"] <= prodigy.iloc[0]))
+        met += ok
+        text += (f"| {TASKS[task].label} | {row['decades_within_10pct_of_any']:g} of {full:g} | {diverged} / "
+                 f"{row['runs']} | {kappas} | {against} | {'yes' if ok else 'no'} |\n")
+    return text + f"\nMet on {met} of {len(mine)} tasks.\n"
 
 
 def main() -> None:

@@ -32,6 +32,8 @@ SMOKE = {
     "char_lstm": ["data.subset=8000", "data.sequence_length=20"],
     "resnet20_cifar": ["data.subset=64", "data.test_subset=50"],
     "char_gpt": ["data.subset=8000", "data.sequence_length=20"],
+    "mnist_mlp_long": ["data.subset=512"],
+    "char_gpt_long": ["data.subset=8000", "data.sequence_length=20"],
 }
 
 
@@ -39,8 +41,9 @@ def sweeps(task: str, smoke: bool) -> list[tuple[str, list[str], int]]:
     """(name, overrides, runs) of the task's three sweeps."""
     alphas = (ALPHAS[3],) if smoke else TASKS[task].alphas
     seeds, studies, trials = ((0,), (0,), 1) if smoke else (SEEDS, range(STUDIES), TRIALS)
-    swept = [name for name, method in METHODS.items() if method.swept]
-    free = [name for name, method in METHODS.items() if not method.swept and method.family == "free"]
+    swept = [name for name, method in METHODS.items() if method.swept and method.runs_on(task)]
+    free = [name for name, method in METHODS.items()
+            if not method.swept and method.family == "free" and method.runs_on(task)]
     join = lambda values: ",".join(str(value) for value in values)  # noqa: E731
     return [
         # the method varies fastest (Hydra's last override), so that the methods' runs interleave in time and a
