@@ -337,8 +337,9 @@ GOAL_DECADES = 6
 
 def against_goal(runs: pd.DataFrame, rows: pd.DataFrame) -> str:
     """The recommended stack against issue 29's goal, task by task: within 10 % of the best final value of any
-    method over at least 6 decades of α, no run diverged, the same over the swept κ, and at or better than Prodigy
-    at its defaults (over the α grid: the median, and the worst)."""
+    method over at least 6 decades of α, no run diverged, the same over the swept κ (swept at a task's first
+    budget), and at or better than Prodigy at its defaults (over the α grid: the median, and the worst). The goal
+    judges each of the four tasks at its longer budget where it has one."""
     mine = rows[rows["method"] == RECOMMENDED]
     if mine.empty:
         return ""
@@ -347,27 +348,34 @@ def against_goal(runs: pd.DataFrame, rows: pd.DataFrame) -> str:
             "swept κ of the level above; at or better than Prodigy at its defaults).\n\n"
             "| task | decades within 10 % of any method's best | diverged / runs | the same at κ = 1e-4, 1e-3, 1e-2 "
             "| median over α, worst over α; Prodigy | met |\n|---|---|---|---|---|---|\n")
-    met = 0
+    met = {}
     for row in mine.to_dict("records"):
         task = row["task"]
         full = len(TASKS[task].alphas) * math.log10(TASKS[task].alphas[1] / TASKS[task].alphas[0])
         diverged = int(((runs["task"] == task) & (runs["method"] == RECOMMENDED)
                         & (runs["status"] == "diverged")).sum())
-        at_kappa = rows[(rows["task"] == task) & rows["method"].isin(KAPPA_VARIANTS)]
+        swept_on = TASKS[task].lengthens or task
+        at_kappa = rows[(rows["task"] == swept_on) & rows["method"].isin(KAPPA_VARIANTS)]
         kappas = ("not swept" if len(at_kappa) < 2 else ", ".join(
             f"{at_kappa[at_kappa['method'] == method]['decades_within_10pct_of_any'].iloc[0]:g}"
-            for method in KAPPA_VARIANTS if method in set(at_kappa["method"])))
+            for method in KAPPA_VARIANTS if method in set(at_kappa["method"]))
+            + (f" (at {TASKS[swept_on].steps} steps)" if swept_on != task else ""))
         prodigy = rows[(rows["task"] == task) & (rows["method"] == "prodigy")]["best"]
         digits = 2 if TASKS[task].metric == "test_error" else 3
         against = (f"{_value(row['median_over_alpha'], digits)}, {_value(row['worst'], digits)}; "
                    + (_value(prodigy.iloc[0], digits) if len(prodigy) else "not run"))
-        ok = (row["decades_within_10pct_of_any"] >= GOAL_DECADES and diverged == 0
-              and (len(at_kappa) < 2 or (at_kappa["decades_within_10pct_of_any"] >= GOAL_DECADES).all())
-              and (len(prodigy) == 0 or row["median_over_alpha"] <= prodigy.iloc[0]))
-        met += ok
+        ok = bool(row["decades_within_10pct_of_any"] >= GOAL_DECADES and diverged == 0
+                  and (len(at_kappa) < 2 or (at_kappa["decades_within_10pct_of_any"] >= GOAL_DECADES).all())
+                  and (len(prodigy) == 0 or row["median_over_alpha"] <= prodigy.iloc[0]))
+        met[task] = ok
         text += (f"| {TASKS[task].label} | {row['decades_within_10pct_of_any']:g} of {full:g} | {diverged} / "
                  f"{row['runs']} | {kappas} | {against} | {'yes' if ok else 'no'} |\n")
-    return text + f"\nMet on {met} of {len(mine)} tasks.\n"
+    judged = {}
+    for task in met:  # each task at its longer budget where it has one
+        judged[TASKS[task].lengthens or task] = met[task] if TASKS[task].lengthens or task not in judged \
+            else judged[task]
+    return text + (f"\nJudged as the goal asks, each task at its longer budget where it has one: met on "
+                   f"{sum(judged.values())} of {len(judged)} tasks.\n")
 
 
 def main() -> None:
