@@ -77,6 +77,9 @@ class World:
         """Each batch must split into equal shares, or the averaged gradient is not the whole batch's."""
         uneven = sorted(size for size in rows if size % self.size)
         if uneven:
+            # Every process finds the same batches uneven. They stop together: torchrun ends the others once one
+            # has failed, and the writer, still loading its data, would be stopped before it wrote why.
+            dist.barrier()
             raise ValueError(f"batches of {', '.join(map(str, uneven))} rows do not split into {self.size} equal "
                              "shares, one per process (the averaged gradient would not be the whole batch's): "
                              "choose a batch size, and a number of processes, that divide every batch")
