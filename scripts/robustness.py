@@ -184,6 +184,8 @@ def profile(rows: pd.DataFrame, column: str, factors: list[float]) -> dict[str, 
     for the methods run on all four (not the longer budgets, nor the κ swept on two)."""
     rows = rows[rows["task"].isin(BASE_TASKS)]
     tasks = sorted(set(rows["task"]))
+    if not tasks:  # (only the longer budgets in these records: an empty profile)
+        return {}
     rows = rows[rows["method"].map(lambda method: all(METHODS[method].runs_on(task) for task in tasks))]
     best = {task: rows[rows["task"] == task][column].min() for task in tasks}
     fractions = {}
