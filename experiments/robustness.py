@@ -162,9 +162,8 @@ def optimizer(method: str, alpha: float, seed: int, trial: int) -> str:
         "adam_h1": f"Adam({a})/Adam({kappa})",
         "adam_h2": f"Adam({a})/Adam({kappa})/Adam({kappa})",
         "adamw_learned_scale": f"AdamW^α({a})/Adam({kappa})",
-        "adam_polyak": f"Adam({a}, polyak=1)/Adam({kappa})",
-        "adam_polyak_kappa_down": f"Adam({a}, polyak=1)/Adam({kappa})",
-        "adam_polyak_kappa_up": f"Adam({a}, polyak=1)/Adam({kappa})",
+        **dict.fromkeys(("adam_polyak", "adam_polyak_kappa_down", "adam_polyak_kappa_up"),
+                        f"Adam({a}, polyak=1)/Adam({kappa})"),  # (κ is the method's)
         "schedulefree_adamw": f"ScheduleFreeAdamW({a})",
         "mechanic_adam": f"MechanicAdam({a})",
         "momo_adam": f"MomoAdam({a})",

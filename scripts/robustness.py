@@ -333,7 +333,7 @@ def to_markdown(runs: pd.DataFrame, rows: pd.DataFrame, records: list[dict], com
 
 
 RECOMMENDED = "adam_polyak"
-KAPPA_VARIANTS = {"adam_polyak_kappa_down": "1e-4", RECOMMENDED: "1e-3", "adam_polyak_kappa_up": "1e-2"}
+KAPPA_VARIANTS = ("adam_polyak_kappa_down", RECOMMENDED, "adam_polyak_kappa_up")  # κ = 1e-4, 1e-3, 1e-2
 GOAL_DECADES = 6
 
 
@@ -373,9 +373,8 @@ def against_goal(runs: pd.DataFrame, rows: pd.DataFrame) -> str:
         text += (f"| {TASKS[task].label} | {row['decades_within_10pct_of_any']:g} of {full:g} | {diverged} / "
                  f"{row['runs']} | {kappas} | {against} | {'yes' if ok else 'no'} |\n")
     judged = {}
-    for task in met:  # each task at its longer budget where it has one
-        judged[TASKS[task].lengthens or task] = met[task] if TASKS[task].lengthens or task not in judged \
-            else judged[task]
+    for task, ok in met.items():  # in TASKS' order, a longer budget after the task it lengthens, so it decides
+        judged[TASKS[task].lengthens or task] = ok
     return text + (f"\nJudged as the goal asks, each task at its longer budget where it has one: met on "
                    f"{sum(judged.values())} of {len(judged)} tasks.\n")
 
