@@ -13,12 +13,25 @@ import torch
 
 from .hyperoptimizer import Hyperoptimizer, Params, Value
 from .parameterisations import IDENTITY, UNIT_INTERVAL
-from .scalars import divide
+from .scalars import constant, divide
 
 
 def step_scalars(h, t):
     # The bias corrections 1 - β^t and their slopes t β^(t-1) / (1 - β^t), as the reference computes them; the
-    # weights 1 - β of the new gradient in m and v, and α / (1 - β1^t): once per group rather than per tensor.
+    # weights 1 - β of the new gradient in m and v, and α / (1 - β1^t): once per group rather than per tensor. As
+    # tensors, both β at once: the same arithmetic in half the kernels.
+    beta1, beta2 = h["beta1"], h["beta2"]
+    if isinstance(t, torch.Tensor):
+        betas = both(beta1, beta2, t)
+        if betas is not None:
+            correction = 1.0 - betas ** t
+            slope = t * betas ** (t - 1) / correction
+            weight = (1.0 - betas).unbind() if isinstance(beta1, torch.Tensor) else (1.0 - beta1, 1.0 - beta2)
+            scalars = {f"{beta}_{name}": value for name, values in
+                       (("correction", correction.unbind()), ("slope", slope.unbind()), ("weight", weight))
+                       for beta, value in zip(("beta1", "beta2"), values)}
+            scalars["step_size"] = h["lr"] / scalars["beta1_correction"]
+            return scalars
     scalars = {}
     for beta in ("beta1", "beta2"):
         correction = 1.0 - h[beta] ** t
@@ -27,6 +40,15 @@ def step_scalars(h, t):
         scalars[f"{beta}_weight"] = 1.0 - h[beta]
     scalars["step_size"] = divide(h["lr"], scalars["beta1_correction"])
     return scalars
+
+
+def both(beta1, beta2, t: torch.Tensor) -> torch.Tensor | None:
+    """β1 and β2 stacked into one tensor, where they are alike (both learned, or both fixed numbers); else None."""
+    if isinstance(beta1, torch.Tensor) and isinstance(beta2, torch.Tensor) and beta1.shape == beta2.shape:
+        return torch.stack((beta1, beta2))
+    if isinstance(beta1, float) and isinstance(beta2, float):
+        return constant((beta1, beta2), t.dtype, t.device)
+    return None
 
 
 def update(h, learned, g, state):
@@ -62,17 +84,16 @@ def hypergradient_dots(h, learned, state, u, dot):
 
 def hypergradient_terms(h, learned, sums):
     m_w, rest = sums[0], list(sums[1:])
-    lr, c1, c2 = h["lr"], h["beta1_correction"], h["beta2_correction"]
-    terms = {"lr": divide(m_w, c1)}
+    step_size, c2 = h["step_size"], h["beta2_correction"]  # step_size: α / (1 - β1^t)
+    terms = {"lr": divide(m_w, h["beta1_correction"])}
     if "beta1" in learned:
         # ∂m̂/∂β1 = (m_old - g) / (1 - β1^t) + m̂ t β1^(t-1) / (1 - β1^t), and m_old - g = (m - g) / β1
         g_w = rest.pop(0)
-        terms["beta1"] = divide(lr, c1) * divide(m_w - g_w, h["beta1"]) + (lr * h["beta1_slope"]) * terms["lr"]
+        terms["beta1"] = step_size * divide(m_w - g_w, h["beta1"]) + (h["lr"] * h["beta1_slope"]) * terms["lr"]
     if "beta2" in learned:
         # ∂step/∂β2 = -step / ((√v̂ + ε) 2√v̂) · ∂v̂/∂β2, and v_old - g² = (v - g²) / β2
         q_v, q_gg = rest
-        terms["beta2"] = -divide(lr, c1) / 2.0 * (divide(divide(q_v - q_gg, h["beta2"]), c2)
-                                                  + divide(q_v, c2) * h["beta2_slope"])
+        terms["beta2"] = divide(step_size * -0.5, c2) * (divide(q_v - q_gg, h["beta2"]) + q_v * h["beta2_slope"])
     return [terms[name] for name in learned]
 
 

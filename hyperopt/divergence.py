@@ -97,17 +97,21 @@ class Divergence:
         for key, value in (("step", step.long()), ("level", level), ("hyperparameter", which)):
             self.tensors[key].copy_(torch.where(newly, value, self.tensors[key]))
 
-    def note_left(self, step: torch.Tensor, level: int, outside: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """Record the runs with a learned value (runs, learned) outside its range (`outside`, bool) for the first
-        time; returns which runs those are."""
+    def note_left(self, step: torch.Tensor, outside: torch.Tensor, values: torch.Tensor, level, index=None) -> None:
+        """Record the runs with a learned value (runs, columns) outside its range (`outside`, bool) for the first
+        time. Column c holds hyperparameter index[c] of level level[c]: `level` a number where every column is of
+        one level, and `index` None where the columns are one group's learned values in order."""
         newly = outside.any(1) & (self.left["step"] == 0)
-        which = outside.int().argmax(1)
-        value = values.gather(1, which.unsqueeze(1)).squeeze(1)
-        self.left["level"].masked_fill_(newly, level)
-        for key, new in (("step", step), ("hyperparameter", which), ("value", value)):
-            kept = self.left[key]  # (written in place: each a kernel a step, at every level)
-            torch.where(newly, new.to(kept.dtype), kept, out=kept)
-        return newly
+        column = outside.int().argmax(1)
+        found = {"step": step, "level": level if isinstance(level, int) else level[column],
+                 "hyperparameter": column if index is None else index[column],
+                 "value": values.gather(1, column.unsqueeze(1)).squeeze(1)}
+        for key, new in found.items():
+            kept = self.left[key]  # (written in place: each a kernel a step)
+            if isinstance(new, int):
+                kept.masked_fill_(newly, new)
+            else:
+                torch.where(newly, new.to(kept.dtype), kept, out=kept)
 
     def active(self) -> torch.Tensor:
         """(runs,) bool: the runs still training."""

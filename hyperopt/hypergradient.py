@@ -28,9 +28,9 @@ import torch
 
 from . import polyak
 from .divergence import UNIT_RANGE, DivergenceError, OutOfRangeWarning
-from .parameterisations import IDENTITY
+from .parameterisations import IDENTITY, times_derivatives, to_value_columns
 from .multi_tensor import FlatState, flat_state, flatten, pieces
-from .scalars import divide
+from .scalars import constant, divide
 from .shards import local, sum_over_shards
 
 
@@ -60,9 +60,7 @@ def operands(h: dict, runs: int | None, ranks, dtype) -> list[dict]:
     if len(ranks) > 1:
         numbers = [name for name, value in h.items() if isinstance(value, float) and value != 0.0]
         if numbers:
-            # (compiled, they are the graph's constants: dynamo would trace through the cache)
-            make = one_element_tensors.__wrapped__ if torch.compiler.is_compiling() else one_element_tensors
-            h = {**h, **dict(zip(numbers, make(tuple(h[name] for name in numbers), dtype)))}
+            h = {**h, **dict(zip(numbers, constant(tuple(h[name] for name in numbers), dtype).unbind()))}
     count = 1 if runs is None else runs
     per_run = [k for k, v in h.items() if isinstance(v, torch.Tensor) and v.shape == (count, 1)]
     if not per_run:
@@ -72,13 +70,6 @@ def operands(h: dict, runs: int | None, ranks, dtype) -> list[dict]:
         shape = () if runs is None else (runs,) + (1,) * (rank - 1)
         by_rank[rank] = {**h, **{k: h[k].reshape(shape) for k in per_run}}
     return [by_rank[rank] for rank in ranks]
-
-
-@functools.lru_cache(maxsize=64)
-def one_element_tensors(numbers: tuple[float, ...], dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-    # A fixed value (every value of a plain optimizer) is the same at every step: made once, not once a step. The
-    # tensors are only read.
-    return torch.tensor(numbers, dtype=dtype).unbind()
 
 
 def hypergradient(level, group: dict, upstream: list[torch.Tensor | None], t, host: bool,
@@ -105,26 +96,26 @@ def hypergradient(level, group: dict, upstream: list[torch.Tensor | None], t, ho
     if host:
         totals = sums.tolist() if isinstance(sums, torch.Tensor) else [float(total) for total in sums]
         terms = level.hypergradient_terms(h, learned, totals)  # (a lone run's sums are scalars)
-        raw_values = raw.tolist()[0]
     else:
         h = operands(h, runs, [1], raw.dtype)[0]
         terms = level.hypergradient_terms(h, learned, list(sums))
-        raw_values = raw.detach().unbind(1)
     if level.DECOUPLED_DECAY:
         params = handed.params if handed.flat is None else [flatten(handed.params, runs)]
         terms = decoupled_decay_terms(h, learned, terms, params, upstream, runs, host)
     slopes = level.schedule_slopes(group)
+    kinds = [level.stored_as(group, name) for name in learned]
     columns = []
-    for name, term, value in zip(learned, terms, raw_values):  # the chain rule through a schedule's factor and
-        if name in slopes:                                      # each parameterisation
+    for name, term in zip(learned, terms):  # the chain rule through a schedule's factor, then each parameterisation
+        if name in slopes:
             slope = slopes[name]
             term = term * (slope if host or not isinstance(slope, torch.Tensor) else slope.reshape(-1))
-        derivative = level.stored_as(group, name).derivative(value)
-        columns.append(term if derivative is None else term * derivative)
+        columns.append(term)
     if host:
-        return raw.new_tensor([[-column for column in columns]])
+        derivatives = [kind.derivative(value) for kind, value in zip(kinds, raw.tolist()[0])]
+        return raw.new_tensor([[-(c if d is None else c * d) for c, d in zip(columns, derivatives)]])
     count = raw.shape[0]
-    return torch.stack([column.reshape(count) for column in columns], dim=-1).to(raw.dtype).neg_()
+    stacked = torch.stack([column.reshape(count) for column in columns], dim=-1)
+    return times_derivatives(kinds, raw.detach(), stacked).to(raw.dtype).neg_()
 
 
 def decoupled_decay_terms(h: dict, learned: tuple[str, ...], terms: list, params, upstream, runs, host) -> list:
@@ -371,37 +362,56 @@ def check_ranges(weights, levels, step: torch.Tensor, host: bool) -> None:
     0, a momentum outside [0, 1)), said at once (OutOfRangeWarning) by a lone run in eager mode on the CPU; with
     keep_in_range, put it back at the edge (where it is stored as itself: a parameterisation keeps the others in
     range, but for a β that rounds to 1)."""
-    for k, level in enumerate(levels[:-1]):
-        for group in level.param_groups:
+    checked = [(k, level, group) for k, level in enumerate(levels[:-1]) for group in level.param_groups]
+    if host:  # numbers: the tensors are written only when a value first leaves its range
+        for k, level, group in checked:
+            said = weights.divergence.left_range_said
+            if said:
+                break
             learned = level.learned(group)
-            parameterisations = [level.stored_as(group, name) for name in learned]
-            raw = group["hyper_raw"]
-            if host:  # numbers: the tensors are written only when a value first leaves its range
-                said = weights.divergence.left_range_said
-                if said and not weights.keep_in_range:
-                    continue
-                values = [p.to_value(x) for p, x in zip(parameterisations, raw.tolist()[0])]
-                outside = [value < 0.0 or name in UNIT_RANGE and value >= 1.0 for name, value in zip(learned, values)]
-                if not any(outside):
-                    continue
-                if not said:
-                    weights.divergence.note_left(step, k, torch.tensor([outside]), torch.tensor([values]))
-                    weights.divergence.left_range_said = True
-                    index = outside.index(True)
-                    warnings.warn(OutOfRangeWarning(k, level.NAME, learned[index], int(step), values[index],
-                                                    weights.keep_in_range), stacklevel=6)
-            else:  # the whole (runs, learned) matrix at once: a few operations whatever the number of values
-                converted = {kind: kind.to_value(raw) for kind in set(parameterisations) - {IDENTITY}}
-                values = raw if not converted else torch.stack(
-                    [converted[kind][:, i] if kind in converted else raw[:, i]
-                     for i, kind in enumerate(parameterisations)], dim=1)
-                upper = raw.new_tensor([1.0 if name in UNIT_RANGE else math.inf for name in learned])
-                outside = (values < 0.0) | (values >= upper)
-                weights.divergence.note_left(step.to(raw.device), k, outside, values)
-            if weights.keep_in_range:
-                for i, (name, parameterisation) in enumerate(zip(learned, parameterisations)):
-                    if parameterisation is IDENTITY:
-                        raw[:, i].clamp_(0.0, math.nextafter(1.0, 0.0) if name in UNIT_RANGE else None)
+            values = [level.stored_as(group, name).to_value(x)
+                      for name, x in zip(learned, group["hyper_raw"].tolist()[0])]
+            outside = [value < 0.0 or name in UNIT_RANGE and value >= 1.0 for name, value in zip(learned, values)]
+            if any(outside):
+                weights.divergence.note_left(step, torch.tensor([outside]), torch.tensor([values], dtype=torch.float64),
+                                             k)
+                weights.divergence.left_range_said = True
+                index = outside.index(True)
+                warnings.warn(OutOfRangeWarning(k, level.NAME, learned[index], int(step), values[index],
+                                                weights.keep_in_range), stacklevel=6)
+    else:
+        note_ranges(weights, checked, step)
+    if weights.keep_in_range:
+        for k, level, group in checked:
+            for i, name in enumerate(level.learned(group)):
+                if level.stored_as(group, name) is IDENTITY:
+                    group["hyper_raw"][:, i].clamp_(0.0, math.nextafter(1.0, 0.0) if name in UNIT_RANGE else None)
+
+
+def note_ranges(weights, checked: list, step: torch.Tensor) -> None:
+    """check_ranges on the device: the (runs, learned) values of every level and group as one matrix, checked and
+    recorded in a few operations whatever the number of levels and values."""
+    columns, kinds, names, of_level, indices = [], [], [], [], []
+    for k, level, group in checked:
+        learned = level.learned(group)
+        stored_as = [level.stored_as(group, name) for name in learned]
+        columns += to_value_columns(stored_as, group["hyper_raw"])
+        kinds += stored_as
+        names += learned
+        of_level += [k] * len(learned)
+        indices += range(len(learned))
+    if not names:
+        return
+    one_group = len(checked) == 1
+    if one_group and all(kind is IDENTITY for kind in kinds):
+        values = checked[0][2]["hyper_raw"]  # (as it is: no operation)
+    else:
+        values = torch.cat(columns, dim=1)
+    upper = constant(tuple(1.0 if name in UNIT_RANGE else math.inf for name in names), values.dtype, values.device)
+    outside = (values < 0.0) | (values >= upper)
+    level = of_level[0] if one_group else constant(tuple(of_level), torch.long, values.device)
+    weights.divergence.note_left(step.to(values.device), outside, values, level, None if one_group else
+                                 constant(tuple(indices), torch.long, values.device))
 
 
 def check(weights, levels, hypergradients, count, first: torch.Tensor | None) -> torch.Tensor | None:

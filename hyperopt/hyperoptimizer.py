@@ -31,7 +31,7 @@ from .checks import check_learn, check_values, numbers, per_hyperparameter
 from .divergence import Divergence
 from .gradients import BackwardGradients, made_gradients, take_scale_off
 from .multi_tensor import FlatState
-from .parameterisations import IDENTITY, LOG, SQUARE, Parameterisation
+from .parameterisations import IDENTITY, LOG, SQUARE, Parameterisation, to_value_columns
 from .shards import groups_sharded, made_by_zero
 
 
@@ -545,13 +545,14 @@ class Hyperoptimizer(torch.optim.Optimizer):
             self._take_betas(group)
         settings = self.settings(group, last)
         values = self._fixed(group, settings)
+        learned = self.learned(group)
+        kinds = [self.stored_as(group, name) for name in learned]
         if host:
-            raw = group["hyper_raw"].tolist()[0]
+            learned_values = [kind.to_value(x) for kind, x in zip(kinds, group["hyper_raw"].tolist()[0])]
         else:
-            raw = group["hyper_raw"].detach().unbind(1) if raw is None else raw.unbind(1)
+            learned_values = to_value_columns(kinds, group["hyper_raw"].detach() if raw is None else raw)
         scheduled = self.scheduled(group, settings)
-        for name, value in zip(self.learned(group), raw):
-            value = self.stored_as(group, name).to_value(value if host else value.unsqueeze(1))
+        for name, value in zip(learned, learned_values):
             if name in scheduled:
                 now, initial = scheduled[name]
                 # exactly the schedule's value while the learned one has not moved (now × 1.0)

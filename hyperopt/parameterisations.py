@@ -11,6 +11,8 @@ from typing import Callable
 
 import torch
 
+from .scalars import constant
+
 
 class Parameterisation:
     def __init__(self, to_raw: Callable[[float], float], to_value: Callable, derivative: Callable):
@@ -21,20 +23,63 @@ def _exp(raw):
     return raw.exp() if isinstance(raw, torch.Tensor) else math.exp(raw)
 
 
-def _tanh(raw):
-    # also on a Python number: a fixed value at the top of a stack goes through its parameterisation and back
-    return raw.tanh() if isinstance(raw, torch.Tensor) else math.tanh(raw)
-
-
 # The identity's derivative is None rather than 1, so that a hypergradient is not multiplied by 1.
 IDENTITY = Parameterisation(lambda x: x, lambda raw: raw, lambda raw: None)
 # √α is stored so that α = (√α)² stays non-negative (the reference RMSProp).
 SQUARE = Parameterisation(math.sqrt, lambda raw: raw * raw, lambda raw: 2.0 * raw)
 # log α, with log_lr=True (not in the reference): a level above then moves α by a factor, and α stays above 0.
 LOG = Parameterisation(math.log, _exp, _exp)
-# β ∈ (0, 1) is stored as atanh(2β - 1) and read back as (tanh(x) + 1) / 2, written as the reference writes it.
-# (A fixed β = 0, which torch.optim accepts, is -inf stored and 0 read back.)
+
+
+def _unit_value(raw):
+    # (tanh(x) + 1) / 2, as the reference writes it; on a tensor in one operation as 0.5 + 0.5 tanh(x), the same
+    # bits (halving is exact)
+    if not isinstance(raw, torch.Tensor):  # (a fixed value at the top of a stack goes there and back)
+        return (math.tanh(raw) + 1.0) / 2.0
+    return torch.add(constant((0.5,), raw.dtype, raw.device), raw.tanh(), alpha=0.5)
+
+
+def _unit_derivative(raw):
+    # (1 - tanh(x)²) / 2; on a tensor in one operation as 0.5 - 0.5 tanh(x)², the same bits on the CPU
+    if not isinstance(raw, torch.Tensor):
+        return (1.0 - math.tanh(raw) ** 2) / 2.0
+    y = raw.tanh()
+    return torch.addcmul(constant((0.5,), raw.dtype, raw.device), y, y, value=-0.5)
+
+
+# β ∈ (0, 1) is stored as atanh(2β - 1) and read back as (tanh(x) + 1) / 2. (A fixed β = 0, which torch.optim
+# accepts, is -inf stored and 0 read back.)
 UNIT_INTERVAL = Parameterisation(
     lambda y: 0.5 * math.log((1.0 + (2.0 * y - 1.0)) / (1.0 - (2.0 * y - 1.0))) if y > 0.0 else -math.inf,
-    lambda raw: (_tanh(raw) + 1.0) / 2.0,
-    lambda raw: (1.0 - _tanh(raw) ** 2) / 2.0)
+    _unit_value, _unit_derivative)
+
+
+def to_value_columns(kinds: list[Parameterisation], raw: torch.Tensor) -> list[torch.Tensor]:
+    """Each column of raw (runs, learned) read back through its parameterisation (`kinds`, one per column), as
+    (runs, 1) views."""
+    columns = [raw[:, i:i + 1] for i in range(len(kinds))]
+    for kind, block in blocks(kinds):
+        converted = kind.to_value(raw[:, block])
+        columns[block] = [converted[:, i:i + 1] for i in range(block.stop - block.start)]
+    return columns
+
+
+def times_derivatives(kinds: list[Parameterisation], raw: torch.Tensor, terms: torch.Tensor) -> torch.Tensor:
+    """terms (runs, learned), each column multiplied in place by ∂value/∂raw of its parameterisation at raw."""
+    for kind, block in blocks(kinds):
+        terms[:, block].mul_(kind.derivative(raw[:, block]))
+    return terms
+
+
+def blocks(kinds: list[Parameterisation]) -> list[tuple[Parameterisation, slice]]:
+    """The columns not stored as themselves, as runs of adjacent columns of one kind: each converted in one
+    operation whatever its width (a kernel is a kernel however few values it has)."""
+    found = []
+    for i, kind in enumerate(kinds):
+        if kind is IDENTITY:
+            continue
+        if found and found[-1][0] is kind and found[-1][1].stop == i:
+            found[-1] = (kind, slice(found[-1][1].start, i + 1))
+        else:
+            found.append((kind, slice(i, i + 1)))
+    return found

@@ -3,6 +3,7 @@ for tensors and for Python numbers; a lone run on the CPU computes them in numbe
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -15,3 +16,15 @@ def divide(a, b):
     if a == 0.0 or math.isnan(a):
         return math.nan
     return math.copysign(math.inf, a) * math.copysign(1.0, b)
+
+
+def constant(numbers: tuple, dtype: torch.dtype, device: torch.device | None = None) -> torch.Tensor:
+    """Fixed numbers as one tensor, made once rather than once a step (a fixed value is the same at every step);
+    only ever read. Compiled, a constant of the graph (dynamo would trace through the cache)."""
+    make = _constant.__wrapped__ if torch.compiler.is_compiling() else _constant
+    return make(numbers, dtype, device)
+
+
+@functools.lru_cache(maxsize=64)
+def _constant(numbers: tuple, dtype: torch.dtype, device: torch.device | None) -> torch.Tensor:
+    return torch.tensor(numbers, dtype=dtype, device=device)

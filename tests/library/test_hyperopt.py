@@ -354,7 +354,9 @@ def test_a_stack_of_runs_says_what_is_wrong():
         "[SGD(0.1)/SGD(0.01); SGD(0.2)/SGD(0.01); SGD(0.3)/SGD(0.01)]"
 
 
-HYPEROPTIMIZERS = [spec for spec in TABLE_1_STACKS if "/" in spec] + ["SGD(0.1, 0.9)/SGD(1e-3)/SGD(1e-4)"]
+HYPEROPTIMIZERS = [spec for spec in TABLE_1_STACKS if "/" in spec] + [
+    "SGD(0.1, 0.9)/SGD(1e-3)/SGD(1e-4)", "Adam/Adam(1e-4)/Adam(1e-5)",  # (learned and fixed β at three heights)
+    "Adam(1e-3, log_lr=1)/Adam(1e-2)", "RMSProp(0.01, log_lr=1)/SGD(1e-4)"]  # (parameterisations side by side)
 
 
 @pytest.mark.parametrize("spec", HYPEROPTIMIZERS)
@@ -380,6 +382,67 @@ def test_a_lone_run_learns_what_a_stack_of_one_run_learns(spec, batches):
         for name, value in theirs.items():
             assert_relative_close(torch.tensor(ours[name]), torch.tensor(value), 1e-9, f"level {level} {name}")
     assert alone.hyperparameters()[0]["lr"] != hyperopt.stack(spec, MLP().parameters()).hyperparameters()[0]["lr"]
+
+
+def test_each_learned_value_is_read_and_differentiated_through_its_own_parameterisation():
+    """A level's learned values are converted a block of adjacent columns of one kind at a time: each column as the
+    reference writes its parameterisation (to the bit), and the chain rule through it as autograd has it."""
+    from hyperopt.parameterisations import IDENTITY, LOG, SQUARE, UNIT_INTERVAL, times_derivatives, \
+        to_value_columns
+    written = {IDENTITY: lambda x: x, LOG: torch.exp, SQUARE: lambda x: x * x,
+               UNIT_INTERVAL: lambda x: (x.tanh() + 1.0) / 2.0}
+    kinds = [UNIT_INTERVAL, IDENTITY, UNIT_INTERVAL, UNIT_INTERVAL, LOG, SQUARE, LOG, IDENTITY]
+    generator = torch.Generator().manual_seed(0)
+    raw = torch.randn(3, len(kinds), generator=generator, dtype=torch.float64)
+    terms = torch.randn(3, len(kinds), generator=generator, dtype=torch.float64)
+    columns, scaled = to_value_columns(kinds, raw), times_derivatives(kinds, raw, terms.clone())
+    for i, kind in enumerate(kinds):
+        x = raw[:, i].clone().requires_grad_()
+        value = written[kind](x)
+        assert columns[i].shape == (3, 1) and torch.equal(columns[i][:, 0], value.detach()), i
+        (slope,) = torch.autograd.grad(value.sum(), x)
+        assert_relative_close(scaled[:, i], terms[:, i] * slope, 1e-15, f"column {i}")
+
+
+@pytest.mark.parametrize("specs, found", [
+    # the first value out of range: at level 1, at level 0, none
+    (["SGD(0.01, 0.5)/SGD(1e-2)/SGD(1e3)", "SGD(0.01, 0.5)/SGD(1e-3)/SGD(1e4)", "SGD(0.01, 0.5)/SGD(1e-3)/SGD(1e-3)"],
+     [(0, 1, "lr"), (1, 0, "lr")]),
+    # a momentum at level 0, below a level whose β are learned; none
+    (["SGD(0.01, 0.5)/Adam(1e-2)/SGD(1e3)", "SGD(0.01, 0.5)/Adam(1e-3)/SGD(1e-3)"], [(0, 0, "momentum")])])
+def test_a_stack_of_runs_notes_the_first_value_out_of_range_at_any_level_as_each_lone_run_does(specs, found):
+    """A stack of runs checks every level's values at once on the device; each lone run checks them in numbers,
+    level by level. Both note the same step, level, hyperparameter and value."""
+    generator = torch.Generator().manual_seed(0)
+    batches = [(torch.rand(64, 1, 28, 28, generator=generator, dtype=torch.float64),
+                torch.randint(10, (64,), generator=generator)) for _ in range(4)]
+    alone = []
+    for run, spec in enumerate(specs):
+        torch.manual_seed(0)
+        model = MLP().double()
+        optimizer = hyperopt.stack(spec, model.parameters())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", hyperopt.OutOfRangeWarning)
+            train(model, optimizer, batches)
+        alone += [{**event, "run": run} for event in optimizer.out_of_range()]
+    assert [(event["run"], event["level"], event["hyperparameter"]) for event in alone] == found
+    models = []
+    for _ in specs:
+        torch.manual_seed(0)
+        models.append(MLP().double())
+    runs = batch_models(models)
+    optimizer = hyperopt.stack(specs, runs.parameters())
+    for x, y in batches:
+        optimizer.zero_grad()
+        # each run's own mean loss (a mean over all runs would scale each run's gradient by 1 / runs)
+        F.nll_loss(runs(x.expand(len(specs), *x.shape)).flatten(0, 1), y.repeat(len(specs)),
+                   reduction="sum").div(len(y)).backward()
+        optimizer.step()
+    together = optimizer.out_of_range()
+    assert [{key: value for key, value in event.items() if key != "value"} for event in together] == \
+        [{key: value for key, value in event.items() if key != "value"} for event in alone]
+    for ours, theirs in zip(together, alone):
+        assert ours["value"] == pytest.approx(theirs["value"], rel=1e-9)
 
 
 def test_a_bias_correction_of_zero_is_a_divergence_as_numbers_and_as_tensors(batches):
