@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy
 import torch
 
-from experiments.data import DataNotFound, TensorDataset
+from experiments.data import DataNotFound, TensorDataset, first
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +148,7 @@ def load_cifar10(root: str | os.PathLike, device: torch.device | str = "cpu", do
     test_x, test_y = read(folder / (TEST_BATCH + suffix))
     log.info("CIFAR-10 from %s: %d training images from %d of 5 batches (%s), %d test images", folder,
              len(train_y), len(names), ", ".join(names), len(test_y))
-    train_x, train_y, test_x, test_y = train_x[:subset], train_y[:subset], test_x[:test_subset], test_y[:test_subset]
+    train_x, train_y = first(train_x, subset, f"training images in {folder}"), train_y[:subset]
+    test_x, test_y = first(test_x, test_subset, f"test images in {folder}", "data.test_subset"), test_y[:test_subset]
     splits = [torch.from_numpy(numpy.ascontiguousarray(a)).to(device) for a in (train_x, train_y, test_x, test_y)]
     return AugmentedImages(*splits, augment=augment)

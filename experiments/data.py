@@ -85,6 +85,15 @@ def read_idx(path: Path, rank: int, count: int) -> torch.Tensor:
     return values
 
 
+def first(items, subset: int | None, what: str, key: str = "data.subset"):
+    """The first `subset` of `items` (all with None). Asking for more than there are is an error, not all of them:
+    a run would train on fewer steps than its config says, and its record would not say so."""
+    if subset is not None and subset > len(items):
+        raise ValueError(f"{key}={subset} asks for more {what} than there are ({len(items):,}); set {key} to at "
+                         f"most {len(items)}, or null for all of them")
+    return items[:subset]
+
+
 def load_mnist(root: str | os.PathLike, device: torch.device | str = "cpu", download: bool = False,
                subset: int | None = None, dtype: torch.dtype = torch.float32) -> TensorDataset:
     """MNIST from ``root/MNIST/raw`` (torchvision's layout), scaled to [0, 1] as ToTensor does; downloaded there
@@ -105,8 +114,7 @@ def load_mnist(root: str | os.PathLike, device: torch.device | str = "cpu", down
         images, labels, count = MNIST_FILES[train]
         x = read_idx(raw / images, 3, count).to(device=device, dtype=dtype).div_(255.0).unsqueeze(1)
         splits += [x, read_idx(raw / labels, 1, count).to(device=device, dtype=torch.int64)]
-    if subset is not None:
-        splits[0], splits[1] = splits[0][:subset], splits[1][:subset]
+    splits[0], splits[1] = first(splits[0], subset, "MNIST training images"), splits[1][:subset]
     return TensorDataset(*splits)
 
 

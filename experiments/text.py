@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from experiments.data import first
+
 UNKNOWN = "\ufffd"  # stands for any character of the validation or test split that training never saw
 
 
@@ -51,7 +53,7 @@ def load_text(root: str | os.PathLike, device: torch.device | str = "cpu", file:
                                 f"holding {file}, or data.file at any UTF-8 text file under it")
     data = path.read_bytes()
     try:
-        text = data.decode("utf-8")[:subset]
+        text = first(data.decode("utf-8"), subset, f"characters in {path}")
     except UnicodeDecodeError as error:
         raise ValueError(f"{path} is not UTF-8 text: byte {error.start} ({data[error.start:error.start + 1].hex()}) "
                          f"{error.reason}; the file is damaged or in another encoding (convert it to UTF-8)") from None

@@ -265,6 +265,20 @@ DAMAGES = {  # what was done to a real MNIST file, and what the one line says of
 }
 
 
+def test_a_subset_larger_than_the_data_is_refused_saying_how_much_there_is():
+    from experiments.cifar import load_cifar10
+    from experiments.data import load_mnist
+    from experiments.text import load_text
+    with pytest.raises(ValueError, match=r"data.subset=60001 asks for more MNIST training images than there are "
+                                         r"\(60,000\); set data.subset to at most 60000, or null"):
+        load_mnist(data_root(), subset=60001)
+    assert len(load_mnist(data_root(), subset=60000).train_y) == 60000  # all of them, asked for, is fine
+    with pytest.raises(ValueError, match=r"data.test_subset=10001 asks for more test images in .* \(10,000\)"):
+        load_cifar10(data_root(), test_subset=10001)
+    with pytest.raises(ValueError, match=r"data.subset=100000000 asks for more characters in .*warpeace"):
+        load_text(data_root(), subset=10 ** 8)
+
+
 @pytest.mark.slow  # copies MNIST, and trains on it once
 def test_a_damaged_mnist_file_is_named_with_what_is_wrong(tmp_path):
     from experiments.data import DamagedData, load_mnist
