@@ -25,6 +25,6 @@ def constant(numbers: tuple, dtype: torch.dtype, device: torch.device | None = N
     return make(numbers, dtype, device)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=256)
 def _constant(numbers: tuple, dtype: torch.dtype, device: torch.device | None) -> torch.Tensor:
     return torch.tensor(numbers, dtype=dtype, device=device)
