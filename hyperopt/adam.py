@@ -16,30 +16,32 @@ from .parameterisations import IDENTITY, UNIT_INTERVAL
 from .scalars import constant, divide
 
 
+BETAS = ("beta1", "beta2")
+
+
 def step_scalars(h, t):
-    # The bias corrections 1 - β^t and their slopes t β^(t-1) / (1 - β^t), as the reference computes them; the
-    # weights 1 - β of the new gradient in m and v, and α / (1 - β1^t): once per group rather than per tensor. As
-    # tensors, both β at once: the same arithmetic in half the kernels.
-    beta1, beta2 = h["beta1"], h["beta2"]
-    if isinstance(t, torch.Tensor):
-        betas = both(beta1, beta2, t)
-        if betas is not None:
-            correction = 1.0 - betas ** t
-            slope = t * betas ** (t - 1) / correction
-            weight = (1.0 - betas).unbind() if isinstance(beta1, torch.Tensor) else (1.0 - beta1, 1.0 - beta2)
-            scalars = {f"{beta}_{name}": value for name, values in
-                       (("correction", correction.unbind()), ("slope", slope.unbind()), ("weight", weight))
-                       for beta, value in zip(("beta1", "beta2"), values)}
-            scalars["step_size"] = h["lr"] / scalars["beta1_correction"]
-            return scalars
+    # The bias corrections and their slopes, the weights 1 - β of the new gradient in m and v, and α / (1 - β1^t):
+    # once per group rather than per tensor. As tensors, both β at once: the same arithmetic in half the kernels.
+    pair = both(h["beta1"], h["beta2"], t) if isinstance(t, torch.Tensor) else None
+    if pair is None:
+        corrected = [corrections(h[beta], t) for beta in BETAS]
+    else:
+        corrected = zip(*(value.unbind() for value in corrections(pair, t)))
+    if pair is not None and isinstance(h["beta1"], torch.Tensor):
+        weights = (1.0 - pair).unbind()
+    else:
+        weights = [1.0 - h[beta] for beta in BETAS]
     scalars = {}
-    for beta in ("beta1", "beta2"):
-        correction = 1.0 - h[beta] ** t
-        scalars[f"{beta}_correction"] = correction
-        scalars[f"{beta}_slope"] = divide(t * h[beta] ** (t - 1), correction)
-        scalars[f"{beta}_weight"] = 1.0 - h[beta]
+    for beta, (correction, slope), weight in zip(BETAS, corrected, weights):
+        scalars.update({f"{beta}_correction": correction, f"{beta}_slope": slope, f"{beta}_weight": weight})
     scalars["step_size"] = divide(h["lr"], scalars["beta1_correction"])
     return scalars
+
+
+def corrections(beta, t):
+    """The bias correction 1 - β^t and its slope t β^(t-1) / (1 - β^t), as the reference computes them."""
+    correction = 1.0 - beta ** t
+    return correction, divide(t * beta ** (t - 1), correction)
 
 
 def both(beta1, beta2, t: torch.Tensor) -> torch.Tensor | None:

@@ -365,8 +365,7 @@ def check_ranges(weights, levels, step: torch.Tensor, host: bool) -> None:
     checked = [(k, level, group) for k, level in enumerate(levels[:-1]) for group in level.param_groups]
     if host:  # numbers: the tensors are written only when a value first leaves its range
         for k, level, group in checked:
-            said = weights.divergence.left_range_said
-            if said:
+            if weights.divergence.left_range_said:
                 break
             learned = level.learned(group)
             values = [level.stored_as(group, name).to_value(x)
