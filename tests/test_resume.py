@@ -96,7 +96,12 @@ def test_a_damaged_checkpoint_is_passed_over_for_the_one_before(tmp_path):
     process.kill()
     process.wait()
     latest = folder / "checkpoint.pt"
-    latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])  # cut short, as by a full disk
+    # cut short, as by a full disk: a new file renamed over the name, as a save would leave it. (Written in place,
+    # it would cut the previous checkpoint too when the kill fell between a save's two renames, where the two names
+    # are hard links to one file.)
+    cut = folder / "cut.pt"
+    cut.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])
+    os.replace(cut, latest)
     result = train(*overrides, f"hydra.run.dir={folder}")
     assert "is damaged" in result.stdout + result.stderr and "resumed from the checkpoint" in result.stdout + \
         result.stderr
