@@ -29,7 +29,7 @@ import torch
 from . import polyak
 from .divergence import UNIT_RANGE, DivergenceError, OutOfRangeWarning
 from .parameterisations import IDENTITY, times_derivatives, to_value_columns
-from .multi_tensor import FlatState, flat_state, flatten, pieces
+from .multi_tensor import FlatState, flat_state
 from .scalars import constant, divide
 from .shards import local, sum_over_shards
 
@@ -100,7 +100,7 @@ def hypergradient(level, group: dict, upstream: list[torch.Tensor | None], t, ho
         h = operands(h, runs, [1], raw.dtype)[0]
         terms = level.hypergradient_terms(h, learned, list(sums))
     if level.DECOUPLED_DECAY:
-        params = handed.params if handed.flat is None else [flatten(handed.params, runs)]
+        params = handed.params if handed.flat is None else [handed.flat.copy("params", handed.params, runs)]
         terms = decoupled_decay_terms(h, learned, terms, params, upstream, runs, host)
     slopes = level.schedule_slopes(group)
     kinds = [level.stored_as(group, name) for name in learned]
@@ -193,10 +193,7 @@ def update(level, group: dict, grads: list[torch.Tensor | None], active: torch.T
         (direction, scale), = steps
         direction = direction if active is None else torch.where(running(active, direction.dim(), runs),
                                                                  direction, 0.0)
-        if isinstance(scale, torch.Tensor):
-            torch._foreach_sub_(params, pieces(direction * scale, params))
-        else:
-            torch._foreach_add_(params, pieces(direction, params), alpha=-scale)
+        handed.flat.subtract(params, direction, scale)
         return
     for p, (direction, scale) in zip(params, steps):
         if active is not None:

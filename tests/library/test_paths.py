@@ -29,8 +29,11 @@ def parameters(layout: str) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(0)
     lead = (2,) if layout == "two runs" else ()
     shapes = [(5, 6), (5,), (3, 5), (3,)]
-    return [(torch.randn(lead + shape, generator=generator, dtype=torch.float64) / 2).requires_grad_()
-            for shape in shapes]
+    params = [(torch.randn(lead + shape, generator=generator, dtype=torch.float64) / 2).requires_grad_()
+              for shape in shapes]
+    if layout == "a transposed weight":  # not contiguous, as a channels_last convolution's is not
+        params[0] = params[0].detach().t().contiguous().t().requires_grad_()
+    return params
 
 
 def losses(params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -69,7 +72,7 @@ def train(spec: str, layout: str, foreach: bool, tensor_path: bool, steps: int =
         for step in range(1, steps + 1):
             x = torch.randn(lead + (8, 6), generator=generator, dtype=torch.float64)
             y = torch.randint(0, 3, lead + (8,), generator=generator)
-            optimizer.zero_grad()
+            optimizer.zero_grad(set_to_none=layout != "gradients zeroed in place")
             each = losses(params, x, y)
             each.sum().backward()
             if layout == "a parameter frozen now and then" and step % 3 == 2:
@@ -77,6 +80,9 @@ def train(spec: str, layout: str, foreach: bool, tensor_path: bool, steps: int =
             if layout == "a parameter trained from step 3" and step < 3:
                 params[3].grad = None
             optimizer.step(**{"loss": each.detach()} if optimizer.needs_loss else {})
+            if layout == "storages replaced at step 3" and step == 3:  # as Module.to() replaces them
+                for p in params:
+                    p.data = p.data.clone()
             taken.append([p.detach().clone() for p in params]
                          + [g["hyper_raw"].clone() for level in optimizer.levels() for g in level.param_groups])
             if step == resume_at:
@@ -106,6 +112,20 @@ def test_the_multi_tensor_path_computes_the_single_tensor_paths_numbers(spec, la
             for key in a:
                 assert a[key].shape == b[key].shape, key
                 assert_relative_close(a[key], b[key], 1e-12, key)
+
+
+@pytest.mark.parametrize("tensor_path", [False, True], ids=["numbers", "tensors"])
+@pytest.mark.parametrize("layout", ["gradients zeroed in place", "storages replaced at step 3", "a transposed weight"])
+@pytest.mark.parametrize("spec", ["SGD(0.1, 0.9)/SGD(1e-3)", "SGD(0.1)/SGD(1e-3)", "Adam/SGD(1e-4)",
+                                  "AdamW^{α,λ}(0.01)/SGD(1e-4)"])
+def test_the_multi_tensor_path_follows_what_the_caller_changes(spec, layout, tensor_path):
+    """The multi-tensor path keeps flat tensors and views of the parameters from step to step: gradients refilled
+    in place, parameters whose storage is replaced, and a weight no flat view can be made of change nothing."""
+    single, _ = train(spec, layout, foreach=False, tensor_path=tensor_path)
+    multi, _ = train(spec, layout, foreach=True, tensor_path=tensor_path)
+    for step, (ours, theirs) in enumerate(zip(multi, single), 1):
+        for index, (a, b) in enumerate(zip(ours, theirs)):
+            assert_relative_close(a, b, 1e-12, f"step {step}, tensor {index}")
 
 
 @pytest.mark.parametrize("spec", ["Adam/SGD(1e-4)", "SGD(0.1, 0.9)/SGD(1e-3)", "AdamW^{α,λ}(0.01)/SGD(1e-4)"])
