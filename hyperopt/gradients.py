@@ -87,23 +87,31 @@ class BackwardGradients:
                     copy.copy_(grad)
         self.marked = []
 
-    def made(self, p: torch.Tensor, unscale: torch.Tensor | None) -> torch.Tensor:
-        """The parameter's gradient as backward made it (`unscale`: a GradScaler's 1/scale, which p.grad has had,
-        or is about to have, taken off in place; None without a scaler); p.grad itself where nothing changed it
-        since."""
-        if torch.compiler.is_compiling():
+    def made(self, params: list[torch.Tensor], unscale: torch.Tensor | None) -> list[torch.Tensor | None]:
+        """The parameters' gradients as backward made them (`unscale`: a GradScaler's 1/scale, which p.grad has
+        had, or is about to have, taken off in place; None without a scaler); p.grad itself where nothing changed
+        it since (or there is none)."""
+        compiling = torch.compiler.is_compiling()
+        if compiling:
             self.compiled = True  # from the next backward on, every gradient is copied for the compiled step
-            copy = self.copies.get(p)
-        else:
-            seen = self.seen.get(p)
-            if seen is None or not self.blind and seen[0] is p.grad and seen[1] == local(p.grad)._version:
-                return p.grad  # unchanged since backward (or set by hand, not by backward)
-            copy = self.copies.get(p) if self.copying else None
-            # the first step with clipping: its hypergradient is 0 (or, later, this step's is off)
-            self.copying = True
-        if copy is None:
-            return p.grad
-        return copy if unscale is None else copy * unscale.to(copy.device)
+        made = []
+        for p in params:
+            grad = p.grad
+            if grad is None:
+                made.append(None)
+                continue
+            if compiling:
+                copy = self.copies.get(p)
+            else:
+                seen = self.seen.get(p)
+                if seen is None or not self.blind and seen[0] is grad and seen[1] == local(grad)._version:
+                    made.append(grad)  # unchanged since backward (or set by hand, not by backward)
+                    continue
+                copy = self.copies.get(p) if self.copying else None
+                # the first step with clipping: its hypergradient is 0 (or, later, this step's is off)
+                self.copying = True
+            made.append(grad if copy is None else copy if unscale is None else copy * unscale.to(copy.device))
+        return made
 
     def forget(self) -> None:
         self.seen.clear()
@@ -128,9 +136,9 @@ class _Hook:
 
 def made_gradients(weights, unscale: torch.Tensor | None = None) -> list[list[torch.Tensor | None]]:
     """Each param group's gradients as backward made them (None for a parameter without one)."""
-    backward = weights.backward
-    return [[p.grad if p.grad is None or backward is None else backward.made(p, unscale) for p in group["params"]]
-            for group in weights.param_groups]
+    if weights.backward is None:
+        return [[p.grad for p in group["params"]] for group in weights.param_groups]
+    return [weights.backward.made(group["params"], unscale) for group in weights.param_groups]
 
 
 def take_scale_off(weights, grad_scaler) -> tuple[list[list[torch.Tensor | None]], bool]:

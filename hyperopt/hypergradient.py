@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 import warnings
 from typing import NamedTuple
 
@@ -217,22 +218,28 @@ def shrink(params: list[torch.Tensor], decay, runs: int | None) -> None:
         torch._foreach_mul_(params, [decay.reshape((-1,) + (1,) * (p.dim() - 1)) for p in params])
 
 
-def gradient(level, group: dict, p: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor | None:
-    """A parameter's gradient g as torch.optim's optimizers take it: negated where the objective is maximized, and
-    with weight decay added as torch.optim.SGD adds it (unless the level decouples it): the update and the
-    hypergradient are then those of ∓(the loss) plus (weight_decay / 2)·|w|². None without one; this process's
-    shard of a DTensor's."""
-    if g is None:
-        return None
-    if g.layout != torch.strided:
+def gradients(level, group: dict, grads: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+    """The gradients g of a group's parameters as torch.optim's optimizers take them: negated where the objective
+    is maximized, and with weight decay added as torch.optim.SGD adds it (unless the level decouples it): the
+    update and the hypergradient are then those of ∓(the loss) plus (weight_decay / 2)·|w|². None for a parameter
+    without one; this process's shard of a DTensor's."""
+    if any(g is not None and g.layout != torch.strided for g in grads):
         raise RuntimeError(f"{level.NAME} does not support sparse gradients (its update and hypergradient need "
                            "dense ones): use torch.optim.SparseAdam for them, or nn.Embedding(sparse=False)")
-    p, g = local(p), local(g)
-    g = -g if level.maximize else g
+    grads = [g if g is None else local(g) for g in grads]
     decay = 0.0 if level.DECOUPLED_DECAY else group.get("weight_decay", 0.0)
-    if isinstance(decay, torch.Tensor):  # one per run
-        return g + operands({"decay": decay}, group["runs"], [p.dim()], p.dtype)[0]["decay"] * p
-    return g + decay * p if decay else g
+    if not level.maximize and not isinstance(decay, torch.Tensor) and not decay:
+        return grads  # (as they are: the common case, in one pass)
+    changed = []
+    for p, g in zip(group["params"], grads):
+        if g is not None:
+            p, g = local(p), -g if level.maximize else g
+            if isinstance(decay, torch.Tensor):  # one per run
+                g = g + operands({"decay": decay}, group["runs"], [p.dim()], p.dtype)[0]["decay"] * p
+            elif decay:
+                g = g + decay * p
+        changed.append(g)
+    return changed
 
 
 class Step(NamedTuple):
@@ -286,9 +293,9 @@ def gathered(weights, made: list[list[torch.Tensor | None]]) -> Step | None:
     if weights.shard_group is None and not any(stepping):
         return None
     counts = [weights.state[group["params"][0]].get("step") for group in weights.param_groups]
-    grads = [[gradient(weights, group, p, p.grad) for p in group["params"]] for group in weights.param_groups]
-    made = [[g if m is p.grad else gradient(weights, group, p, m) for p, g, m in zip(group["params"], gs, ms)]
-            for group, gs, ms in zip(weights.param_groups, grads, made)]
+    grads = [gradients(weights, group, [p.grad for p in group["params"]]) for group in weights.param_groups]
+    made = [grads[i] if all(map(operator.is_, [p.grad for p in group["params"]], made[i])) else
+            gradients(weights, group, made[i]) for i, group in enumerate(weights.param_groups)]
     flats = [weights.flat_state(index) if weights.uses_foreach() else None
              for index in range(len(weights.param_groups))]
     return Step(stepping, counts, flats, [grads], made, on_host(weights))

@@ -90,11 +90,23 @@ class FlatState:
         """params -= direction · scale (a number or a tensor), the direction flat, in one foreach operation."""
         if isinstance(scale, torch.Tensor):
             direction, scale = direction * scale, 1.0
-        flat = None if torch.compiler.is_compiling() else self.flat_params(params, direction.dim())
+        compiling = torch.compiler.is_compiling()
+        views = None if compiling else self.views_of(direction)
+        if views is not None:  # (SGD's buffer, or the gradient: no split)
+            torch._foreach_add_(params, views, alpha=-scale)
+            return
+        flat = None if compiling else self.flat_params(params, direction.dim())
         if flat is None:
             torch._foreach_add_(params, pieces(direction, params), alpha=-scale)
         else:
             torch._foreach_add_(flat[0], direction.split(flat[1], dim=-1), alpha=-scale)
+
+    def views_of(self, flat: torch.Tensor) -> list[torch.Tensor] | None:
+        """The kept views of `flat` where it is one of the flat tensors kept (a state buffer, the gradients)."""
+        for key, buffer in self.buffers.items():
+            if buffer is flat and key in self.views:
+                return self.views[key]
+        return next((views for buffer, views in self.copied.values() if buffer is flat), None)
 
     def flat_params(self, params: list[torch.Tensor], rank: int) -> tuple[list, list[int]] | None:
         """Flat views of the parameters (each run's elements in a row) and their sizes, kept while their storages
