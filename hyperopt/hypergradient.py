@@ -190,11 +190,11 @@ def update(level, group: dict, grads: list[torch.Tensor | None], active: torch.T
             shrink(params, decay if going is None else torch.where(going, decay, 1.0), runs)
     if handed.flat is not None:
         handed.flat.share()  # (the buffers the first update made)
-        handed.flat.gathered = None
         (direction, scale), = steps
         direction = direction if active is None else torch.where(running(active, direction.dim(), runs),
                                                                  direction, 0.0)
         handed.flat.subtract(params, direction, scale)
+        handed.flat.release()
         return
     for p, (direction, scale) in zip(params, steps):
         if active is not None:

@@ -7,7 +7,8 @@ The optimizers' arithmetic is the single-tensor path's, unchanged (each optimize
 that ``optimizer.state[p]`` reads and saves as torch.optim's does. Each step the gradients are copied into a
 flat tensor kept from step to step (one foreach copy), and the direction the update returns is split into pieces
 added to kept flat views of the parameters (one foreach operation). Views are made once and kept: on a CPU one
-view costs about what an element-wise pass over a small tensor does, and ResNet-20 has 59 tensors. In a group of
+view costs about what an element-wise pass over a small tensor does, and ResNet-20 has 59 tensors; the flat
+gradients' memory is freed after each step all the same (`release`). In a group of
 runs the flat tensors are (runs, elements), each run's elements in a row.
 """
 
@@ -83,8 +84,20 @@ class FlatState:
             if not torch.compiler.is_compiling():
                 self.copied[name] = (flat, pieces(flat, self.like))
             return flat
-        torch._foreach_copy_(kept[1], tensors)
-        return kept[0]
+        flat, views = kept
+        if flat.untyped_storage().nbytes() == 0:  # (released after the last step)
+            flat.untyped_storage().resize_(flat.numel() * flat.element_size())
+        torch._foreach_copy_(views, tensors)
+        return flat
+
+    def release(self) -> None:
+        """At the end of a step: what it gathered forgotten, and the memory of the flat tensors refilled each step
+        freed, keeping them and their views: their storage resized to nothing (as FSDP frees its unsharded
+        parameters), so that between steps, while the forward and backward need memory, they hold none, as
+        torch.optim's step keeps nothing but its state."""
+        self.gathered = None
+        for flat, _ in self.copied.values():
+            flat.untyped_storage().resize_(0)
 
     def subtract(self, params: list[torch.Tensor], direction: torch.Tensor, scale) -> None:
         """params -= direction · scale (a number or a tensor), the direction flat, in one foreach operation."""
