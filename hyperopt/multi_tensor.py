@@ -51,11 +51,11 @@ class FlatState:
         them, a param group's parameters may be chosen differently). (In C loops: this runs twice a step.)"""
         if len(params) != len(self.params) or not all(map(operator.is_, params, self.params)):
             return False
-        sizes = list(map(len, states))
-        sizes[0] -= "step" in states[0]  # (the group's step count is kept in its first parameter's state)
-        return sizes.count(len(self.views)) == len(sizes) and all(
-            all(map(operator.is_, map(operator.methodcaller("get", key), states), view))
-            for key, view in self.views.items())
+        views_held = all(all(map(operator.is_, map(operator.methodcaller("get", key), states), view))
+                         for key, view in self.views.items())
+        # and no other key but a step count (the group's, kept in its first parameter's state)
+        steps = sum(map(operator.methodcaller("__contains__", "step"), states))
+        return views_held and sum(map(len, states)) == len(states) * len(self.views) + steps
 
     def share(self) -> None:
         """Hand each parameter's state views of the buffers made (or remade) since the last time."""
