@@ -42,8 +42,10 @@ class BackwardGradients:
     gradient where p.grad is changed before step() (clipping) or the step is compiled (it cannot read versions)."""
 
     def __init__(self):
-        self.seen: dict[torch.Tensor, tuple] = {}
-        self.copies: dict[torch.Tensor, torch.Tensor] = {}  # kept from step to step, written in place
+        # Keyed by id(p), not p: a tensor's hash is a Python call, two per parameter a step otherwise (the
+        # optimizer holds its parameters, so an id is not reused while it lives; a copy starts anew)
+        self.seen: dict[int, tuple] = {}
+        self.copies: dict[int, torch.Tensor] = {}  # kept from step to step, written in place
         self.marked: list[torch.Tensor] = []  # accumulated into by the backward under way
         self.copying = False
         self.blind = False  # whether in-place changes of the gradients can go unseen
@@ -78,11 +80,11 @@ class BackwardGradients:
             grad = p.grad
             if grad is None:
                 continue
-            self.seen[p] = (grad, local(grad)._version)
+            self.seen[id(p)] = (grad, local(grad)._version)
             if self.copying or self.compiled:
-                copy, grad = self.copies.get(p), local(grad)
+                copy, grad = self.copies.get(id(p)), local(grad)
                 if copy is None or copy.shape != grad.shape:
-                    self.copies[p] = grad.clone()
+                    self.copies[id(p)] = grad.clone()
                 else:
                     copy.copy_(grad)
         self.marked = []
@@ -101,13 +103,13 @@ class BackwardGradients:
                 made.append(None)
                 continue
             if compiling:
-                copy = self.copies.get(p)
+                copy = self.copies.get(id(p))
             else:
-                seen = self.seen.get(p)
+                seen = self.seen.get(id(p))
                 if seen is None or not self.blind and seen[0] is grad and seen[1] == local(grad)._version:
                     made.append(grad)  # unchanged since backward (or set by hand, not by backward)
                     continue
-                copy = self.copies.get(p) if self.copying else None
+                copy = self.copies.get(id(p)) if self.copying else None
                 # the first step with clipping: its hypergradient is 0 (or, later, this step's is off)
                 self.copying = True
             made.append(grad if copy is None else copy if unscale is None else copy * unscale.to(copy.device))
