@@ -96,6 +96,8 @@ class FlatState:
         parameters), so that between steps, while the forward and backward need memory, they hold none, as
         torch.optim's step keeps nothing but its state."""
         self.gathered = None
+        if torch.compiler.is_compiling():  # (the compiled step flattens anew: it never refills them)
+            return
         for flat, _ in self.copied.values():
             flat.untyped_storage().resize_(0)
 
