@@ -293,9 +293,10 @@ def gathered(weights, made: list[list[torch.Tensor | None]]) -> Step | None:
     if weights.shard_group is None and not any(stepping):
         return None
     counts = [weights.state[group["params"][0]].get("step") for group in weights.param_groups]
-    grads = [gradients(weights, group, [p.grad for p in group["params"]]) for group in weights.param_groups]
-    made = [grads[i] if all(map(operator.is_, [p.grad for p in group["params"]], made[i])) else
-            gradients(weights, group, made[i]) for i, group in enumerate(weights.param_groups)]
+    now = [[p.grad for p in group["params"]] for group in weights.param_groups]
+    grads = [gradients(weights, group, group_now) for group, group_now in zip(weights.param_groups, now)]
+    made = [taken if all(map(operator.is_, group_now, group_made)) else gradients(weights, group, group_made)
+            for group, group_now, group_made, taken in zip(weights.param_groups, now, made, grads)]
     flats = [weights.flat_state(index) if weights.uses_foreach() else None
              for index in range(len(weights.param_groups))]
     return Step(stepping, counts, flats, [grads], made, on_host(weights))

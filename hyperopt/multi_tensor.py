@@ -8,8 +8,8 @@ that ``optimizer.state[p]`` reads and saves as torch.optim's does. Each step the
 flat tensor kept from step to step (one foreach copy), and the direction the update returns is split into pieces
 added to kept flat views of the parameters (one foreach operation). Views are made once and kept: on a CPU one
 view costs about what an element-wise pass over a small tensor does, and ResNet-20 has 59 tensors; the flat
-gradients' memory is freed after each step all the same (`release`). In a group of
-runs the flat tensors are (runs, elements), each run's elements in a row.
+gradients' memory is freed after each step all the same (`release`). In a group of runs the flat tensors are
+(runs, elements), each run's elements in a row.
 """
 
 from __future__ import annotations
@@ -77,12 +77,12 @@ class FlatState:
     def copy(self, name: str, tensors: list[torch.Tensor], runs: int | None) -> torch.Tensor:
         """The tensors (shaped as the parameters) copied into the flat tensor kept as `name`, which holds them
         until the next copy; flattened anew under torch.compile, which fuses the copy into what reads it."""
+        if torch.compiler.is_compiling():
+            return flatten(tensors, runs)
         kept = self.copied.get(name)
-        if torch.compiler.is_compiling() or kept is None or (kept[0].dtype, kept[0].device) != (
-                tensors[0].dtype, tensors[0].device):
+        if kept is None or (kept[0].dtype, kept[0].device) != (tensors[0].dtype, tensors[0].device):
             flat = flatten(tensors, runs)
-            if not torch.compiler.is_compiling():
-                self.copied[name] = (flat, pieces(flat, self.like))
+            self.copied[name] = (flat, pieces(flat, self.like))
             return flat
         flat, views = kept
         if flat.untyped_storage().nbytes() == 0:  # (released after the last step)
