@@ -825,7 +825,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
                 raise ValueError(f"this stack trains {count} runs: say which (run=0 to {count - 1})")
             values = {}
             for name, value in level.values(g).items():
-                if name in level.OPTIONS:  # a switch, not a value
+                if name in level.OPTIONS:  # an option, not a value
                     continue
                 if isinstance(value, torch.Tensor) and value.dim() == 2:  # (runs, 1) or (runs, L): one per run
                     value = value[run or 0]

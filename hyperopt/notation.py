@@ -332,8 +332,8 @@ def format_stack(optimizer: Hyperoptimizer, group: int = 0, run: int | None = No
         if level.attached:
             g = level.param_groups[group]
             single = g["hyper_raw"].dtype.itemsize <= 4
-            switches = {name: g[name] for name in level.OPTIONS}
-            texts.append(format_level(level, {**level_values, **switches}, g["learn"], single))
+            options = {name: g[name] for name in level.OPTIONS}
+            texts.append(format_level(level, {**level_values, **options}, g["learn"], single))
         else:
             texts.append(format_level(level, level_values, level.defaults["learn"]))
     return "/".join(texts)
