@@ -263,7 +263,7 @@ def step_stack(weights, made: list[list[torch.Tensor | None]], loss: torch.Tenso
     once a step, so the group's step count, kept by the weights' optimizer, is every level's. A param group none of
     whose parameters has a gradient takes no step at any level, as torch.optim leaves it: its step count (Adam's
     bias correction) and the update its next hypergradient differentiates stay as they are. With `loss` (each
-    run's, with polyak=True), Polyak's bound shortens the step after the updates (hyperopt/polyak.py)."""
+    run's, with polyak=), Polyak's bound shortens the step after the updates (hyperopt/polyak.py)."""
     levels = weights.levels()
     step = gathered(weights, made)
     if step is None:
@@ -278,9 +278,13 @@ def step_stack(weights, made: list[list[torch.Tensor | None]], loss: torch.Tenso
     lead = step.stepping.index(True)  # the group whose step count the divergence checks report
     active = check(weights, levels, step.grads[1:], step.counts[lead], first) if checking else None
     before = polyak.weights_before(weights) if loss is not None else None
+    starting = all(count is None for count in step.counts)  # (no group has stepped before)
+    given = polyak.probe(weights) if loss is not None and starting and weights.param_groups[0]["polyak_start"] \
+        else None
     updates_top_down(weights, levels, step, active)
     if loss is not None:
-        polyak.cap(weights, step.made, before, loss, functools.partial(run_dot, runs=weights.param_groups[0]["runs"]))
+        polyak.cap(weights, step.made, before, loss, functools.partial(run_dot, runs=weights.param_groups[0]["runs"]),
+                   given)
     if checking:
         check_ranges(weights, levels, weights.state[weights.param_groups[lead]["params"][0]]["step"], step.host)
 

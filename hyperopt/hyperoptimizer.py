@@ -95,9 +95,9 @@ class Hyperoptimizer(torch.optim.Optimizer):
     LEARNED_AS: dict[str, Parameterisation | None]
     HYPERPARAMETERS: dict[str, tuple[float, Parameterisation, bool]]
     HAS_BETAS = False
-    # switches, never learned: how the step size is learned and whether Polyak's bound holds it (every
-    # optimizer's), of the update rule (SGD's nesterov)
-    OPTIONS: dict[str, bool] = {"log_lr": False, "polyak": False}
+    # options, never learned, each of its default's type: how the step size is learned and the share of the loss
+    # Polyak's bound holds a step to (every optimizer's), of the update rule (SGD's nesterov)
+    OPTIONS: dict[str, bool | float] = {"log_lr": False, "polyak": 0.0, "polyak_start": False}
     EPSILON: float | None = None  # a fixed ε the update adds in the parameters' dtype (Adam's is its eps)
     DECOUPLED_DECAY = False  # its weight_decay shrinks the weights (x ← x(1 - αλ)) rather than adding λx to g
     update: Callable
@@ -119,7 +119,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
                  learn: Iterable[str] | None = None, check_finite: bool = True, keep_in_range: bool = False,
                  compile: bool = False, foreach: bool | None = None, maximize: bool = False, runs: int | None = None,
                  process_group: torch.distributed.ProcessGroup | None = None, log_lr: bool = False,
-                 polyak: bool = False, **values: Any):
+                 polyak: float = 0.0, polyak_start: bool = False, **values: Any):
         """What every optimizer takes beside its hyperparameters (its own constructor documents those).
 
         Args:
@@ -150,10 +150,13 @@ class Hyperoptimizer(torch.optim.Optimizer):
                 changes α by a factor (about e^±κ a step with Adam above) rather than by an amount, and α stays
                 above 0. The hypergradient is α·∂L/∂α. Notation: ``Adam(1e-3, log_lr=1)/Adam(0.01)``.
             polyak: hold the learned step size under Polyak's bound (not in the paper; hyperopt/polyak.py): a
-                step whose first-order decrease g·S would exceed the loss is shortened to reach it, and the learned
-                step size with it; the safeguard against a step size too large. For the weights' optimizer, with
-                a level above that learns lr; step() then takes the loss (``opt.step(loss=loss)``). Notation:
-                ``Adam(1, log_lr=1, polyak=1)/Adam(0.01)``.
+                step whose first-order decrease g·S would exceed this share of the loss (True: all of it; 0: no
+                bound) is shortened to reach it, and the learned step size with it; the safeguard against a step
+                size too large. For the weights' optimizer, with a level above that learns lr; step() then takes
+                the loss (``opt.step(loss=loss)``). Notation: ``Adam(1, log_lr=1, polyak=1)/Adam(0.01)``.
+            polyak_start: the first step is set at the bound, longer or shorter (with polyak): the step size given
+                is then only where the first step's direction is taken from, and the level above goes on from
+                the step size the bound gives. Notation: ``Adam^α(1e-3, log_lr=1, polyak=0.3, polyak_start=1)``.
             **values: the hyperparameters, by name, as the subclass's constructor passes them on.
 
         Example:
@@ -165,11 +168,12 @@ class Hyperoptimizer(torch.optim.Optimizer):
         """
         if lr is not None:  # (second, as torch.optim's optimizers take it: SGD(params, 0.1))
             values["lr"] = lr
-        values["log_lr"], values["polyak"] = log_lr, polyak
+        values.update(log_lr=log_lr, polyak=polyak, polyak_start=polyak_start)
         values = self._betas_as_two(values)
         for name in sorted(set(values) & set(NOT_HERE)):
             raise TypeError(f"{self.NAME}: {name}= {NOT_HERE[name]}")
-        options = {**self.OPTIONS, **{name: bool(values.pop(name)) for name in list(values) if name in self.OPTIONS}}
+        options = {**self.OPTIONS, **{name: self.option(name, values.pop(name)) for name in list(values)
+                                      if name in self.OPTIONS}}
         unknown = set(values) - set(self.HYPERPARAMETERS)
         if unknown:
             raise TypeError(self._no_such_hyperparameter(unknown))
@@ -259,6 +263,11 @@ class Hyperoptimizer(torch.optim.Optimizer):
     def check_options(self, group: dict) -> None:
         """Raise ValueError where the group's options do not fit its values."""
 
+    @classmethod
+    def option(cls, name: str, value: Any) -> bool | float:
+        """An option's value as its default's type (a switch's 1 is True, Polyak's share True is 1.0)."""
+        return type(cls.OPTIONS[name])(value)
+
     # ----------------------------------------------------------------- construction and param groups
     def _attach(self, params):
         if self._owner is None:
@@ -330,7 +339,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
         check_values(self.NAME, self.HYPERPARAMETERS, group, self.learned(group))
         check_learn(self.NAME, self.HYPERPARAMETERS, group["learn"])
         for name in self.OPTIONS:
-            group[name] = bool(group[name])
+            group[name] = self.option(name, group[name])
         self.check_options(group)
         epsilons = numbers(group["eps"]) if "eps" in group else [self.EPSILON] if self.EPSILON else []
         smallest = torch.finfo(first.dtype).tiny * torch.finfo(first.dtype).eps if first.is_floating_point() else 0
@@ -351,7 +360,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
             if stored_as is LOG and min(numbers(group[name])) <= 0.0:
                 raise ValueError(f"{self.NAME}: with log_lr=True the step size is learned as its logarithm, so it "
                                  f"must start above 0, not at {min(numbers(group[name]))}")
-        if any(g["polyak"] for g in self.param_groups):
+        if any(g["polyak"] or g["polyak_start"] for g in self.param_groups):
             self._check_polyak(group)
         if any(p.device != first.device or p.dtype != first.dtype for p in group["params"]):
             raise ValueError("all parameters of a param group must share one device and dtype (their "
@@ -395,7 +404,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
             self.backward.watch(group["params"])
             # Polyak's bound needs the gradient as backward made it from the first step on, before any clipping
             # has been seen to change it: a copy is kept from the start
-            self.backward.copying = self.backward.copying or group["polyak"]
+            self.backward.copying = self.backward.copying or bool(group["polyak"])
         if self.hyper is not None:
             # the level above sees this group's runs on the leading dimension of hyper_raw, one run for a lone one
             hyper_group = {"params": [group["hyper_raw"]], "runs": count,
@@ -407,9 +416,16 @@ class Hyperoptimizer(torch.optim.Optimizer):
                 self.hyper._attach([hyper_group])
 
     def _check_polyak(self, group: dict) -> None:
-        """Refuse polyak=True where the bound could not mean what hyperopt/polyak.py says."""
+        """Refuse polyak= where the bound could not mean what hyperopt/polyak.py says."""
         why = None
-        if self._owner is not None:
+        if not 0.0 <= group["polyak"] <= 1.0:
+            why = "is not a share of the loss a step may promise to take off: give one from 0 (no bound) to 1"
+        elif group["polyak_start"] and not group["polyak"]:
+            why = "is no bound for polyak_start=True to set the first step at: give polyak=1 (or a share)"
+        elif group["polyak_start"] and min(numbers(group["lr"])) <= 0.0:
+            why = ("with polyak_start=True scales the step size given to the bound, which a step size of "
+                   f"{min(numbers(group['lr']))} cannot be: start it above 0")
+        elif self._owner is not None:
             why = "is for the weights' optimizer, whose step the loss bounds, not a level above it"
         elif self.hyper is None or "lr" not in self.learned(group):
             why = "scales the learned step size: it needs a level above that learns lr (hyper=)"
@@ -417,10 +433,12 @@ class Hyperoptimizer(torch.optim.Optimizer):
             why = "bounds a loss's decrease by the loss, which maximize=True does not lower"
         elif self.compile:
             why = "reads the loss back to the host to check it, which a compiled step does not: drop compile=True"
-        elif any(not g["polyak"] for g in self.param_groups):
-            why = "bounds the step of all the weights together: give it to the optimizer, not to some param groups"
+        elif any((g["polyak"], g["polyak_start"]) != (group["polyak"], group["polyak_start"])
+                 for g in self.param_groups):
+            why = ("bounds the step of all the weights together: give it (and polyak_start) to the optimizer, not "
+                   "to some param groups")
         if why is not None:
-            raise ValueError(f"{self.NAME}: polyak=True {why}")
+            raise ValueError(f"{self.NAME}: polyak={group['polyak']:g} {why}")
 
     def _note_shards(self, group: dict) -> None:
         """Whether the group's weights are shards whose sums the other processes complete, and over which group."""
@@ -559,7 +577,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
                 value = now * (value / initial) if not isinstance(now, torch.Tensor) else torch.where(
                     now == initial, value, now * (value / initial))
             values[name] = value
-        values.update({name: group[name] for name in self.OPTIONS})  # (a bool: the operands keep it as it is)
+        values.update({name: group[name] for name in self.OPTIONS})  # (a number: the operands keep it as it is)
         if t is not None:
             values.update(self.step_scalars(values, t))
         return values

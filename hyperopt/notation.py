@@ -46,6 +46,8 @@ GRAMMAR = f"""\
                                                 SGD(0.1, 0.9, nesterov=1): Nesterov momentum
                                                 Adam(1e-3, log_lr=1)/Adam: α learned as log α
                                                 Adam(1e-3, polyak=1)/Adam: α held under Polyak's bound
+                                                Adam^α(1e-3, log_lr=1, polyak=0.3, polyak_start=1)/Adam(0.01):
+                                                under 0.3 of it, the first step at it
   per-level  := "{{" symbol ":" number ( "," symbol ":" number )* "}}"
                                                 at the top of a stack: a value for each hyperparameter the
                                                 level learns, e.g. its step size for α and for μ
@@ -145,8 +147,8 @@ def parse(spec: str) -> list[tuple[type[Hyperoptimizer], dict, tuple[str, ...] |
         for position, arg in enumerate(args):
             if "=" in arg:
                 key, text = arg.split("=", 1)
-                if key.strip().lower() in cls.OPTIONS:  # a switch: nesterov=1
-                    values[key.strip().lower()] = bool(_number(spec, part, text))
+                if key.strip().lower() in cls.OPTIONS:  # an option: nesterov=1, polyak=0.3
+                    values[key.strip().lower()] = cls.option(key.strip().lower(), _number(spec, part, text))
                     continue
                 name = _hyperparameter(spec, part, key)
             else:
@@ -300,7 +302,7 @@ def format_level(level: Hyperoptimizer, values: dict[str, float], learned: tuple
     defaults = [_format_number(default, single_precision) for default, _, _ in level.HYPERPARAMETERS.values()]
     while len(numbers) > 1 and numbers[-1] == defaults[len(numbers) - 1]:
         numbers.pop()
-    numbers += [f"{name}=1" for name in level.OPTIONS if values.get(name)]
+    numbers += [f"{name}={float(values[name]):g}" for name in level.OPTIONS if values.get(name)]  # (True: 1)
     return text + "(" + ", ".join(numbers) + ")"
 
 

@@ -1,7 +1,8 @@
 """How a learned hyperparameter is stored: the reference code's choices (docs/reference-code.md).
 
 A level above learns the raw value; the level below uses ``to_value(raw)``; the chain rule multiplies a
-hypergradient by ``derivative(raw)``. ``to_raw`` runs once, on a Python number, when a group is made.
+hypergradient by ``derivative(raw)``. ``to_raw`` runs once, on a Python number, when a group is made;
+``scale_(raw, factor)``, where given, multiplies the value in place (Polyak's bound scales a step size).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from .scalars import constant
 
 
 class Parameterisation:
-    def __init__(self, to_raw: Callable[[float], float], to_value: Callable, derivative: Callable):
-        self.to_raw, self.to_value, self.derivative = to_raw, to_value, derivative
+    def __init__(self, to_raw: Callable[[float], float], to_value: Callable, derivative: Callable,
+                 scale_: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None):
+        self.to_raw, self.to_value, self.derivative, self.scale_ = to_raw, to_value, derivative, scale_
 
 
 def _exp(raw):
@@ -24,11 +26,12 @@ def _exp(raw):
 
 
 # The identity's derivative is None rather than 1, so that a hypergradient is not multiplied by 1.
-IDENTITY = Parameterisation(lambda x: x, lambda raw: raw, lambda raw: None)
+IDENTITY = Parameterisation(lambda x: x, lambda raw: raw, lambda raw: None, lambda raw, factor: raw.mul_(factor))
 # √α is stored so that α = (√α)² stays non-negative (the reference RMSProp).
-SQUARE = Parameterisation(math.sqrt, lambda raw: raw * raw, lambda raw: 2.0 * raw)
+SQUARE = Parameterisation(math.sqrt, lambda raw: raw * raw, lambda raw: 2.0 * raw,
+                          lambda raw, factor: raw.mul_(factor.sqrt()))
 # log α, with log_lr=True (not in the reference): a level above then moves α by a factor, and α stays above 0.
-LOG = Parameterisation(math.log, _exp, _exp)
+LOG = Parameterisation(math.log, _exp, _exp, lambda raw, factor: raw.add_(factor.log()))
 
 
 def _unit_value(raw):

@@ -218,7 +218,8 @@ def draw_profile(rows: pd.DataFrame, out: Path) -> None:
 COLOURS = {"sgd": "#1b9e77", "sgd_momentum": "#66a61e", "adam": "#e7298a", "sgd_h1": "#8da0cb", "sgd_h2": "#5e6fb5",
            "sgd_h3": "#1f2f8c", "adam_h1": "#fc8d62", "adam_h2": "#d95f02", "adamw_learned_scale": "#a6761d",
            "schedulefree_adamw": "#e6ab02", "mechanic_adam": "tab:cyan", "momo_adam": "tab:olive",
-           "adam_polyak": "tab:red", "adam_polyak_kappa_down": "#f4a3a3", "adam_polyak_kappa_up": "#8b0000",
+           "adam_polyak": "#c9a0dc", "adam_polyak_kappa_down": "#e4d0ee", "adam_polyak_kappa_up": "#7b4b94",
+           "adam_started": "tab:red", "adam_started_kappa_down": "#f4a3a3", "adam_started_kappa_up": "#8b0000",
            "prodigy": "tab:green", "dadapt_adam": "tab:purple", "dog": "tab:gray", "tuned_adamw": "black"}
 
 
@@ -332,8 +333,8 @@ def to_markdown(runs: pd.DataFrame, rows: pd.DataFrame, records: list[dict], com
     return text + against_goal(runs, rows)
 
 
-RECOMMENDED = "adam_polyak"
-KAPPA_VARIANTS = ("adam_polyak_kappa_down", RECOMMENDED, "adam_polyak_kappa_up")  # κ = 1e-4, 1e-3, 1e-2
+RECOMMENDED = "adam_started"
+KAPPA_VARIANTS = ("adam_started_kappa_down", RECOMMENDED, "adam_started_kappa_up")  # its κ, and a decade each side
 GOAL_DECADES = 6
 
 
@@ -348,7 +349,8 @@ def against_goal(runs: pd.DataFrame, rows: pd.DataFrame) -> str:
     text = (f"\n**The recommended stack, {METHODS[RECOMMENDED].label}, against the goal** (at least "
             f"{GOAL_DECADES} decades of α within 10 % of the best of any method; no run diverged; the same at each "
             "swept κ of the level above; at or better than Prodigy at its defaults).\n\n"
-            "| task | decades within 10 % of any method's best | diverged / runs | the same at κ = 1e-4, 1e-3, 1e-2 "
+            "| task | decades within 10 % of any method's best | diverged / runs | the same at κ = "
+            + ", ".join(f"{METHODS[method].kappa:g}" for method in KAPPA_VARIANTS) + " "
             "| median over α, worst over α; Prodigy | met |\n|---|---|---|---|---|---|\n")
     met = {}
     for row in mine.to_dict("records"):

@@ -225,10 +225,11 @@ def test_a_nan_in_one_ranks_batch_stops_every_rank_at_the_same_step(wrapper, ste
     (Run("Adam/SGD(1e-5)", clip=0.05, hidden=129, wrapper="fsdp2"), 4),
     (Run("SGD(0.1, 0.9)/SGD(1e-3)", clip=0.05, tensor_path=True, wrapper="fsdp2"), 2),
     (Run("Adam(1e-3, log_lr=1)/SGD(1e-2)", clip=0.05, wrapper="fsdp2"), 2),
-    (Run("Adam(0.5, log_lr=1, polyak=1)/SGD(1e-2)", clip=0.05, layout="a group per parameter", wrapper="fsdp2"), 2),
+    (Run("Adam(1e-6, log_lr=1, polyak=0.3, polyak_start=1)/SGD(1e-2)", clip=0.05, layout="a group per parameter",
+         wrapper="fsdp2"), 2),
 ], ids=["height 1", "a group per parameter, clipped", "Adam/Adam/SGD, clipped", "AdamW's decay",
         "uneven shards", "tensor path", "a step size in log space, clipped",
-        "Polyak's bound, a group per parameter, clipped"])
+        "Polyak's bound on a share, started, a group per parameter, clipped"])
 def test_fsdp2_learns_what_one_process_learns(run, world_size):
     """Each rank's hypergradient is its shards' share: summed over the ranks in one all-reduce a step. Clipping a
     DTensor's gradient moves no version counter: the hooks keep a copy."""

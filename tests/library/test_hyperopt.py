@@ -614,6 +614,50 @@ def test_polyaks_bound_on_one_dimension_is_the_polyak_step_size():
     assert hyperopt.stack(str(opt), [torch.zeros(1)]).needs_loss
 
 
+def test_polyak_start_sets_the_first_step_at_the_bound_on_one_dimension():
+    """L(w) = w²/2 from w = 1 with SGD(0.01)/SGD(0), half the loss: the step g·α = 0.01 promises far less than
+    the bound L/2 = 1/4, so polyak_start lengthens it to S = 1/4, and α to 1/4."""
+    w = torch.nn.Parameter(torch.ones(1, dtype=torch.float64))
+    opt = hyperopt.stack("SGD(0.01, polyak=0.5, polyak_start=1)/SGD(0.0)", [w])
+    loss = (w * w).sum() / 2
+    loss.backward()
+    opt.step(loss=loss.detach())
+    assert w.item() == pytest.approx(0.75, rel=1e-15)
+    assert opt.hyperparameters()[0]["lr"] == pytest.approx(0.25, rel=1e-14)
+    assert str(opt) == "SGD(0.25, polyak=0.5, polyak_start=1)/SGD(0.0)"  # the notation says it back
+
+
+@pytest.mark.parametrize("level", ["SGD", "SGD({a}, 0.9)", "Adam", "AdamW({a}, wd=0.1)", "AdaGrad", "RMSProp",
+                                   "Adam({a}, log_lr=1)", "RMSProp({a}, log_lr=1)"])
+@pytest.mark.parametrize("alpha, options", [(30.0, "polyak=1"), (1e-7, "polyak=0.3, polyak_start=1")],
+                         ids=["shortened", "started"])
+def test_the_step_size_polyaks_bound_leaves_is_the_one_that_takes_the_step_it_took(level, alpha, options):
+    """Whatever the bound did to the first step (shortened a step size too large; set one far too small), the
+    learned step size it leaves is the one with which the plain optimizer, from the same start, takes the same
+    step: the level above goes on from the step size actually used (RMSProp learns √α: scaling the stored value
+    by the factor would scale α by its square)."""
+    torch.manual_seed(0)
+    start = [torch.randn(5, 3, dtype=torch.float64), torch.randn(3, dtype=torch.float64)]
+    spec = (level if "{a}" in level else level + "({a})").format(a=alpha)
+    spec = spec[:-1] + f", {options})/SGD(0.0)"
+    bounded = [torch.nn.Parameter(p.clone()) for p in start]
+    opt = hyperopt.stack(spec, bounded)
+    loss = sum(((p - 1.0) ** 2).sum() for p in bounded)
+    loss.backward()
+    opt.step(loss=loss.detach())
+    learned = opt.hyperparameters()[0]
+    plain = [torch.nn.Parameter(p.clone()) for p in start]
+    fixed = {name: value for name, value in learned.items()}
+    reference = type(opt)(plain, **fixed)
+    sum(((p - 1.0) ** 2).sum() for p in plain).backward()
+    reference.step()
+    decrease = sum((g * (a - b)).sum() for g, a, b in zip([2 * (p - 1.0) for p in start], start, bounded))
+    for ours, theirs in zip(bounded, plain):
+        assert_relative_close(ours.detach(), theirs.detach(), 1e-12, spec)
+    share = 0.3 if "polyak_start" in options else 1.0
+    assert decrease.item() == pytest.approx(share * loss.item(), rel=1e-12)  # the step is at the bound
+
+
 def test_a_run_whose_steps_stay_within_polyaks_bound_takes_the_papers_steps(batches):
     torch.manual_seed(0)
     model = MLP().double()
@@ -627,12 +671,15 @@ def test_a_run_whose_steps_stay_within_polyaks_bound_takes_the_papers_steps(batc
     assert plain.hyperparameters() == bounded.hyperparameters()
 
 
-def test_polyaks_bound_holds_each_run_of_a_stack_of_runs_as_it_holds_the_run_alone(batches):
-    """Each run's loss bounds its own step: one run starts far above the bound, the other within it."""
+@pytest.mark.parametrize("start", [False, True], ids=["bound", "bound and start"])
+def test_polyaks_bound_holds_each_run_of_a_stack_of_runs_as_it_holds_the_run_alone(start, batches):
+    """Each run's loss bounds its own step: one run starts far above the bound, the other within it (with
+    polyak_start, far below it and far above)."""
     torch.manual_seed(0)
     models = [MLP().double() for _ in range(2)]
     network = batch_models([copy.deepcopy(model) for model in models])
-    specs = ["Adam(0.5, polyak=1)/Adam(1e-3)", "Adam(1e-3, polyak=1)/Adam(1e-5)"]
+    specs = ["Adam(0.5, polyak=1)/Adam(1e-3)", "Adam(1e-3, polyak=1)/Adam(1e-5)"] if not start else [
+        "Adam(1e-6, polyak=0.3, polyak_start=1)/Adam(1e-3)", "Adam(1.0, polyak=0.3, polyak_start=1)/Adam(1e-5)"]
     alone = [hyperopt.stack(spec, model.parameters()) for spec, model in zip(specs, models)]
     together = hyperopt.stack(specs, network.parameters())
     for x, y in batches[:6]:
@@ -649,7 +696,8 @@ def test_polyaks_bound_holds_each_run_of_a_stack_of_runs_as_it_holds_the_run_alo
         for level, (ours, theirs) in enumerate(zip(together.hyperparameters(run=run), optimizer.hyperparameters())):
             for name, value in theirs.items():
                 assert_relative_close(torch.tensor(ours[name]), torch.tensor(value), 1e-9, f"run {run} {name}")
-    assert alone[0].hyperparameters()[0]["lr"] < 0.05 and alone[1].hyperparameters()[0]["lr"] > 5e-4
+    if not start:
+        assert alone[0].hyperparameters()[0]["lr"] < 0.05 and alone[1].hyperparameters()[0]["lr"] > 5e-4
 
 
 @pytest.mark.parametrize("make, step, message", [
@@ -663,8 +711,12 @@ def test_polyaks_bound_holds_each_run_of_a_stack_of_runs_as_it_holds_the_run_alo
     (lambda p: hyperopt.stack("Adam(polyak=1)/SGD(1e-3)", p, compile=True), None, "compile"),
     (lambda p: hyperopt.Adam([{"params": p[:1]}, {"params": p[1:], "polyak": True}], hyper=hyperopt.SGD(lr=1e-3)),
      None, "not to some param groups"),
+    (lambda p: hyperopt.stack("Adam(polyak=1.5)/SGD(1e-3)", p), None, "from 0 .no bound. to 1"),
+    (lambda p: hyperopt.stack("Adam(polyak_start=1)/SGD(1e-3)", p), None, "no bound for polyak_start"),
+    (lambda p: hyperopt.stack("SGD(0.0, polyak=1, polyak_start=1)/SGD(1e-3)", p), None, "start it above 0"),
 ], ids=["no loss", "a negative loss", "a loss per run for one run", "nothing learns lr",
-        "lr not learned", "a level above", "maximize", "compiled", "one param group of two"])
+        "lr not learned", "a level above", "maximize", "compiled", "one param group of two", "a share above 1",
+        "a start without a bound", "a start from 0"])
 def test_polyaks_bound_where_it_cannot_mean_what_it_says_is_refused_before_anything_moves(make, step, message):
     params = [torch.nn.Parameter(torch.ones(2, dtype=torch.float64)) for _ in range(2)]
     with pytest.raises((ValueError, TypeError), match=message):
@@ -674,9 +726,10 @@ def test_polyaks_bound_where_it_cannot_mean_what_it_says_is_refused_before_anyth
     assert all(torch.equal(p, torch.ones(2, dtype=torch.float64)) for p in params)
 
 
-def test_a_loss_that_is_nan_under_polyaks_bound_is_a_divergence_as_without_it():
+@pytest.mark.parametrize("spec", ["Adam(polyak=1)/SGD(1e-3)", "Adam(polyak=0.3, polyak_start=1)/SGD(1e-3)"])
+def test_a_loss_that_is_nan_under_polyaks_bound_is_a_divergence_as_without_it(spec):
     w = torch.nn.Parameter(torch.ones(2, dtype=torch.float64))
-    opt = hyperopt.stack("Adam(polyak=1)/SGD(1e-3)", [w])
+    opt = hyperopt.stack(spec, [w])
     loss = (w * float("nan")).sum()
     loss.backward()
     with pytest.raises(hyperopt.DivergenceError):

@@ -158,27 +158,35 @@ def test_a_step_size_learned_as_its_logarithm_moves_as_autograd_through_the_upda
     assert ours[-1]["lr"] != pytest.approx(start["lr"], rel=1e-6)  # it did learn
 
 
-@pytest.mark.parametrize("spec, optimizer, values, learned, kappa, in_log", [
-    ("SGD(300.0, polyak=1)/SGD(0.05)", "SGD", {"lr": 300.0}, ("lr",), 0.05, ()),
+@pytest.mark.parametrize("spec, optimizer, values, learned, kappa, in_log, share, start", [
+    ("SGD(300.0, polyak=1)/SGD(0.05)", "SGD", {"lr": 300.0}, ("lr",), 0.05, (), 1.0, False),
     ("SGD(300.0, 0.9, log_lr=1, polyak=1)/SGD(1e-2)", "SGD", {"lr": 300.0, "momentum": 0.9}, ("lr", "momentum"), 1e-2,
-     ("lr",)),
-    ("Adam(0.5, polyak=1)/SGD(1e-5)", "Adam", {"lr": 0.5}, ("lr", "beta1", "beta2"), 1e-5, ()),
-    ("Adam(0.5, log_lr=1, polyak=1)/SGD(1e-2)", "Adam", {"lr": 0.5}, ("lr", "beta1", "beta2"), 1e-2, ("lr",)),
+     ("lr",), 1.0, False),
+    ("Adam(0.5, polyak=1)/SGD(1e-5)", "Adam", {"lr": 0.5}, ("lr", "beta1", "beta2"), 1e-5, (), 1.0, False),
+    ("Adam(0.5, log_lr=1, polyak=1)/SGD(1e-2)", "Adam", {"lr": 0.5}, ("lr", "beta1", "beta2"), 1e-2, ("lr",), 1.0,
+     False),
+    # a share of the loss, and the first step set at the bound from a step size far below it
+    ("SGD(1e-4, polyak=0.3, polyak_start=1)/SGD(0.05)", "SGD", {"lr": 1e-4}, ("lr",), 0.05, (), 0.3, True),
+    ("Adam^α(1e-6, log_lr=1, polyak=0.3, polyak_start=1)/SGD(1e-2)", "Adam", {"lr": 1e-6}, ("lr",), 1e-2, ("lr",),
+     0.3, True),
 ])
 def test_polyaks_bound_shortens_a_step_and_the_step_size_as_autograd_through_the_steps_taken_says(
-        spec, optimizer, values, learned, kappa, in_log, batches):
-    """polyak=True, with a schedule, a GradScaler unscaling to clip, and clipping: a step whose first-order decrease
-    (by the gradient before clipping) exceeds the loss is scaled down to reach it, the learned step size with it,
-    and the next hypergradient is that of the step taken. The step size starts too large, so that the bound
-    shortens some steps and not others."""
+        spec, optimizer, values, learned, kappa, in_log, share, start, batches):
+    """polyak=c, with a schedule, a GradScaler unscaling to clip, and clipping: a step whose first-order decrease
+    (by the gradient before clipping) exceeds c times the loss is scaled down to reach it, the learned step size
+    with it, and the next hypergradient is that of the step taken; with polyak_start the first step is scaled to
+    the bound whichever side it starts. The step size starts too large (or, set at the start, too small), so that
+    the bound scales some steps and not others."""
     torch.manual_seed(0)
     model = MLP().double()
     capped = []
     oracle = unrolled(copy.deepcopy(model), loss_of, batches, optimizer, values, learned, kappa, in_log=in_log,
                       factors=schedule_factors(SCHEDULES["StepLR"], values, len(batches)), clip=0.05,
-                      capped=capped)
+                      capped=capped, share=share, start=start)
     stack = hyperopt.stack(spec, model.parameters())
     ours = train(model, stack, batches, learned, SCHEDULES["StepLR"](stack),
                  torch.amp.GradScaler("cpu", init_scale=2.0 ** 16), clip=0.05, in_log=in_log)
     assert_trained_as_unrolled(model, ours, oracle)
     assert any(capped) and not all(capped), capped
+    if start:  # raised at the first step by orders of magnitude
+        assert oracle[0][0]["lr"] > 100 * values["lr"], oracle[0][0]

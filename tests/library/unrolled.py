@@ -6,8 +6,9 @@ values that update used (its schedule's factor times the learned value, on the g
 clipped, unscaled), and the next loss's gradient with respect to those leaves is the hypergradient, by which
 SGD(κ) moves the learned values. SGD and Adam are written from the paper's formulas as the reference code takes
 them (SGD's buffer starts at the first gradient; Adam's v starts at ε; a β learned as atanh(2β - 1); a step size
-learned as log α where asked, log_lr=True). With Polyak's bound (polyak=True), a step whose first-order decrease
-g·S exceeds the loss is scaled down to reach it, and the learned step size with it.
+learned as log α where asked, log_lr=True). With Polyak's bound (polyak=c), a step whose first-order decrease
+g·S exceeds c times the loss is scaled down to reach it, and the learned step size with it; with polyak_start, the
+first step is scaled to reach it, up or down.
 """
 
 from __future__ import annotations
@@ -68,13 +69,13 @@ def clip_norm(grads: dict, max_norm: float) -> dict:
 def unrolled(model, loss_of, batches, optimizer: str, values: dict, learned: tuple[str, ...], kappa: float,
              factors: dict | None = None, clip: float | None = None,
              gradient_factor: float = 1.0, in_log: tuple[str, ...] = (),
-             capped: list[bool] | None = None) -> tuple[list[dict], dict]:
+             capped: list[bool] | None = None, share: float = 1.0, start: bool = False) -> tuple[list[dict], dict]:
     """The learned values after each step, in natural units, and the weights at the end. `factors`: {name: [the schedule's factor at each
     step]} (the value an update uses is the factor times the learned value); `clip`: the max norm the update's
     gradient is clipped to (the hypergradient is from the gradient as backward made it); `gradient_factor`: what
     every derivative is multiplied by on its way (a GradScaler's scale times its 1/scale, rounded to float32);
-    `in_log`: the learned values held as their logarithm; `capped`, where given: Polyak's bound holds the steps,
-    and whether it shortened each step is appended to it."""
+    `in_log`: the learned values held as their logarithm; `capped`, where given: Polyak's bound on `share` of the
+    loss holds the steps (and with `start` sets the first), and whether it scaled each step is appended to it."""
     fixed = {**DEFAULTS[optimizer], **values}
     raw = {name: torch.tensor(to_raw(name, fixed[name], in_log), dtype=torch.float64) for name in learned}
     factors = factors or {}
@@ -98,10 +99,10 @@ def unrolled(model, loss_of, batches, optimizer: str, values: dict, learned: tup
             used[name] = used[name] * per_step[t]
         steps = STEPS[optimizer](used, clip_norm(grads, clip) if clip else grads, state, t + 1)
         if capped is not None:  # the step is linear in α: α·c takes the step c·S
-            decrease = sum((grads[name] * steps[name].detach()).sum() for name in names)
-            capped.append(bool(decrease > loss.detach()))
+            decrease, bound = sum((grads[name] * steps[name].detach()).sum() for name in names), share * loss.detach()
+            capped.append(bool(decrease > 0 if start and t == 0 else decrease > bound))
             if capped[-1]:
-                factor = loss.detach() / decrease
+                factor = bound / decrease
                 raw["lr"] = raw["lr"] + factor.log() if "lr" in in_log else raw["lr"] * factor
                 shorter = raw["lr"].clone().requires_grad_()
                 ratio = to_value("lr", shorter, in_log) / to_value("lr", leaves["lr"], in_log).detach()
