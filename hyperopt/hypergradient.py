@@ -278,9 +278,9 @@ def step_stack(weights, made: list[list[torch.Tensor | None]], loss: torch.Tenso
     lead = step.stepping.index(True)  # the group whose step count the divergence checks report
     active = check(weights, levels, step.grads[1:], step.counts[lead], first) if checking else None
     before = polyak.weights_before(weights) if loss is not None else None
-    starting = all(count is None for count in step.counts)  # (no group has stepped before)
-    given = polyak.probe(weights) if loss is not None and starting and weights.param_groups[0]["polyak_start"] \
-        else None
+    starts = loss is not None and weights.param_groups[0]["polyak_start"] and all(
+        count is None for count in step.counts)  # (polyak_start, and no group has stepped before)
+    given = polyak.probe(weights) if starts else None
     updates_top_down(weights, levels, step, active)
     if loss is not None:
         polyak.cap(weights, step.made, before, loss, functools.partial(run_dot, runs=weights.param_groups[0]["runs"]),

@@ -12,8 +12,9 @@ below 1 asks each step to promise less than the whole loss, which a loss whose l
 
 With ``polyak_start=True`` the first step is scaled to the bound, up or down (where g·S > 0): its step size is
 cL/(g·d) for the update's direction d, whatever step size was given, which then sets only that direction (Adam's
-first direction does not depend on it). That update is taken at step size 1 and then scaled (`probe`). The level above moves the step size from there; so a run's result does
-not depend on the step size it starts from, by construction, and what remains to tune is the level above's.
+first direction does not depend on it). That update is taken at step size 1 and then scaled (`probe`). The level
+above moves the step size from there; so a run's result does not depend on the step size it starts from, by
+construction, and what remains to tune is the level above's.
 
 As MoMo (Schaipp et al., 2023) bounds Adam's step, with the loss's lower bound taken as 0; g is the loss's
 gradient as backward made it (before clipping). Costs: one copy of the weights while the step is taken and one of

@@ -600,31 +600,25 @@ def test_a_step_size_in_log_space_where_nothing_learns_it_or_from_zero_is_refuse
         hyperopt.stack(spec, [torch.zeros(2, requires_grad=True)])
 
 
-def test_polyaks_bound_on_one_dimension_is_the_polyak_step_size():
-    """L(w) = w²/2 from w = 1 with SGD(10)/SGD(0): the step g·α = 10 would take the loss's first-order decrease
-    g·S = 10 past the loss 1/2, so it is shortened to S = L/g = 1/2, and α to 1/2, Polyak's step size (L - 0)/g²."""
+@pytest.mark.parametrize("spec, step, rel, said_back", [
+    # the step g·α = 10 would take the first-order decrease g·S = 10 past the loss 1/2: shortened to S = L/g = 1/2,
+    # and α to 1/2, Polyak's step size (L - 0)/g²
+    ("SGD(10.0, polyak=1)/SGD(0.0)", 0.5, 1e-15, "SGD(0.5, polyak=1)/SGD(0.0)"),
+    # half the loss: the step g·α = 0.01 promises far less than the bound L/2 = 1/4, so polyak_start lengthens it
+    # to S = 1/4, and α to 1/4
+    ("SGD(0.01, polyak=0.5, polyak_start=1)/SGD(0.0)", 0.25, 1e-14, "SGD(0.25, polyak=0.5, polyak_start=1)/SGD(0.0)"),
+], ids=["shortened", "started"])
+def test_polyaks_bound_on_one_dimension_is_the_polyak_step_size(spec, step, rel, said_back):
+    """L(w) = w²/2 from w = 1, the level above not moving α: the first step, and α, are Polyak's."""
     w = torch.nn.Parameter(torch.ones(1, dtype=torch.float64))
-    opt = hyperopt.stack("SGD(10.0, polyak=1)/SGD(0.0)", [w])
+    opt = hyperopt.stack(spec, [w])
     loss = (w * w).sum() / 2
     loss.backward()
     opt.step(loss=loss.detach())
-    assert w.item() == pytest.approx(0.5, rel=1e-15)
-    assert opt.hyperparameters()[0]["lr"] == pytest.approx(0.5, rel=1e-15)
-    assert str(opt) == "SGD(0.5, polyak=1)/SGD(0.0)"  # the notation says it back
+    assert w.item() == pytest.approx(1.0 - step, rel=1e-15)
+    assert opt.hyperparameters()[0]["lr"] == pytest.approx(step, rel=rel)
+    assert str(opt) == said_back  # the notation says it back
     assert hyperopt.stack(str(opt), [torch.zeros(1)]).needs_loss
-
-
-def test_polyak_start_sets_the_first_step_at_the_bound_on_one_dimension():
-    """L(w) = w²/2 from w = 1 with SGD(0.01)/SGD(0), half the loss: the step g·α = 0.01 promises far less than
-    the bound L/2 = 1/4, so polyak_start lengthens it to S = 1/4, and α to 1/4."""
-    w = torch.nn.Parameter(torch.ones(1, dtype=torch.float64))
-    opt = hyperopt.stack("SGD(0.01, polyak=0.5, polyak_start=1)/SGD(0.0)", [w])
-    loss = (w * w).sum() / 2
-    loss.backward()
-    opt.step(loss=loss.detach())
-    assert w.item() == pytest.approx(0.75, rel=1e-15)
-    assert opt.hyperparameters()[0]["lr"] == pytest.approx(0.25, rel=1e-14)
-    assert str(opt) == "SGD(0.25, polyak=0.5, polyak_start=1)/SGD(0.0)"  # the notation says it back
 
 
 @pytest.mark.parametrize("level", ["SGD", "SGD({a}, 0.9)", "Adam", "AdamW({a}, wd=0.1)", "AdaGrad", "RMSProp",
