@@ -148,12 +148,16 @@ class Handed(NamedTuple):
 def group_tensors(level, group: dict, chosen: list[int], grads: list[torch.Tensor], flat: FlatState | None) -> Handed:
     """The parameters `chosen` of a group, and their gradients, as Handed: flat where `flat` is given and their
     states can be made one."""
+    if flat is not None and flat.handed is not None and flat.handed[0] == chosen and all(
+            map(operator.is_, flat.handed[1], grads)):
+        return flat.handed[2]  # (the hypergradient's, this step: the update is handed the same gradients)
     params = [local(group["params"][i]) for i in chosen]  # (a DTensor's shard: the update is element by element)
     states = [level.state[group["params"][i]] for i in chosen]
     if flat is not None:
         state = flat_state(flat, [group["params"][i] for i in chosen], states, params, group["runs"])
         if state is not None:
-            return Handed(params, [state], [flat.gather(grads, group["runs"])], flat)
+            flat.handed = (chosen, grads, Handed(params, [state], [flat.gather(grads, group["runs"])], flat))
+            return flat.handed[2]
     return Handed(params, states, grads, None)
 
 
@@ -301,7 +305,7 @@ def gathered(weights, made: list[list[torch.Tensor | None]]) -> Step | None:
     grads = [gradients(weights, group, group_now) for group, group_now in zip(weights.param_groups, now)]
     made = [taken if all(map(operator.is_, group_now, group_made)) else gradients(weights, group, group_made)
             for group, group_now, group_made, taken in zip(weights.param_groups, now, made, grads)]
-    flats = [weights.flat_state(index) if weights.uses_foreach() else None
+    flats = [weights.flat_state(index).begin() if weights.uses_foreach() else None
              for index in range(len(weights.param_groups))]
     return Step(stepping, counts, flats, [grads], made, on_host(weights))
 

@@ -639,7 +639,8 @@ class Hyperoptimizer(torch.optim.Optimizer):
 
     def flat_state(self, index: int) -> FlatState:
         """Param group `index`'s tensors as one, on the multi-tensor path."""
-        return self._flat.setdefault(index, FlatState())
+        flat = self._flat.get(index)
+        return flat if flat is not None else self._flat.setdefault(index, FlatState())
 
     def step_stack(self) -> Callable:
         """The step of the whole stack (hypergradient.step_stack); with compile=True, the same under torch.compile,

@@ -45,6 +45,12 @@ class FlatState:
         self.gathered: tuple[list, torch.Tensor] | None = None  # the last tensors flattened, and their flat tensor
         self.copied: dict[str, tuple[torch.Tensor, list[torch.Tensor]]] = {}  # refilled each step: flat, views
         self.params_flat: tuple[list[int], tuple] | None = None  # their storages, then flat_params'
+        self.handed: tuple | None = None  # this step's (chosen, gradients, hypergradient.Handed), for the update
+
+    def begin(self) -> FlatState:
+        """At the start of a step: nothing handed yet."""
+        self.handed = None
+        return self
 
     def holds(self, params: list, states: list[dict]) -> bool:
         """Whether the flat buffers are still those of these parameters' states (a load_state_dict replaces
@@ -95,7 +101,7 @@ class FlatState:
         freed, keeping them and their views: their storage resized to nothing (as FSDP frees its unsharded
         parameters), so that between steps, while the forward and backward need memory, they hold none, as
         torch.optim's step keeps nothing but its state."""
-        self.gathered = None
+        self.gathered = self.handed = None
         if torch.compiler.is_compiling():  # (the compiled step flattens anew: it never refills them)
             return
         for flat, _ in self.copied.values():
