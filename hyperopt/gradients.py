@@ -96,6 +96,11 @@ class BackwardGradients:
         compiling = torch.compiler.is_compiling()
         if compiling:
             self.compiled = True  # from the next backward on, every gradient is copied for the compiled step
+        elif not self.blind:  # the common case in one pass: every gradient as backward left it (or set by hand)
+            grads = [p.grad for p in params]
+            seen = list(map(self.seen.get, map(id, params)))
+            if all(s is None or s[0] is g and s[1] == g._version for s, g in zip(seen, grads)):
+                return grads
         made = []
         for p in params:
             grad = p.grad
