@@ -52,12 +52,15 @@ def on_host(weights) -> bool:
     return group["runs"] is None and group["hyper_raw"].is_cpu and not torch.compiler.is_compiling()
 
 
-def operands(h: dict, runs: int | None, ranks, dtype) -> list[dict]:
+def operands(h: dict, runs: int | None, ranks, dtype, host: bool = False) -> list[dict]:
     """h as the tensor operations of each rank take it. A value per run, held as (runs, 1), is made to broadcast
     against a tensor of that rank: a scalar for a lone run, (runs, 1, ..., 1) for a stack of runs (rank 1: against
     the per-run sums). For a group of several tensors, numbers become one-element tensors once for all of them:
     an operation on a small tensor costs about three times as much with a Python number; a fixed 0 stays a number,
-    since it switches a term off (SGD without momentum)."""
+    since it switches a term off (SGD without momentum). On the host path (`host`: numbers) h against one tensor
+    is taken as it is."""
+    if host and len(ranks) == 1:
+        return [h]
     if len(ranks) > 1:
         numbers = [name for name, value in h.items() if isinstance(value, float) and value != 0.0]
         if numbers:
@@ -85,12 +88,12 @@ def hypergradient(level, group: dict, upstream: list[torch.Tensor | None], t, ho
     chosen = [i for i, u in enumerate(upstream) if u is not None and i not in skipped]
     if t is None or not chosen:
         return torch.zeros_like(raw)
-    handed = group_tensors(level, group, chosen, [upstream[i] for i in chosen], flat)
+    handed = group_tensors(level, group, chosen, picked(upstream, chosen), flat)
     states, upstream = handed.states, handed.grads
     learned = level.learned(group)
     h = level.values_used(group, t, host)
     dot = functools.partial(run_dot, runs=runs)
-    hs = operands(h, runs, [u.dim() for u in upstream], raw.dtype)
+    hs = operands(h, runs, [u.dim() for u in upstream], raw.dtype, host)
     per_tensor = [level.hypergradient_dots(h_u, learned, state, u, dot) for h_u, state, u in zip(hs, states, upstream)]
     sums = per_tensor[0] if len(per_tensor) == 1 else torch.stack(
         [total for totals in per_tensor for total in totals]).unflatten(0, (len(per_tensor), -1)).sum(0)
@@ -135,6 +138,11 @@ def decoupled_decay_terms(h: dict, learned: tuple[str, ...], terms: list, params
     return [own[name] for name in learned]
 
 
+def picked(tensors: list, chosen: list[int]) -> list:
+    """The tensors at the indices chosen (the list itself where that is all of them)."""
+    return tensors if len(chosen) == len(tensors) else [tensors[i] for i in chosen]
+
+
 class Handed(NamedTuple):
     """What the update and the hypergradient of a group's parameters are handed: their (local) tensors; their
     states and their gradients, one of each per parameter, or on the multi-tensor path (`flat` not None) one flat
@@ -151,10 +159,11 @@ def group_tensors(level, group: dict, chosen: list[int], grads: list[torch.Tenso
     if flat is not None and flat.handed is not None and flat.handed[0] == chosen and all(
             map(operator.is_, flat.handed[1], grads)):
         return flat.handed[2]  # (the hypergradient's, this step: the update is handed the same gradients)
-    params = [local(group["params"][i]) for i in chosen]  # (a DTensor's shard: the update is element by element)
-    states = [level.state[group["params"][i]] for i in chosen]
+    tensors = picked(group["params"], chosen)
+    params = list(map(local, tensors))  # (a DTensor's shard: the update is element by element)
+    states = list(map(level.state.__getitem__, tensors))
     if flat is not None:
-        state = flat_state(flat, [group["params"][i] for i in chosen], states, params, group["runs"])
+        state = flat_state(flat, tensors, states, params, group["runs"])
         if state is not None:
             flat.handed = (chosen, grads, Handed(params, [state], [flat.gather(grads, group["runs"])], flat))
             return flat.handed[2]
@@ -166,16 +175,16 @@ def update(level, group: dict, grads: list[torch.Tensor | None], active: torch.T
     """Update t of a group's parameters (`first`: the group's first); a run not active (diverged) keeps its
     parameters, and a parameter without a gradient (None) is left as it is, state and all, as torch.optim leaves
     it. With `flat` (the multi-tensor path), the group's tensors are handed over as one."""
-    group["without_grad"] = [i for i, g in enumerate(grads) if g is None]
     chosen = [i for i, g in enumerate(grads) if g is not None]
+    group["without_grad"] = [] if len(chosen) == len(grads) else [i for i, g in enumerate(grads) if g is None]
     if not chosen:
         return
-    handed = group_tensors(level, group, chosen, [grads[i] for i in chosen], flat)
+    handed = group_tensors(level, group, chosen, picked(grads, chosen), flat)
     runs, raw = group["runs"], group["hyper_raw"]
     h = level.values_for_update(group, t, host)
     # the settings (a schedule's) of the update the next hypergradient differentiates
-    group["last_step"] = {name: group[name] for name in level.HYPERPARAMETERS}
-    hs = operands(h, runs, [g.dim() for g in handed.grads], raw.dtype)
+    group["last_step"] = dict(zip(level.HYPERPARAMETERS, map(group.__getitem__, level.HYPERPARAMETERS)))
+    hs = operands(h, runs, [g.dim() for g in handed.grads], raw.dtype, host)
     learned = level.learned(group)
     steps = []  # (direction, scale) of each tensor, its state updated in place with what the next hypergradient keeps
     for h_g, g, state in zip(hs, handed.grads, handed.states):

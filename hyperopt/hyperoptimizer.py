@@ -542,7 +542,9 @@ class Hyperoptimizer(torch.optim.Optimizer):
         # which stores it that way at every height, uses it (RMSProp's α is (√α)², to the last bit). A group of
         # runs did so once, when it was made.
         learned = self.learned(group)
-        fixed = {name: settings[name] for name in self.HYPERPARAMETERS if name not in learned}
+        fixed = dict(zip(self.HYPERPARAMETERS, map(settings.__getitem__, self.HYPERPARAMETERS)))
+        for name in learned:
+            del fixed[name]
         if self.hyper is None and group["runs"] is None:
             for name in group["learn"]:
                 if isinstance(fixed[name], torch.Tensor):  # one value per hyperparameter below: set, not stored
@@ -577,7 +579,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
                 value = now * (value / initial) if not isinstance(now, torch.Tensor) else torch.where(
                     now == initial, value, now * (value / initial))
             values[name] = value
-        values.update({name: group[name] for name in self.OPTIONS})  # (a number: the operands keep it as it is)
+        values.update(zip(self.OPTIONS, map(group.__getitem__, self.OPTIONS)))  # (numbers: operands keep them)
         if t is not None:
             values.update(self.step_scalars(values, t))
         return values
