@@ -426,6 +426,38 @@ def test_the_mnist_epoch_benchmark_times_the_harness_against_a_bare_loop(tmp_pat
     assert set(rows) == {"SGD(0.01)", "Adam/SGD(1e-5)", "SGD(0.01), whole epoch: harness vs bare torch loop"}
 
 
+def test_the_floor_benchmarks_hand_written_step_takes_the_stacks_steps():
+    """scripts/bench_floor.py times the stack against its arithmetic written out by hand: that is a fair floor only
+    if it computes the stack's numbers (the weights and the learned α after every step, float64)."""
+    import hyperopt
+    from scripts.bench_floor import SPEC, Floor
+
+    torch.manual_seed(0)
+    ours_model = MLP().double()
+    floor_model = MLP().double()
+    floor_model.load_state_dict(ours_model.state_dict())
+    ours, floor = hyperopt.stack(SPEC, ours_model.parameters()), Floor(floor_model.parameters())
+    for _ in range(6):
+        x, y = torch.randn(32, 1, 28, 28, dtype=torch.float64), torch.randint(0, 10, (32,))
+        for model, optimizer in ((ours_model, ours), (floor_model, floor)):
+            optimizer.zero_grad()
+            torch.nn.functional.nll_loss(model(x), y).backward()
+            optimizer.step()
+        assert ours.hyperparameters()[0]["lr"] == pytest.approx(floor.alpha.item(), rel=1e-12)
+        for a, b in zip(ours_model.parameters(), floor_model.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+    assert ours.hyperparameters()[0]["lr"] != 0.01  # (α moved: the hypergradient was taken)
+
+
+@pytest.mark.slow
+def test_the_floor_benchmark_reports_each_configuration_against_torch_optim(tmp_path):
+    script("bench_floor", "--steps", "1", "--rounds", "2", "--out", str(tmp_path / "floor.json"))
+    rows = {row["configuration"]: row for row in json.loads((tmp_path / "floor.json").read_text())["results"]}
+    assert set(rows) == {"torch.optim", "ours", "floor"} and rows["torch.optim"]["vs_torch_optim"] == 1.0
+    assert all(row["ms"] > 0 and row["vs_torch_optim"] > 0 for row in rows.values())
+    assert (tmp_path / "floor.md").exists()
+
+
 @pytest.mark.parametrize("name", BASELINES)
 def test_every_baseline_trains_and_resumes_from_its_state_dict_exactly(name):
     """Each learning-rate-free optimizer through the harness's own step (MoMo's takes the loss), saved after 3
