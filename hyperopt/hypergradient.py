@@ -165,7 +165,7 @@ def group_tensors(level, group: dict, chosen: list[int], grads: list[torch.Tenso
     if flat is not None:
         state = flat_state(flat, tensors, states, params, group["runs"])
         if state is not None:
-            flat.handed = (chosen, grads, Handed(params, [state], [flat.gather(grads, group["runs"])], flat))
+            flat.handed = (chosen, grads, Handed(params, [state], [flat.copy("grads", grads, group["runs"])], flat))
             return flat.handed[2]
     return Handed(params, states, grads, None)
 

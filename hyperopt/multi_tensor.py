@@ -42,7 +42,6 @@ class FlatState:
         self.like: list[torch.Tensor] = []  # their local tensors (a DTensor's shard), which the views are shaped as
         self.buffers: dict[str, torch.Tensor] = {}
         self.views: dict[str, list[torch.Tensor]] = {}
-        self.gathered: tuple[list, torch.Tensor] | None = None  # the last tensors flattened, and their flat tensor
         self.copied: dict[str, tuple[torch.Tensor, list[torch.Tensor]]] = {}  # refilled each step: flat, views
         self.params_flat: tuple[list[int], tuple] | None = None  # their storages, then flat_params'
         self.handed: tuple | None = None  # this step's (chosen, gradients, hypergradient.Handed), for the update
@@ -72,14 +71,6 @@ class FlatState:
             for state, view in zip(self.states, self.views[key]):
                 state[key] = view
 
-    def gather(self, tensors: list[torch.Tensor], runs: int | None) -> torch.Tensor:
-        """The gradients flattened, once a step where the hypergradient and the update are handed the same ones."""
-        if self.gathered is not None and len(self.gathered[0]) == len(tensors) and all(
-                map(operator.is_, self.gathered[0], tensors)):
-            return self.gathered[1]
-        self.gathered = (tensors, self.copy("grads", tensors, runs))
-        return self.gathered[1]
-
     def copy(self, name: str, tensors: list[torch.Tensor], runs: int | None) -> torch.Tensor:
         """The tensors (shaped as the parameters) copied into the flat tensor kept as `name`, which holds them
         until the next copy; flattened anew under torch.compile, which fuses the copy into what reads it."""
@@ -97,11 +88,11 @@ class FlatState:
         return flat
 
     def release(self) -> None:
-        """At the end of a step: what it gathered forgotten, and the memory of the flat tensors refilled each step
+        """At the end of a step: what it handed over forgotten, and the memory of the flat tensors refilled each step
         freed, keeping them and their views: their storage resized to nothing (as FSDP frees its unsharded
         parameters), so that between steps, while the forward and backward need memory, they hold none, as
         torch.optim's step keeps nothing but its state."""
-        self.gathered = self.handed = None
+        self.handed = None
         if torch.compiler.is_compiling():  # (the compiled step flattens anew: it never refills them)
             return
         for flat, _ in self.copied.values():
