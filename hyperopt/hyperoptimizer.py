@@ -85,6 +85,8 @@ class Hyperoptimizer(torch.optim.Optimizer):
       hypergradient_dots(h, learned, state, u, dot) -> sums over one tensor (per run) from which
           hypergradient_terms(h, learned, sums) makes Σ ∂(last step)/∂value · u per learned value, once the
           group's sums are added up. Tests check them against autograd of `update` itself.
+      from_older(state): a parameter's state as an earlier version of the optimizer saved it, brought up to date
+          in place when it is loaded (optional).
     """
 
     # GradScaler hands itself to step() rather than unscaling the gradients itself: the hypergradient needs them
@@ -259,6 +261,10 @@ class Hyperoptimizer(torch.optim.Optimizer):
     @staticmethod
     def step_scalars(h: dict, t: torch.Tensor) -> dict:
         return {}
+
+    @staticmethod
+    def from_older(state: dict) -> None:
+        """Nothing to bring up to date: the state is saved as it has always been."""
 
     def check_options(self, group: dict) -> None:
         """Raise ValueError where the group's options do not fit its values."""
@@ -947,6 +953,8 @@ class Hyperoptimizer(torch.optim.Optimizer):
         # The level above holds each group's hyper_raw as its parameter: restore values in place, keep the objects.
         raws = [group["hyper_raw"] for group in self.param_groups]
         super().load_state_dict(state_dict)
+        for state in self.state.values():
+            self.from_older(state)
         for group, raw in zip(self.param_groups, raws):
             raw.copy_(group["hyper_raw"])
             group["hyper_raw"] = raw

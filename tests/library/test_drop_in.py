@@ -370,6 +370,37 @@ def test_a_state_dict_whose_step_is_a_number_loads_as_torch_optim_loads_it(batch
     assert resumed.hyperparameters() == optimizer.hyperparameters()
 
 
+@pytest.mark.parametrize("foreach", [True, False])
+def test_an_adagrad_checkpoint_of_the_older_format_resumes_bitwise(foreach, batches):
+    """AdaGrad's state once kept the last gradient ("grad_prev") where it now keeps g / √(G + ε): a checkpoint
+    saved then goes on as if it had never stopped. The older state is made from the new one with the gradient of
+    the last step, which the training loop saw."""
+    torch.manual_seed(0)
+    model = MLP().double()
+    optimizer = hyperopt.stack("AdaGrad(0.01)/SGD(1e-3)", model.parameters(), foreach=foreach)
+    for x, y in batches[:3]:
+        optimizer.zero_grad()
+        loss_of(model, x, y).backward()
+        optimizer.step()
+    last = [p.grad.clone() for p in model.parameters()]
+    saved = copy.deepcopy(optimizer.state_dict())
+    for index, g in enumerate(last):
+        state = saved["state"][index]
+        assert set(state) - {"step"} == {"sum", "grad_scaled"}
+        del state["grad_scaled"]
+        state["grad_prev"] = g
+    copied = copy.deepcopy(model)
+    resumed = hyperopt.stack("AdaGrad(0.01)/SGD(1e-3)", copied.parameters(), foreach=foreach)
+    resumed.load_state_dict(saved)
+    for x, y in batches[3:6]:
+        for m, opt in ((model, optimizer), (copied, resumed)):
+            opt.zero_grad()
+            loss_of(m, x, y).backward()
+            opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), copied.parameters()))
+    assert resumed.hyperparameters() == optimizer.hyperparameters()
+
+
 def test_a_dropped_stack_leaves_no_hook_on_the_parameters():
     model = MLP()
     optimizer = hyperopt.stack("Adam/SGD(1e-5)", model.parameters())
