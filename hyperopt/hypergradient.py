@@ -84,8 +84,10 @@ def hypergradient(level, group: dict, upstream: list[torch.Tensor | None], t, ho
     shards (a DTensor's), this process's share, which the processes holding the others complete by a sum. With
     `flat` (the multi-tensor path), the group's tensors are handed over as one."""
     raw, runs = group["hyper_raw"], group["runs"]
-    skipped = set(group["without_grad"])
-    chosen = [i for i, u in enumerate(upstream) if u is not None and i not in skipped]
+    chosen = [i for i, u in enumerate(upstream) if u is not None]
+    if group["without_grad"]:
+        skipped = set(group["without_grad"])
+        chosen = [i for i in chosen if i not in skipped]
     if t is None or not chosen:
         return torch.zeros_like(raw)
     handed = group_tensors(level, group, chosen, picked(upstream, chosen), flat)
@@ -289,7 +291,7 @@ def step_stack(weights, made: list[list[torch.Tensor | None]], loss: torch.Tenso
     if not any(step.stepping):
         return
     lead = step.stepping.index(True)  # the group whose step count the divergence checks report
-    active = check(weights, levels, step.grads[1:], step.counts[lead], first) if checking else None
+    active = check(weights, levels, step.grads[1:], step.counts[lead], first, step.host) if checking else None
     before = polyak.weights_before(weights) if loss is not None else None
     starts = loss is not None and weights.param_groups[0]["polyak_start"] and all(
         count is None for count in step.counts)  # (polyak_start, and no group has stepped before)
@@ -306,11 +308,11 @@ def gathered(weights, made: list[list[torch.Tensor | None]]) -> Step | None:
     """The weights' gradients, as the update takes them (p.grad) and as backward made them, and the path, chosen
     here once: the tensors one by one, or each group's as one (multi_tensor.py). None where no group steps (and
     no other process holds shards of one)."""
-    stepping = [any(p.grad is not None for p in group["params"]) for group in weights.param_groups]
+    now = [[p.grad for p in group["params"]] for group in weights.param_groups]
+    stepping = [any(g is not None for g in group_now) for group_now in now]
     if weights.shard_group is None and not any(stepping):
         return None
     counts = [weights.state[group["params"][0]].get("step") for group in weights.param_groups]
-    now = [[p.grad for p in group["params"]] for group in weights.param_groups]
     grads = [gradients(weights, group, group_now) for group, group_now in zip(weights.param_groups, now)]
     made = [taken if all(map(operator.is_, group_now, group_made)) else gradients(weights, group, group_made)
             for group, group_now, group_made, taken in zip(weights.param_groups, now, made, grads)]
@@ -349,7 +351,7 @@ def updates_top_down(weights, levels, step: Step, active: torch.Tensor | None) -
         if steps and count is None:
             state["step"] = torch.zeros((), dtype=group["hyper_raw"].dtype, device=group["hyper_raw"].device)
         if steps:
-            state["step"].add_(1)
+            state["step"].add_(1.0)
         ts.append(None if not steps else float(state["step"]) if step.host else state["step"])
     for k, (level, grads) in reversed(list(enumerate(zip(levels, step.grads)))):
         flats = step.flats if k == 0 else [None] * len(step.flats)
@@ -435,16 +437,16 @@ def note_ranges(weights, checked: list, step: torch.Tensor) -> None:
                                  constant(tuple(indices), torch.long, values.device))
 
 
-def check(weights, levels, hypergradients, count, first: torch.Tensor | None) -> torch.Tensor | None:
+def check(weights, levels, hypergradients, count, first: torch.Tensor | None, host: bool) -> torch.Tensor | None:
     """Record, on the device, the runs whose hypergradient (each level's) is not finite and return which go on
     (count: the updates so far). At the first step, which has no hypergradient yet, the sum of the weights'
     gradients (`first`) is looked at instead. A lone run in eager mode reads one flag and raises DivergenceError
-    before anything changes."""
+    before anything changes (on the host, where reading costs nothing, the hypergradients themselves)."""
     if weights.param_groups[0]["runs"] is None and not torch.compiler.is_compiling():
         total = None if first is None else float(first.sum())
         if total is not None and not math.isfinite(total):
             raise DivergenceError(0, weights.NAME, None, 1, total)
-        raise_if_not_finite(levels, hypergradients, count)
+        raise_if_not_finite(levels, hypergradients, count, host)
         return None
     step = torch.ones((), dtype=torch.long) if count is None else count + 1
     if first is not None:
@@ -462,11 +464,15 @@ def weights_gradient_sums(weights, grads: list[list]) -> torch.Tensor | None:
     return functools.reduce(torch.add, sums) if sums else None
 
 
-def raise_if_not_finite(levels, hypergradients, count: torch.Tensor | None) -> None:
-    """DivergenceError for the first hypergradient that is not finite, at the step after `count` updates."""
+def raise_if_not_finite(levels, hypergradients, count: torch.Tensor | None, host: bool) -> None:
+    """DivergenceError for the first hypergradient that is not finite, at the step after `count` updates (`host`:
+    their values read as numbers, not summed on the device first)."""
     flat = [g[0] for groups in hypergradients for g in groups]
-    total = flat[0].sum() if len(flat) == 1 else torch.cat([g.reshape(-1) for g in flat]).sum()
-    if math.isfinite(float(total)):  # NaN and ±inf survive a sum (a finite sum that overflows is looked into)
+    if host:
+        total = sum(value for g in flat for row in g.tolist() for value in row)
+    else:
+        total = float(flat[0].sum() if len(flat) == 1 else torch.cat([g.reshape(-1) for g in flat]).sum())
+    if math.isfinite(total):  # NaN and ±inf survive a sum (a finite sum that overflows is looked into)
         return
     for k, (level, groups) in enumerate(zip(levels, hypergradients)):
         for group, (hypergradient,) in zip(level.param_groups, groups):

@@ -572,6 +572,15 @@ class Hyperoptimizer(torch.optim.Optimizer):
         settings = self.settings(group, last)
         values = self._fixed(group, settings)
         learned = self.learned(group)
+        if learned:  # (the top of a stack learns nothing)
+            self._add_learned(group, settings, learned, values, raw, host)
+        values.update(zip(self.OPTIONS, map(group.__getitem__, self.OPTIONS)))  # (numbers: operands keep them)
+        if t is not None:
+            values.update(self.step_scalars(values, t))
+        return values
+
+    def _add_learned(self, group: dict, settings: dict, learned: tuple[str, ...], values: dict, raw, host: bool):
+        """values[name] = each learned value, in natural units, times its schedule's factor."""
         kinds = [self.stored_as(group, name) for name in learned]
         if host:
             learned_values = [kind.to_value(x) for kind, x in zip(kinds, group["hyper_raw"].tolist()[0])]
@@ -585,10 +594,6 @@ class Hyperoptimizer(torch.optim.Optimizer):
                 value = now * (value / initial) if not isinstance(now, torch.Tensor) else torch.where(
                     now == initial, value, now * (value / initial))
             values[name] = value
-        values.update(zip(self.OPTIONS, map(group.__getitem__, self.OPTIONS)))  # (numbers: operands keep them)
-        if t is not None:
-            values.update(self.step_scalars(values, t))
-        return values
 
     def values_for_update(self, group: dict, t, host: bool) -> dict:
         """`values` for the group's update at step t, kept for its next hypergradient (`values_used`)."""
