@@ -43,6 +43,12 @@ def run_dot(a: torch.Tensor, b: torch.Tensor, runs: int | None) -> torch.Tensor:
     return torch.bmm(a.reshape(runs, 1, -1), b.reshape(runs, -1, 1)).reshape(runs)
 
 
+def host_dot(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Σ a·b of two tensors of a level above a lone run on the host, (1, learned), a handful of values each, in
+    Python numbers: reading them there costs less than the three operations of torch.dot on flat views."""
+    return sum(map(operator.mul, a.tolist()[0], b.tolist()[0]))
+
+
 def on_host(weights) -> bool:
     """The one switch between two ways of doing a step's scalar arithmetic. A lone run on the CPU in eager mode
     does it in Python numbers, read off its hyperparameter tensors (reading costs no synchronisation there, and an
@@ -94,7 +100,7 @@ def hypergradient(level, group: dict, upstream: list[torch.Tensor | None], t, ho
     states, upstream = handed.states, handed.grads
     learned = level.learned(group)
     h = level.values_used(group, t, host)
-    dot = functools.partial(run_dot, runs=runs)
+    dot = host_dot if host and level._owner is not None else functools.partial(run_dot, runs=runs)
     hs = operands(h, runs, [u.dim() for u in upstream], raw.dtype, host)
     per_tensor = [level.hypergradient_dots(h_u, learned, state, u, dot) for h_u, state, u in zip(hs, states, upstream)]
     sums = per_tensor[0] if len(per_tensor) == 1 else torch.stack(
@@ -162,7 +168,7 @@ def group_tensors(level, group: dict, chosen: list[int], grads: list[torch.Tenso
             map(operator.is_, flat.handed[1], grads)):
         return flat.handed[2]  # (the hypergradient's, this step: the update is handed the same gradients)
     tensors = picked(group["params"], chosen)
-    params = list(map(local, tensors))  # (a DTensor's shard: the update is element by element)
+    params = list(map(local, tensors)) if level.dtensors else tensors  # (a DTensor's shard: element by element)
     states = list(map(level.state.__getitem__, tensors))
     if flat is not None:
         state = flat_state(flat, tensors, states, params, group["runs"])
@@ -241,7 +247,7 @@ def gradients(level, group: dict, grads: list[torch.Tensor | None]) -> list[torc
     if any(g is not None and g.layout != torch.strided for g in grads):
         raise RuntimeError(f"{level.NAME} does not support sparse gradients (its update and hypergradient need "
                            "dense ones): use torch.optim.SparseAdam for them, or nn.Embedding(sparse=False)")
-    grads = [g if g is None else local(g) for g in grads]
+    grads = [g if g is None else local(g) for g in grads] if level.dtensors else grads
     decay = 0.0 if level.DECOUPLED_DECAY else group.get("weight_decay", 0.0)
     if not level.maximize and not isinstance(decay, torch.Tensor) and not decay:
         return grads  # (as they are: the common case, in one pass)

@@ -32,7 +32,7 @@ from .divergence import Divergence
 from .gradients import BackwardGradients, made_gradients, take_scale_off
 from .multi_tensor import FlatState
 from .parameterisations import IDENTITY, LOG, SQUARE, Parameterisation, to_value_columns
-from .shards import groups_sharded, made_by_zero
+from .shards import groups_sharded, is_dtensor, made_by_zero
 
 
 GIVEN_BY_HAND = "a process group given by hand, which a copy does not carry"
@@ -84,7 +84,8 @@ class Hyperoptimizer(torch.optim.Optimizer):
           before the update changes the state; kept in the state as copies (in buffers kept from step to step).
       hypergradient_dots(h, learned, state, u, dot) -> sums over one tensor (per run) from which
           hypergradient_terms(h, learned, sums) makes Σ ∂(last step)/∂value · u per learned value, once the
-          group's sums are added up. Tests check them against autograd of `update` itself.
+          group's sums are added up (numbers where `dot` gives numbers: a level above a lone run on the host).
+          Tests check them against autograd of `update` itself.
       from_older(state): a parameter's state as an earlier version of the optimizer saved it, brought up to date
           in place when it is loaded (optional).
     """
@@ -215,6 +216,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
         self.process_group = process_group
         self.shard_group = None
         self.sharded: list[bool] = []
+        self.dtensors = False  # whether any parameter is a DTensor, whose shard on this process the step takes
         self.defaults = defaults  # (torch.optim.Optimizer sets it again when the level gets its parameters)
         self.attached = False
         self._owner: Hyperoptimizer | None = None
@@ -330,6 +332,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
                              "processes: merge it with another group)")
         first = group["params"][0]
         runs = group["runs"]
+        self.dtensors = self.dtensors or any(map(is_dtensor, group["params"]))
         complex_ = [tuple(p.shape) for p in group["params"] if p.is_complex()]
         if complex_:
             raise ValueError(f"{self.NAME}: complex parameters (of shape {complex_}) are not supported; optimize "
