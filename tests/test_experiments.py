@@ -455,6 +455,7 @@ def test_the_floor_benchmark_reports_each_configuration_against_torch_optim(tmp_
     rows = {row["configuration"]: row for row in json.loads((tmp_path / "floor.json").read_text())["results"]}
     assert set(rows) == {"torch.optim", "ours", "floor"} and rows["torch.optim"]["vs_torch_optim"] == 1.0
     assert all(row["ms"] > 0 and row["vs_torch_optim"] > 0 for row in rows.values())
+    assert all("step_in_context_ms" in row for row in rows.values())
     assert (tmp_path / "floor.md").exists()
 
 
