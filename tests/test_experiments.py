@@ -459,6 +459,41 @@ def test_the_floor_benchmark_reports_each_configuration_against_torch_optim(tmp_
     assert (tmp_path / "floor.md").exists()
 
 
+def overhead_run(folder, name: str, commit: str, ours: float, reference: float, dirty: bool = False) -> None:
+    """A bench_overhead.py report of one stack, as the benchmark writes it."""
+    report = {"benchmark": "per-step time", "git": {"commit": commit, "dirty": dirty}, "machine": {"cpu_count": 2},
+              "results": [{"stack": "SGD/SGD", "ours_vs_torch_optim": ours, "reference_vs_torch_optim": reference}]}
+    (folder / f"{name}.json").write_text(json.dumps(report))
+
+
+def test_runs_of_two_commits_are_compared_against_the_reference_measured_with_each(tmp_path):
+    from scripts.compare_overhead_runs import compared, read_runs
+
+    for index, (ours, reference) in enumerate([(1.20, 1.10), (1.30, 1.20), (1.40, 1.10)]):
+        overhead_run(tmp_path, f"before{index}", "aaaaaaa" + "0" * 33, ours, reference)
+    for index, (ours, reference) in enumerate([(1.05, 1.15), (1.25, 1.20)]):
+        overhead_run(tmp_path, f"after{index}", "bbbbbbb" + "0" * 33, ours, reference)
+    (tmp_path / "notes.json").write_text(json.dumps({"not": "a run"}))  # (skipped: not a benchmark's report)
+    row, = compared(read_runs(tmp_path, ["aaaaaaa", "bbbbbbb"]))
+    assert row["ours at aaaaaaa"] == "1.20-1.40" and row["ours at bbbbbbb"] == "1.05-1.25"
+    assert row["reference"] == "1.10-1.20"
+    assert row["behind at aaaaaaa"] == pytest.approx(0.10) and row["behind at bbbbbbb"] == pytest.approx(-0.025)
+
+
+def test_comparing_runs_refuses_a_dirty_run_and_a_commit_without_runs(tmp_path):
+    from scripts.compare_overhead_runs import read_runs
+
+    overhead_run(tmp_path, "run", "aaaaaaa" + "0" * 33, 1.2, 1.1)
+    with pytest.raises(SystemExit, match="no bench_overhead.py run of commit bbbbbbb"):
+        read_runs(tmp_path, ["aaaaaaa", "bbbbbbb"])
+    overhead_run(tmp_path, "dirty", "bbbbbbb" + "0" * 33, 1.2, 1.1, dirty=True)
+    with pytest.raises(SystemExit, match="uncommitted changes"):
+        read_runs(tmp_path, ["aaaaaaa", "bbbbbbb"])
+    (tmp_path / "damaged.json").write_text("{")
+    with pytest.raises(SystemExit, match="damaged.json is not JSON"):
+        read_runs(tmp_path, ["aaaaaaa"])
+
+
 @pytest.mark.parametrize("name", BASELINES)
 def test_every_baseline_trains_and_resumes_from_its_state_dict_exactly(name):
     """Each learning-rate-free optimizer through the harness's own step (MoMo's takes the loss), saved after 3
