@@ -345,29 +345,40 @@ def test_a_one_element_tensor_step_size_is_a_number_as_in_torch_optim(shape, bat
     assert optimizers[0].hyperparameters() == optimizers[1].hyperparameters()
 
 
-def test_a_state_dict_whose_step_is_a_number_loads_as_torch_optim_loads_it(batches):
-    """torch.optim wrote its step as a Python number for years, and still loads one."""
+def trained_mlp(spec: str, batches, **options):
+    """(the MLP, the stack) after a step on each batch."""
     torch.manual_seed(0)
     model = MLP().double()
-    optimizer = hyperopt.stack("Adam/SGD(1e-5)", model.parameters())
-    for x, y in batches[:3]:
+    optimizer = hyperopt.stack(spec, model.parameters(), **options)
+    for x, y in batches:
         optimizer.zero_grad()
         loss_of(model, x, y).backward()
         optimizer.step()
-    saved = copy.deepcopy(optimizer.state_dict())  # (state_dict() hands out the optimizer's own state)
-    for state in saved["state"].values():
-        if "step" in state:
-            state["step"] = float(state["step"])
+    return model, optimizer
+
+
+def assert_resumes_bitwise(spec: str, model, optimizer, saved: dict, batches, **options) -> None:
+    """A stack made anew over a copy of the model and loaded from `saved` trains on exactly as the original."""
     copied = copy.deepcopy(model)
-    resumed = hyperopt.stack("Adam/SGD(1e-5)", copied.parameters())
+    resumed = hyperopt.stack(spec, copied.parameters(), **options)
     resumed.load_state_dict(saved)
-    for x, y in batches[3:6]:
+    for x, y in batches:
         for m, opt in ((model, optimizer), (copied, resumed)):
             opt.zero_grad()
             loss_of(m, x, y).backward()
             opt.step()
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), copied.parameters()))
     assert resumed.hyperparameters() == optimizer.hyperparameters()
+
+
+def test_a_state_dict_whose_step_is_a_number_loads_as_torch_optim_loads_it(batches):
+    """torch.optim wrote its step as a Python number for years, and still loads one."""
+    model, optimizer = trained_mlp("Adam/SGD(1e-5)", batches[:3])
+    saved = copy.deepcopy(optimizer.state_dict())  # (state_dict() hands out the optimizer's own state)
+    for state in saved["state"].values():
+        if "step" in state:
+            state["step"] = float(state["step"])
+    assert_resumes_bitwise("Adam/SGD(1e-5)", model, optimizer, saved, batches[3:6])
 
 
 @pytest.mark.parametrize("foreach", [True, False])
@@ -375,30 +386,14 @@ def test_an_adagrad_checkpoint_of_the_older_format_resumes_bitwise(foreach, batc
     """AdaGrad's state once kept the last gradient ("grad_prev") where it now keeps g / √(G + ε): a checkpoint
     saved then goes on as if it had never stopped. The older state is made from the new one with the gradient of
     the last step, which the training loop saw."""
-    torch.manual_seed(0)
-    model = MLP().double()
-    optimizer = hyperopt.stack("AdaGrad(0.01)/SGD(1e-3)", model.parameters(), foreach=foreach)
-    for x, y in batches[:3]:
-        optimizer.zero_grad()
-        loss_of(model, x, y).backward()
-        optimizer.step()
-    last = [p.grad.clone() for p in model.parameters()]
+    model, optimizer = trained_mlp("AdaGrad(0.01)/SGD(1e-3)", batches[:3], foreach=foreach)
     saved = copy.deepcopy(optimizer.state_dict())
-    for index, g in enumerate(last):
+    for index, p in enumerate(model.parameters()):
         state = saved["state"][index]
         assert set(state) - {"step"} == {"sum", "grad_scaled"}
         del state["grad_scaled"]
-        state["grad_prev"] = g
-    copied = copy.deepcopy(model)
-    resumed = hyperopt.stack("AdaGrad(0.01)/SGD(1e-3)", copied.parameters(), foreach=foreach)
-    resumed.load_state_dict(saved)
-    for x, y in batches[3:6]:
-        for m, opt in ((model, optimizer), (copied, resumed)):
-            opt.zero_grad()
-            loss_of(m, x, y).backward()
-            opt.step()
-    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), copied.parameters()))
-    assert resumed.hyperparameters() == optimizer.hyperparameters()
+        state["grad_prev"] = p.grad.clone()
+    assert_resumes_bitwise("AdaGrad(0.01)/SGD(1e-3)", model, optimizer, saved, batches[3:6], foreach=foreach)
 
 
 def test_a_dropped_stack_leaves_no_hook_on_the_parameters():
