@@ -153,7 +153,8 @@ def test_the_whole_benchmark_runs_at_tiny_sizes_reports_and_continues_where_it_s
         return subprocess.Popen([sys.executable, str(ROOT / "scripts" / "run_robustness.py"), "--smoke", "--runs",
                                  str(tmp_path / "runs"), "--launcher", "basic", *arguments], cwd=ROOT, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                env={**os.environ, "HYPEROPT_DATA_ROOT": str(data_root())})
+                                # one thread each: two of them share the machine's cores
+                                env={**os.environ, "HYPEROPT_DATA_ROOT": str(data_root()), "OMP_NUM_THREADS": "1"})
 
     def finish(*processes):
         for process in processes:
