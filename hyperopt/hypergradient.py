@@ -448,7 +448,7 @@ def check(weights, levels, hypergradients, count, first: torch.Tensor | None, ho
     (count: the updates so far). At the first step, which has no hypergradient yet, the sum of the weights'
     gradients (`first`) is looked at instead. A lone run in eager mode reads one flag and raises DivergenceError
     before anything changes (on the host, where reading costs nothing, the hypergradients themselves)."""
-    if weights.param_groups[0]["runs"] is None and not torch.compiler.is_compiling():
+    if host or weights.param_groups[0]["runs"] is None and not torch.compiler.is_compiling():
         total = None if first is None else float(first.sum())
         if total is not None and not math.isfinite(total):
             raise DivergenceError(0, weights.NAME, None, 1, total)

@@ -601,7 +601,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
     def values_for_update(self, group: dict, t, host: bool) -> dict:
         """`values` for the group's update at step t, kept for its next hypergradient (`values_used`)."""
         values = self.values(group, t, host=host)
-        if not torch.compiler.is_compiling():
+        if host or not torch.compiler.is_compiling():  # (the host path is never compiled)
             self._used[id(group)] = (group, group["hyper_raw"]._version, host, values)
         return values
 
@@ -609,7 +609,8 @@ class Hyperoptimizer(torch.optim.Optimizer):
         """The values the group's last update (step t) used, for the hypergradient that differentiates it: as that
         update kept them, where nothing has changed its learned values since (a load, keep_in_range's clamp), else
         made again from the settings it used."""
-        kept = None if torch.compiler.is_compiling() else self._used.get(id(group))  # (compiled: no version)
+        # (compiled: no version; the host path is never compiled)
+        kept = self._used.get(id(group)) if host or not torch.compiler.is_compiling() else None
         if kept is not None and kept[0] is group and kept[1] == group["hyper_raw"]._version and kept[2] == host:
             return kept[3]
         return self.values(group, t, host=host, last=True)

@@ -45,10 +45,12 @@ class FlatState:
         self.copied: dict[str, tuple[torch.Tensor, list[torch.Tensor]]] = {}  # refilled each step: flat, views
         self.params_flat: tuple[list[int], tuple] | None = None  # their storages, then flat_params'
         self.handed: tuple | None = None  # this step's (chosen, gradients, hypergradient.Handed), for the update
+        self.compiling = False  # whether this step runs under torch.compile (asked once a step: it is two calls)
 
     def begin(self) -> FlatState:
         """At the start of a step: nothing handed yet."""
         self.handed = None
+        self.compiling = torch.compiler.is_compiling()
         return self
 
     def holds(self, params: list, states: list[dict]) -> bool:
@@ -74,7 +76,7 @@ class FlatState:
     def copy(self, name: str, tensors: list[torch.Tensor], runs: int | None) -> torch.Tensor:
         """The tensors (shaped as the parameters) copied into the flat tensor kept as `name`, which holds them
         until the next copy; flattened anew under torch.compile, which fuses the copy into what reads it."""
-        if torch.compiler.is_compiling():
+        if self.compiling:
             return flatten(tensors, runs)
         kept = self.copied.get(name)
         if kept is None or (kept[0].dtype, kept[0].device) != (tensors[0].dtype, tensors[0].device):
@@ -93,7 +95,7 @@ class FlatState:
         parameters), so that between steps, while the forward and backward need memory, they hold none, as
         torch.optim's step keeps nothing but its state."""
         self.handed = None
-        if torch.compiler.is_compiling():  # (the compiled step flattens anew: it never refills them)
+        if self.compiling:  # (the compiled step flattens anew: it never refills them)
             return
         for flat, _ in self.copied.values():
             flat.untyped_storage().resize_(0)
@@ -102,7 +104,7 @@ class FlatState:
         """params -= direction · scale (a number or a tensor), the direction flat, in one foreach operation."""
         if isinstance(scale, torch.Tensor):
             direction, scale = direction * scale, 1.0
-        compiling = torch.compiler.is_compiling()
+        compiling = self.compiling
         views = None if compiling else self.views_of(direction)
         if views is not None:  # (SGD's buffer, or the gradient: no split)
             torch._foreach_add_(params, views, alpha=-scale)
