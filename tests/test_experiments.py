@@ -459,6 +459,29 @@ def test_the_floor_benchmark_reports_each_configuration_against_torch_optim(tmp_
     assert (tmp_path / "floor.md").exists()
 
 
+def test_the_instruction_count_splits_the_interpreters_share_from_a_cachegrind_file(tmp_path):
+    from scripts.bench_instructions import counted
+
+    out = tmp_path / "cachegrind.out"
+    out.write_text("events: Ir\nfl=/build/Python-3.11.7/Python/ceval.c\nfn=_PyEval_EvalFrameDefault\n10 700\n11 50\n"
+                   "fl=???\nfn=at::native::add_kernel\n0 200\nfl=/build/Python-3.11.7/Objects/dictobject.c\n"
+                   "fn=_Py_dict_lookup\n5 30\nsummary: 980\n")
+    assert counted(out) == (980, 780)
+    out.write_text("events: Ir\nfl=???\nfn=f\n0 200\nsummary: 200\n")  # (a Python built without debug information)
+    assert counted(out) == (200, None)
+    out.write_text("events: Ir\nfl=???\nfn=f\n0 200\n")
+    with pytest.raises(ValueError, match="no summary line"):
+        counted(out)
+
+
+def test_each_configuration_of_the_instruction_count_steps():
+    """What runs under valgrind: each configuration's child (valgrind itself is not needed for it)."""
+    from scripts.bench_instructions import CONFIGURATIONS, child
+
+    for name in CONFIGURATIONS:
+        child(name, 2)
+
+
 def overhead_run(folder, name: str, commit: str, ours: float, reference: float, dirty: bool = False) -> None:
     """A bench_overhead.py report of one stack, as the benchmark writes it."""
     report = {"benchmark": "per-step time", "git": {"commit": commit, "dirty": dirty}, "machine": {"cpu_count": 2},
