@@ -8,7 +8,7 @@ divided by the steps between them, is one step's, free of what importing torch a
 would make two processes count the same step differently is fixed: the objects made before the steps are frozen out
 of Python's collector (its passes over them land in one count and not the other), BLAS and OpenMP run on one thread
 (their spinning is counted), and Python's string hashes have a fixed seed (their collisions in dicts move a step's
-count by a tenth). Two processes then count the same step within a hundred instructions. The share executed in
+count by a tenth). Two processes then count the same step within a few hundred instructions. The share executed in
 the Python interpreter's own code (CPython's sources, where its build names them) is the step's bookkeeping in
 Python; the rest is torch (dispatch and the kernels' arithmetic) and the C library. `Floor` (scripts/bench_floor.py)
 is the least the SGD/SGD stack's arithmetic needs.
