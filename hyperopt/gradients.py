@@ -16,7 +16,6 @@ unscaled first (to clip) or not, and a step the scaler would skip is skipped.
 
 from __future__ import annotations
 
-import operator
 import warnings
 import weakref
 
@@ -25,8 +24,6 @@ from torch.amp.grad_scaler import OptState
 from torch.autograd import Variable
 
 from .shards import is_dtensor, local
-
-GRAD = operator.attrgetter("grad")  # (p.grad of each of a list in a C loop)
 
 # GradScaler says, at each step, that it will one day stop handing itself to an optimizer that takes it; ours
 # needs the scale (hyperopt/hyperoptimizer.py refuses to step if a later torch stops), so the notice is not
@@ -100,7 +97,7 @@ class BackwardGradients:
         if compiling:
             self.compiled = True  # from the next backward on, every gradient is copied for the compiled step
         elif not self.blind:  # the common case in one pass: every gradient as backward left it (or set by hand)
-            grads = list(map(GRAD, params))
+            grads = [p.grad for p in params]
             seen = list(map(self.seen.get, map(id, params)))
             if all(s is None or s[0] is g and s[1] == g._version for s, g in zip(seen, grads)):
                 return grads
