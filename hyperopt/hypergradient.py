@@ -83,19 +83,20 @@ def operands(h: dict, runs: int | None, ranks, dtype, host: bool = False) -> lis
 
 
 def hypergradient(level, group: dict, upstream: list[torch.Tensor | None], t, host: bool,
-                  flat: FlatState | None = None) -> torch.Tensor:
+                  flat: FlatState | None = None) -> tuple[torch.Tensor, Handed | None]:
     """∂L/∂(the group's raw hyperparameters), (runs, learned), from u = ∂L/∂(each of its parameters) (None for one
-    without a gradient), t updates after the first (None before it: the loss does not depend on h yet). A
-    parameter adds to it if it has a gradient now and was updated by the last step. It is linear in u: over
-    shards (a DTensor's), this process's share, which the processes holding the others complete by a sum. With
-    `flat` (the multi-tensor path), the group's tensors are handed over as one."""
+    without a gradient), t updates after the first (None before it: the loss does not depend on h yet), and the
+    group's tensors as it was handed them (None where it was handed none), which the update takes again where its
+    gradients are these. A parameter adds to it if it has a gradient now and was updated by the last step. It is
+    linear in u: over shards (a DTensor's), this process's share, which the processes holding the others complete
+    by a sum. With `flat` (the multi-tensor path), the group's tensors are handed over as one."""
     raw, runs = group["hyper_raw"], group["runs"]
     chosen = [i for i, u in enumerate(upstream) if u is not None]
     if group["without_grad"]:
         skipped = set(group["without_grad"])
         chosen = [i for i in chosen if i not in skipped]
     if t is None or not chosen:
-        return torch.zeros_like(raw)
+        return torch.zeros_like(raw), None
     handed = group_tensors(level, group, chosen, picked(upstream, chosen), flat)
     states, upstream = handed.states, handed.grads
     learned = level.learned(group)
@@ -123,11 +124,13 @@ def hypergradient(level, group: dict, upstream: list[torch.Tensor | None], t, ho
             term = term * (slope if host or not isinstance(slope, torch.Tensor) else slope.reshape(-1))
         columns.append(term)
     if host:
-        derivatives = [kind.derivative(value) for kind, value in zip(kinds, raw.tolist()[0])]
-        return raw.new_tensor([[-(c if d is None else c * d) for c, d in zip(columns, derivatives)]])
+        if kinds.count(IDENTITY) < len(kinds):  # (raw values read only where a derivative needs them)
+            columns = [c if kind is IDENTITY else c * kind.derivative(x)
+                       for c, kind, x in zip(columns, kinds, raw.tolist()[0])]
+        return raw.new_tensor([[-c for c in columns]]), handed
     count = raw.shape[0]
     stacked = torch.stack([column.reshape(count) for column in columns], dim=-1)
-    return times_derivatives(kinds, raw.detach(), stacked).to(raw.dtype).neg_()
+    return times_derivatives(kinds, raw.detach(), stacked).to(raw.dtype).neg_(), handed
 
 
 def decoupled_decay_terms(h: dict, learned: tuple[str, ...], terms: list, params, upstream, runs, host) -> list:
@@ -154,40 +157,42 @@ def picked(tensors: list, chosen: list[int]) -> list:
 class Handed(NamedTuple):
     """What the update and the hypergradient of a group's parameters are handed: their (local) tensors; their
     states and their gradients, one of each per parameter, or on the multi-tensor path (`flat` not None) one flat
-    state and gradient for them all."""
+    state and gradient for them all; and the list of gradients they were made from (`given`), by which a step's
+    update knows it is handed what its hypergradient was (the same list: every parameter has a gradient)."""
     params: list[torch.Tensor]
     states: list[dict]
     grads: list[torch.Tensor]
     flat: FlatState | None
+    given: list[torch.Tensor]
 
 
 def group_tensors(level, group: dict, chosen: list[int], grads: list[torch.Tensor], flat: FlatState | None) -> Handed:
     """The parameters `chosen` of a group, and their gradients, as Handed: flat where `flat` is given and their
     states can be made one."""
-    if flat is not None and flat.handed is not None and flat.handed[0] == chosen and all(
-            map(operator.is_, flat.handed[1], grads)):
-        return flat.handed[2]  # (the hypergradient's, this step: the update is handed the same gradients)
     tensors = picked(group["params"], chosen)
     params = list(map(local, tensors)) if level.dtensors else tensors  # (a DTensor's shard: element by element)
     states = list(map(level.state.__getitem__, tensors))
     if flat is not None:
         state = flat_state(flat, tensors, states, params, group["runs"])
         if state is not None:
-            flat.handed = (chosen, grads, Handed(params, [state], [flat.copy("grads", grads, group["runs"])], flat))
-            return flat.handed[2]
-    return Handed(params, states, grads, None)
+            return Handed(params, [state], [flat.copy("grads", grads, group["runs"])], flat, grads)
+    return Handed(params, states, grads, None, grads)
 
 
 def update(level, group: dict, grads: list[torch.Tensor | None], active: torch.Tensor | None, t, first: bool,
-           host: bool, flat: FlatState | None = None) -> None:
+           host: bool, flat: FlatState | None = None, handed: Handed | None = None) -> None:
     """Update t of a group's parameters (`first`: the group's first); a run not active (diverged) keeps its
     parameters, and a parameter without a gradient (None) is left as it is, state and all, as torch.optim leaves
-    it. With `flat` (the multi-tensor path), the group's tensors are handed over as one."""
-    chosen = [i for i, g in enumerate(grads) if g is not None]
-    group["without_grad"] = [] if len(chosen) == len(grads) else [i for i, g in enumerate(grads) if g is None]
-    if not chosen:
-        return
-    handed = group_tensors(level, group, chosen, picked(grads, chosen), flat)
+    it. With `flat` (the multi-tensor path), the group's tensors are handed over as one; `handed`: as this step's
+    hypergradient was handed them, taken again where it was handed these gradients."""
+    if handed is not None and handed.given is grads:
+        group["without_grad"] = []
+    else:
+        chosen = [i for i, g in enumerate(grads) if g is not None]
+        group["without_grad"] = [] if len(chosen) == len(grads) else [i for i, g in enumerate(grads) if g is None]
+        if not chosen:
+            return
+        handed = group_tensors(level, group, chosen, picked(grads, chosen), flat)
     runs, raw = group["runs"], group["hyper_raw"]
     h = level.values_for_update(group, t, host)
     # the settings (a schedule's) of the update the next hypergradient differentiates
@@ -275,6 +280,7 @@ class Step(NamedTuple):
     grads: list[list[list[torch.Tensor | None]]]
     made: list[list[torch.Tensor | None]]
     host: bool
+    handed: list[tuple[Handed | None, ...]]
 
 
 def step_stack(weights, made: list[list[torch.Tensor | None]], loss: torch.Tensor | None = None) -> None:
@@ -324,7 +330,7 @@ def gathered(weights, made: list[list[torch.Tensor | None]]) -> Step | None:
             for group, group_now, group_made, taken in zip(weights.param_groups, now, made, grads)]
     flats = [weights.flat_state(index).begin() if weights.uses_foreach() else None
              for index in range(len(weights.param_groups))]
-    return Step(stepping, counts, flats, [grads], made, on_host(weights))
+    return Step(stepping, counts, flats, [grads], made, on_host(weights), [])
 
 
 def hypergradients_bottom_up(weights, levels, step: Step, first: torch.Tensor | None) -> tuple[Step, torch.Tensor]:
@@ -335,8 +341,9 @@ def hypergradients_bottom_up(weights, levels, step: Step, first: torch.Tensor | 
     ts = [None if count is None else float(count) if step.host else count for count in step.counts]
     upstream, flats = step.made, step.flats
     for k, level in enumerate(levels[:-1]):
-        hypergradients = [hypergradient(level, group, us, t, step.host, flat)
-                          for group, us, t, flat in zip(level.param_groups, upstream, ts, flats)]
+        hypergradients, handed = zip(*[hypergradient(level, group, us, t, step.host, flat)
+                                       for group, us, t, flat in zip(level.param_groups, upstream, ts, flats)])
+        step.handed.append(handed)
         if k == 0 and weights.shard_group is not None:
             stepping, first, hypergradients = decide_together(weights, step.stepping, first, hypergradients,
                                                               step.counts)
@@ -359,12 +366,14 @@ def updates_top_down(weights, levels, step: Step, active: torch.Tensor | None) -
         if steps:
             state["step"].add_(1.0)
         ts.append(None if not steps else float(state["step"]) if step.host else state["step"])
+    unhanded = [None] * len(step.flats)  # (the top level has no hypergradient)
     for k, (level, grads) in reversed(list(enumerate(zip(levels, step.grads)))):
-        flats = step.flats if k == 0 else [None] * len(step.flats)
-        for group, g, t, count, steps, flat in zip(level.param_groups, grads, ts, step.counts, step.stepping,
-                                                    flats):
+        flats = step.flats if k == 0 else unhanded
+        handed = step.handed[k] if k < len(step.handed) else unhanded
+        for group, g, t, count, steps, flat, given in zip(level.param_groups, grads, ts, step.counts, step.stepping,
+                                                           flats, handed):
             if steps:
-                update(level, group, g, active, t, count is None, step.host, flat)
+                update(level, group, g, active, t, count is None, step.host, flat, given)
 
 
 def decide_together(weights, stepping: list[bool], first: torch.Tensor | None, hypergradients: list, counts):

@@ -44,12 +44,10 @@ class FlatState:
         self.views: dict[str, list[torch.Tensor]] = {}
         self.copied: dict[str, tuple[torch.Tensor, list[torch.Tensor]]] = {}  # refilled each step: flat, views
         self.params_flat: tuple[list[int], tuple] | None = None  # their storages, then flat_params'
-        self.handed: tuple | None = None  # this step's (chosen, gradients, hypergradient.Handed), for the update
         self.compiling = False  # whether this step runs under torch.compile (asked once a step: it is two calls)
 
     def begin(self) -> FlatState:
-        """At the start of a step: nothing handed yet."""
-        self.handed = None
+        """At the start of a step: whether it is compiled."""
         self.compiling = torch.compiler.is_compiling()
         return self
 
@@ -90,11 +88,10 @@ class FlatState:
         return flat
 
     def release(self) -> None:
-        """At the end of a step: what it handed over forgotten, and the memory of the flat tensors refilled each step
-        freed, keeping them and their views: their storage resized to nothing (as FSDP frees its unsharded
-        parameters), so that between steps, while the forward and backward need memory, they hold none, as
-        torch.optim's step keeps nothing but its state."""
-        self.handed = None
+        """At the end of a step: the memory of the flat tensors refilled each step freed, keeping them and their
+        views: their storage resized to nothing (as FSDP frees its unsharded parameters), so that between steps,
+        while the forward and backward need memory, they hold none, as torch.optim's step keeps nothing but its
+        state."""
         if self.compiling:  # (the compiled step flattens anew: it never refills them)
             return
         for flat, _ in self.copied.values():

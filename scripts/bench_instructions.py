@@ -13,12 +13,19 @@ the Python interpreter's own code (CPython's sources, where its build names them
 Python; the rest is torch (dispatch and the kernels' arithmetic) and the C library. `Floor` (scripts/bench_floor.py)
 is the least the SGD/SGD stack's arithmetic needs.
 
+With --whole, the whole training step instead (forward, backward and step, on a fixed batch), against the paper's
+reference code's, whose hypergradient is built in the backward (create_graph=True), so that only whole steps
+compare; and the forward and backward alone, what every optimizer's step adds to. Instructions are not time: in a
+training loop the backward leaves the caches full of other data, which costs a step of Python bookkeeping more
+per instruction than the reference's C++ (docs/speed.md).
+
 Needs valgrind (apt-get install valgrind); a child alone (--child NAME) runs without it.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import os
 import shutil
@@ -27,6 +34,7 @@ import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +59,16 @@ CONFIGURATIONS = {
     "torch.optim.Adam": lambda params: torch.optim.Adam(params),
     "Adam/SGD(1e-5)": "Adam/SGD(1e-5)",
 }
+# The whole step's: a stack in the paper's notation, ("reference", a stack) for the reference code's, a torch.optim
+# optimizer's maker, or None for the forward and backward alone
+WHOLE = {
+    "forward and backward alone": None,
+    "torch.optim.SGD(0.01)": CONFIGURATIONS["torch.optim.SGD(0.01)"],
+    "SGD(0.01)/SGD(0.01)": "SGD(0.01)/SGD(0.01)",
+    "reference SGD(0.01)/SGD(0.01)": ("reference", "SGD(0.01)/SGD(0.01)"),
+    "SGD(0.01)/SGD(0.01)/SGD(0.01)/SGD(0.01)": "SGD(0.01)/SGD(0.01)/SGD(0.01)/SGD(0.01)",
+    "reference SGD(0.01)/SGD(0.01)/SGD(0.01)/SGD(0.01)": ("reference", "SGD(0.01)/SGD(0.01)/SGD(0.01)/SGD(0.01)"),
+}
 # CPython's source tree, as a build with debug information names its files
 INTERPRETER = ("/Python/", "/Objects/", "/Modules/", "/Include/", "/Parser/")
 # (see Method above)
@@ -58,24 +76,48 @@ REPEATABLE = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THRE
 WARM_UP = 5
 
 
-def child(name: str, steps: int) -> None:
-    """The configuration's optimizer: one forward and backward of the MNIST MLP (batch 256), WARM_UP steps, then
-    `steps` steps alone (the same gradients each time)."""
+def child(name: str, steps: int, whole: bool = False) -> None:
+    """The configuration's optimizer on the MNIST MLP (batch 256): one forward and backward, WARM_UP steps, then
+    `steps` steps alone (the same gradients each time); with `whole`, WARM_UP whole training steps and then
+    `steps` more."""
     torch.manual_seed(0)
     model = MLP()
-    make = CONFIGURATIONS[name]
-    optimizer = hyperopt.stack(make, model.parameters()) if isinstance(make, str) else make(model.parameters())
     x, y = torch.rand(256, 1, 28, 28), torch.randint(0, 10, (256,))
-    optimizer.zero_grad()
-    F.nll_loss(model(x), y).backward()
+    step = whole_step(WHOLE[name], model, x, y) if whole else step_alone(CONFIGURATIONS[name], model, x, y)
     for _ in range(WARM_UP):
-        optimizer.step()
+        step()
     # (Python's collector going through every object torch made on import costs millions of instructions, at steps
     # no count can predict: what is there before the steps is set aside)
     gc.collect()
     gc.freeze()
     for _ in range(steps):
-        optimizer.step()
+        step()
+
+
+def optimizer_of(make, model: torch.nn.Module):
+    return hyperopt.stack(make, model.parameters()) if isinstance(make, str) else make(model.parameters())
+
+
+def step_alone(make, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    optimizer = optimizer_of(make, model)
+    optimizer.zero_grad()
+    F.nll_loss(model(x), y).backward()
+    return optimizer.step
+
+
+def whole_step(make, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    if isinstance(make, tuple):  # the reference code's, as its README steps it
+        from experiments.reference import reference_step
+        return functools.partial(reference_step(make[1], model)[1], x, y)
+    optimizer = None if make is None else optimizer_of(make, model)
+
+    def step():
+        loss = F.nll_loss(model(x), y)
+        model.zero_grad()
+        loss.backward()
+        if optimizer is not None:
+            optimizer.step()
+    return step
 
 
 def counted(path: Path) -> tuple[int, int | None]:
@@ -95,20 +137,20 @@ def counted(path: Path) -> tuple[int, int | None]:
     return total, interpreter if named else None
 
 
-def run_counted(name: str, steps: int, folder: Path) -> tuple[int, int | None]:
+def run_counted(name: str, steps: int, folder: Path, whole: bool = False) -> tuple[int, int | None]:
     """The counts of one child under cachegrind."""
     out = folder / f"{abs(hash(name))}_{steps}.out"
     command = ["valgrind", "--tool=cachegrind", "--cache-sim=no", f"--cachegrind-out-file={out}", sys.executable,
-               str(Path(__file__).resolve()), "--child", name, "--steps", str(steps)]
+               str(Path(__file__).resolve()), "--child", name, "--steps", str(steps)] + ["--whole"] * whole
     done = subprocess.run(command, env={**os.environ, **REPEATABLE}, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{name}: the child failed under valgrind ({done.returncode}):\n{done.stderr[-2000:]}")
     return counted(out)
 
 
-def per_step(name: str, steps: int, folder: Path) -> dict:
+def per_step(name: str, steps: int, folder: Path, whole: bool = False) -> dict:
     """One step's instructions: the difference between `steps` and 2 × `steps` steps, over `steps`."""
-    (few, few_python), (many, many_python) = (run_counted(name, n, folder) for n in (steps, 2 * steps))
+    (few, few_python), (many, many_python) = (run_counted(name, n, folder, whole) for n in (steps, 2 * steps))
     instructions = (many - few) / steps
     python = None if few_python is None else (many_python - few_python) / steps
     return {"configuration": name, "instructions": round(instructions),
@@ -118,29 +160,35 @@ def per_step(name: str, steps: int, folder: Path) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=50, help="steps between the two counts")
+    parser.add_argument("--steps", type=int, help="steps between the two counts (50; with --whole, 10)")
     parser.add_argument("--only", nargs="*", help="these configurations alone")
+    parser.add_argument("--whole", action="store_true",
+                        help="the whole training step (forward, backward, step), the reference code's among them")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     parser.add_argument("--page", type=Path, help="also put the Markdown table into this documentation page's block")
     args = parser.parse_args()
+    steps = args.steps or (10 if args.whole else 50)
     if args.child is not None:
-        child(args.child, args.steps)
+        child(args.child, steps, args.whole)
         return
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed: apt-get install valgrind (it counts the instructions)")
-    names = args.only or list(CONFIGURATIONS)
-    unknown = sorted(set(names) - set(CONFIGURATIONS))
+    known = WHOLE if args.whole else CONFIGURATIONS
+    names = args.only or list(known)
+    unknown = sorted(set(names) - set(known))
     if unknown:
-        raise SystemExit(f"no configuration {unknown}; there are {list(CONFIGURATIONS)}")
+        raise SystemExit(f"no configuration {unknown}; there are {list(known)}")
     with tempfile.TemporaryDirectory() as folder, ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        results = list(pool.map(lambda name: per_step(name, args.steps, Path(folder)), names))
+        results = list(pool.map(lambda name: per_step(name, steps, Path(folder), args.whole), names))
+    what = ("one whole training step (forward, backward, step; the reference code's hypergradient is built in its "
+            "backward)" if args.whole else "one optimizer step alone")
     report = {
-        "benchmark": "machine instructions of one optimizer step alone, MNIST MLP 784-128-10, batch 256, on the CPU "
-                     "(valgrind's cachegrind); in_interpreter: those in the Python interpreter's own code, the "
-                     "step's bookkeeping in Python",
-        "method": f"each configuration counted twice in a child process, {args.steps} and {2 * args.steps} steps "
-                  f"after {WARM_UP} warm-up steps, the difference over {args.steps}; BLAS and OpenMP on one thread, "
+        "benchmark": f"machine instructions of {what}, MNIST MLP 784-128-10, batch 256, on the CPU (valgrind's "
+                     "cachegrind); in_interpreter: those in the Python interpreter's own code, the bookkeeping in "
+                     "Python",
+        "method": f"each configuration counted twice in a child process, {steps} and {2 * steps} steps "
+                  f"after {WARM_UP} warm-up steps, the difference over {steps}; BLAS and OpenMP on one thread, "
                   "PYTHONHASHSEED=0: repeatable",
         **provenance("cpu"),
         "results": results,

@@ -476,10 +476,12 @@ def test_the_instruction_count_splits_the_interpreters_share_from_a_cachegrind_f
 
 def test_each_configuration_of_the_instruction_count_steps():
     """What runs under valgrind: each configuration's child (valgrind itself is not needed for it)."""
-    from scripts.bench_instructions import CONFIGURATIONS, child
+    from scripts.bench_instructions import CONFIGURATIONS, WHOLE, child
 
     for name in CONFIGURATIONS:
         child(name, 2)
+    for name in WHOLE:  # (--whole: forward, backward and step, the reference code's too)
+        child(name, 2, whole=True)
 
 
 def overhead_run(folder, name: str, commit: str, ours: float, reference: float, dirty: bool = False) -> None:
