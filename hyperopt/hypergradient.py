@@ -366,10 +366,10 @@ def updates_top_down(weights, levels, step: Step, active: torch.Tensor | None) -
         if steps:
             state["step"].add_(1.0)
         ts.append(None if not steps else float(state["step"]) if step.host else state["step"])
-    unhanded = [None] * len(step.flats)  # (the top level has no hypergradient)
+    nones = [None] * len(step.flats)  # (a level above has no flat state; the top, no hypergradient)
     for k, (level, grads) in reversed(list(enumerate(zip(levels, step.grads)))):
-        flats = step.flats if k == 0 else unhanded
-        handed = step.handed[k] if k < len(step.handed) else unhanded
+        flats = step.flats if k == 0 else nones
+        handed = step.handed[k] if k < len(step.handed) else nones
         for group, g, t, count, steps, flat, given in zip(level.param_groups, grads, ts, step.counts, step.stepping,
                                                            flats, handed):
             if steps:

@@ -15,9 +15,8 @@ is the least the SGD/SGD stack's arithmetic needs.
 
 With --whole, the whole training step instead (forward, backward and step, on a fixed batch), against the paper's
 reference code's, whose hypergradient is built in the backward (create_graph=True), so that only whole steps
-compare; and the forward and backward alone, what every optimizer's step adds to. Instructions are not time: in a
-training loop the backward leaves the caches full of other data, which costs a step of Python bookkeeping more
-per instruction than the reference's C++ (docs/speed.md).
+compare; and the forward and backward alone, what every optimizer's step adds to. Instructions are not time: the
+goals are timed (bench_overhead.py), and docs/speed.md sets the two side by side.
 
 Needs valgrind (apt-get install valgrind); a child alone (--child NAME) runs without it.
 """
