@@ -28,7 +28,7 @@ from typing import NamedTuple
 import torch
 
 from . import polyak
-from .divergence import UNIT_RANGE, DivergenceError, OutOfRangeWarning
+from .divergence import DivergenceError, OutOfRangeWarning
 from .parameterisations import IDENTITY, times_derivatives, to_value_columns
 from .multi_tensor import FlatState, flat_state
 from .scalars import constant, divide
@@ -58,15 +58,16 @@ def on_host(weights) -> bool:
     return group["runs"] is None and group["hyper_raw"].is_cpu and not torch.compiler.is_compiling()
 
 
-def operands(h: dict, runs: int | None, ranks, dtype, host: bool = False) -> list[dict]:
-    """h as the tensor operations of each rank take it. A value per run, held as (runs, 1), is made to broadcast
-    against a tensor of that rank: a scalar for a lone run, (runs, 1, ..., 1) for a stack of runs (rank 1: against
-    the per-run sums). For a group of several tensors, numbers become one-element tensors once for all of them:
-    an operation on a small tensor costs about three times as much with a Python number; a fixed 0 stays a number,
-    since it switches a term off (SGD without momentum). On the host path (`host`: numbers) h against one tensor
-    is taken as it is."""
-    if host and len(ranks) == 1:
+def operands(h: dict, runs: int | None, tensors: list[torch.Tensor], dtype, host: bool = False) -> list[dict]:
+    """h as the tensor operations on each of `tensors` take it. A value per run, held as (runs, 1), is made to
+    broadcast against a tensor of that rank: a scalar for a lone run, (runs, 1, ..., 1) for a stack of runs (rank 1:
+    against the per-run sums). For a group of several tensors, numbers become one-element tensors once for all of
+    them: an operation on a small tensor costs about three times as much with a Python number; a fixed 0 stays a
+    number, since it switches a term off (SGD without momentum). On the host path (`host`: numbers) h against one
+    tensor is taken as it is."""
+    if host and len(tensors) == 1:
         return [h]
+    ranks = [tensor.dim() for tensor in tensors]
     if len(ranks) > 1:
         numbers = [name for name, value in h.items() if isinstance(value, float) and value != 0.0]
         if numbers:
@@ -99,10 +100,11 @@ def hypergradient(level, group: dict, upstream: list[torch.Tensor | None], t, ho
         return torch.zeros_like(raw), None
     handed = group_tensors(level, group, chosen, picked(upstream, chosen), flat)
     states, upstream = handed.states, handed.grads
-    learned = level.learned(group)
-    h = level.values_used(group, t, host)
+    learning = level.learning(group)
+    learned = learning.names
+    h, moved = level.values_used(group, t, host)
     dot = host_dot if host and level._owner is not None else functools.partial(run_dot, runs=runs)
-    hs = operands(h, runs, [u.dim() for u in upstream], raw.dtype, host)
+    hs = operands(h, runs, upstream, raw.dtype, host)
     per_tensor = [level.hypergradient_dots(h_u, learned, state, u, dot) for h_u, state, u in zip(hs, states, upstream)]
     sums = per_tensor[0] if len(per_tensor) == 1 else torch.stack(
         [total for totals in per_tensor for total in totals]).unflatten(0, (len(per_tensor), -1)).sum(0)
@@ -110,13 +112,13 @@ def hypergradient(level, group: dict, upstream: list[torch.Tensor | None], t, ho
         totals = sums.tolist() if isinstance(sums, torch.Tensor) else [float(total) for total in sums]
         terms = level.hypergradient_terms(h, learned, totals)  # (a lone run's sums are scalars)
     else:
-        h = operands(h, runs, [1], raw.dtype)[0]
-        terms = level.hypergradient_terms(h, learned, list(sums))
+        totals = list(sums)
+        h = operands(h, runs, totals[:1], raw.dtype)[0]  # (as against a per-run sum)
+        terms = level.hypergradient_terms(h, learned, totals)
     if level.DECOUPLED_DECAY:
         params = handed.params if handed.flat is None else [handed.flat.copy("params", handed.params, runs)]
         terms = decoupled_decay_terms(h, learned, terms, params, upstream, runs, host)
-    slopes = level.schedule_slopes(group)
-    kinds = [level.stored_as(group, name) for name in learned]
+    slopes = level.schedule_slopes(moved)
     columns = []
     for name, term in zip(learned, terms):  # the chain rule through a schedule's factor, then each parameterisation
         if name in slopes:
@@ -124,13 +126,13 @@ def hypergradient(level, group: dict, upstream: list[torch.Tensor | None], t, ho
             term = term * (slope if host or not isinstance(slope, torch.Tensor) else slope.reshape(-1))
         columns.append(term)
     if host:
-        if kinds.count(IDENTITY) < len(kinds):  # (raw values read only where a derivative needs them)
+        if not learning.as_themselves:  # (raw values read only where a derivative needs them)
             columns = [c if kind is IDENTITY else c * kind.derivative(x)
-                       for c, kind, x in zip(columns, kinds, raw.tolist()[0])]
+                       for c, kind, x in zip(columns, learning.kinds, raw.tolist()[0])]
         return raw.new_tensor([[-c for c in columns]]), handed
     count = raw.shape[0]
     stacked = torch.stack([column.reshape(count) for column in columns], dim=-1)
-    return times_derivatives(kinds, raw.detach(), stacked).to(raw.dtype).neg_(), handed
+    return times_derivatives(learning.kinds, raw.detach(), stacked).to(raw.dtype).neg_(), handed
 
 
 def decoupled_decay_terms(h: dict, learned: tuple[str, ...], terms: list, params, upstream, runs, host) -> list:
@@ -197,7 +199,7 @@ def update(level, group: dict, grads: list[torch.Tensor | None], active: torch.T
     h = level.values_for_update(group, t, host)
     # the settings (a schedule's) of the update the next hypergradient differentiates
     group["last_step"] = dict(zip(level.HYPERPARAMETERS, map(group.__getitem__, level.HYPERPARAMETERS)))
-    hs = operands(h, runs, [g.dim() for g in handed.grads], raw.dtype, host)
+    hs = operands(h, runs, handed.grads, raw.dtype, host)
     learned = level.learned(group)
     steps = []  # (direction, scale) of each tensor, its state updated in place with what the next hypergradient keeps
     for h_g, g, state in zip(hs, handed.grads, handed.states):
@@ -261,7 +263,7 @@ def gradients(level, group: dict, grads: list[torch.Tensor | None]) -> list[torc
         if g is not None:
             p, g = local(p), -g if level.maximize else g
             if isinstance(decay, torch.Tensor):  # one per run
-                g = g + operands({"decay": decay}, group["runs"], [p.dim()], p.dtype)[0]["decay"] * p
+                g = g + operands({"decay": decay}, group["runs"], [p], p.dtype)[0]["decay"] * p
             elif decay:
                 g = g + decay * p
         changed.append(g)
@@ -406,46 +408,47 @@ def check_ranges(weights, levels, step: torch.Tensor, host: bool) -> None:
         for k, level, group in checked:
             if weights.divergence.left_range_said:
                 break
-            learned = level.learned(group)
-            values = [level.stored_as(group, name).to_value(x)
-                      for name, x in zip(learned, group["hyper_raw"].tolist()[0])]
-            outside = [value < 0.0 or name in UNIT_RANGE and value >= 1.0 for name, value in zip(learned, values)]
+            learning = level.learning(group)
+            values = group["hyper_raw"].tolist()[0]
+            if not learning.as_themselves:
+                values = [kind.to_value(x) for kind, x in zip(learning.kinds, values)]
+            outside = [value < 0.0 or value >= upper for value, upper in zip(values, learning.upper)]
             if any(outside):
                 weights.divergence.note_left(step, torch.tensor([outside]), torch.tensor([values], dtype=torch.float64),
                                              k)
                 weights.divergence.left_range_said = True
                 index = outside.index(True)
-                warnings.warn(OutOfRangeWarning(k, level.NAME, learned[index], int(step), values[index],
+                warnings.warn(OutOfRangeWarning(k, level.NAME, learning.names[index], int(step), values[index],
                                                 weights.keep_in_range), stacklevel=6)
     else:
         note_ranges(weights, checked, step)
     if weights.keep_in_range:
         for k, level, group in checked:
-            for i, name in enumerate(level.learned(group)):
-                if level.stored_as(group, name) is IDENTITY:
-                    group["hyper_raw"][:, i].clamp_(0.0, math.nextafter(1.0, 0.0) if name in UNIT_RANGE else None)
+            learning = level.learning(group)
+            for i, (kind, upper) in enumerate(zip(learning.kinds, learning.upper)):
+                if kind is IDENTITY:
+                    group["hyper_raw"][:, i].clamp_(0.0, math.nextafter(1.0, 0.0) if upper == 1.0 else None)
 
 
 def note_ranges(weights, checked: list, step: torch.Tensor) -> None:
     """check_ranges on the device: the (runs, learned) values of every level and group as one matrix, checked and
     recorded in a few operations whatever the number of levels and values."""
-    columns, kinds, names, of_level, indices = [], [], [], [], []
+    columns, uppers, of_level, indices, as_themselves = [], [], [], [], True
     for k, level, group in checked:
-        learned = level.learned(group)
-        stored_as = [level.stored_as(group, name) for name in learned]
-        columns += to_value_columns(stored_as, group["hyper_raw"])
-        kinds += stored_as
-        names += learned
-        of_level += [k] * len(learned)
-        indices += range(len(learned))
-    if not names:
+        learning = level.learning(group)
+        as_themselves = as_themselves and learning.as_themselves
+        columns += to_value_columns(learning.kinds, group["hyper_raw"])
+        uppers += learning.upper
+        of_level += [k] * len(learning.names)
+        indices += range(len(learning.names))
+    if not uppers:
         return
     one_group = len(checked) == 1
-    if one_group and all(kind is IDENTITY for kind in kinds):
+    if one_group and as_themselves:
         values = checked[0][2]["hyper_raw"]  # (as it is: no operation)
     else:
         values = torch.cat(columns, dim=1)
-    upper = constant(tuple(1.0 if name in UNIT_RANGE else math.inf for name in names), values.dtype, values.device)
+    upper = constant(tuple(uppers), values.dtype, values.device)
     outside = (values < 0.0) | (values >= upper)
     level = of_level[0] if one_group else constant(tuple(of_level), torch.long, values.device)
     weights.divergence.note_left(step.to(values.device), outside, values, level, None if one_group else

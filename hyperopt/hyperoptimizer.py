@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 from collections import OrderedDict
-from typing import Any, Callable, Iterable, Sequence, Union
+from typing import Any, Callable, Iterable, NamedTuple, Sequence, Union
 
 import torch
 
 from . import hypergradient, polyak
 from .checks import check_learn, check_values, numbers, per_hyperparameter
-from .divergence import Divergence
+from .divergence import UNIT_RANGE, Divergence
 from .gradients import BackwardGradients, made_gradients, take_scale_off
 from .multi_tensor import FlatState
 from .parameterisations import IDENTITY, LOG, SQUARE, Parameterisation, to_value_columns
@@ -64,6 +65,16 @@ def _number_or_values(value):
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         return float(value)
     return value if isinstance(value, (dict, list, tuple, torch.Tensor)) else float(value)
+
+
+class Learning(NamedTuple):
+    """What the level above learns of a param group, worked out once (Hyperoptimizer.learning): the names; how each
+    is stored (hyperopt/parameterisations.py); whether every one is stored as itself; and the bound each must stay
+    below (1 for a value in [0, 1), else ∞)."""
+    names: tuple[str, ...]
+    kinds: tuple[Parameterisation, ...]
+    as_themselves: bool
+    upper: tuple[float, ...]
 
 
 class Hyperoptimizer(torch.optim.Optimizer):
@@ -202,6 +213,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
         if hyper is not None and hyper.attached:
             raise ValueError("this hyper optimizer already has parameters; a level above takes none of its own")
         self.hyper = hyper
+        self._levels: tuple[Hyperoptimizer, ...] | None = None  # this level and those above it (levels)
         self.check_finite = check_finite
         self.keep_in_range = keep_in_range
         self.compile = compile
@@ -211,6 +223,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
         self.maximize = bool(maximize)  # the weights' objective is maximized: every level steps along -gradient
         self._flat: dict[int, FlatState] = {}  # each param group's tensors as one, on the multi-tensor path
         self._used: dict[int, tuple] = {}  # the values each group's last update used (values_used)
+        self._learning: dict[tuple, Learning] = {}  # by the learn= and log_lr of a group (learning)
         # Several processes (hyperopt/shards.py): the group the weights' shards are spread over, as given for what
         # the parameters cannot tell, and as found; which param groups hold shards.
         self.process_group = process_group
@@ -347,6 +360,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
                                  f"leading dimension of {runs}, but has parameters of shape {bad}")
         check_values(self.NAME, self.HYPERPARAMETERS, group, self.learned(group))
         check_learn(self.NAME, self.HYPERPARAMETERS, group["learn"])
+        group["learn"] = tuple(group["learn"])
         for name in self.OPTIONS:
             group[name] = self.option(name, group[name])
         self.check_options(group)
@@ -533,10 +547,12 @@ class Hyperoptimizer(torch.optim.Optimizer):
             assert [level.NAME for level in opt.levels()] == ["Adam", "SGD", "SGD"]
             ```
         """
-        chain = [self]
-        while chain[-1].hyper is not None:
-            chain.append(chain[-1].hyper)
-        return chain
+        if self._levels is None:  # (the stack above a level is fixed when it is made)
+            chain = [self]
+            while chain[-1].hyper is not None:
+                chain.append(chain[-1].hyper)
+            self._levels = tuple(chain)
+        return list(self._levels)
 
     def stored_as(self, group: dict, name: str) -> Parameterisation:
         """How the level above holds the group's learned `name` (hyperopt/parameterisations.py)."""
@@ -546,20 +562,31 @@ class Hyperoptimizer(torch.optim.Optimizer):
         """The hyperparameters of this group that the level above learns (none at the top of the stack)."""
         return group["learn"] if self.hyper is not None else ()
 
-    def _fixed(self, group: dict, settings: dict) -> dict:
+    def learning(self, group: dict) -> Learning:
+        """What the level above learns of the group, worked out once for each learn= and log_lr of the level's
+        groups."""
+        key = group["learn"], group["log_lr"]
+        learning = self._learning.get(key)
+        if learning is None:
+            names = self.learned(group)
+            kinds = tuple(self.stored_as(group, name) for name in names)
+            learning = self._learning[key] = Learning(names, kinds, all(kind is IDENTITY for kind in kinds), tuple(
+                1.0 if name in UNIT_RANGE else math.inf for name in names))
+        return learning
+
+    def _fixed(self, group: dict, settings: dict, learned: tuple[str, ...]) -> dict:
         # A learnable value at the top of a stack goes through its parameterisation and back, as the reference,
         # which stores it that way at every height, uses it (RMSProp's α is (√α)², to the last bit). A group of
         # runs did so once, when it was made.
-        learned = self.learned(group)
         fixed = dict(zip(self.HYPERPARAMETERS, map(settings.__getitem__, self.HYPERPARAMETERS)))
         for name in learned:
             del fixed[name]
         if self.hyper is None and group["runs"] is None:
             for name in group["learn"]:
-                if isinstance(fixed[name], torch.Tensor):  # one value per hyperparameter below: set, not stored
-                    continue
                 parameterisation = self.stored_as(group, name)
-                fixed[name] = parameterisation.to_value(parameterisation.to_raw(fixed[name]))
+                # (one value per hyperparameter below, a tensor, is set, not stored)
+                if parameterisation is not IDENTITY and not isinstance(fixed[name], torch.Tensor):
+                    fixed[name] = parameterisation.to_value(parameterisation.to_raw(fixed[name]))
         return fixed
 
     def values(self, group: dict, t: torch.Tensor | None = None, raw: torch.Tensor | None = None,
@@ -570,50 +597,57 @@ class Hyperoptimizer(torch.optim.Optimizer):
         ``host`` (a lone run on the CPU: hypergradient.on_host), all of them Python numbers (t one too). With
         ``last``, the group's settings as its last update found them (what a schedule had set then), for the
         hypergradient, which differentiates that update."""
+        return self._values(group, t, raw, host, last)[0]
+
+    def _values(self, group: dict, t, raw, host: bool, last: bool) -> tuple[dict, dict]:
+        """`values`, and the schedule's moves it took (`scheduled`), which the hypergradient differentiates."""
         if self.HAS_BETAS and not last and not torch.compiler.is_compiling():  # (compiled: taken before)
             self._take_betas(group)
         settings = self.settings(group, last)
-        values = self._fixed(group, settings)
-        learned = self.learned(group)
-        if learned:  # (the top of a stack learns nothing)
-            self._add_learned(group, settings, learned, values, raw, host)
+        learning = self.learning(group)
+        values = self._fixed(group, settings, learning.names)
+        moved = self._add_learned(group, settings, learning, values, raw, host) if learning.names else {}
         values.update(zip(self.OPTIONS, map(group.__getitem__, self.OPTIONS)))  # (numbers: operands keep them)
         if t is not None:
             values.update(self.step_scalars(values, t))
-        return values
+        return values, moved
 
-    def _add_learned(self, group: dict, settings: dict, learned: tuple[str, ...], values: dict, raw, host: bool):
-        """values[name] = each learned value, in natural units, times its schedule's factor."""
-        kinds = [self.stored_as(group, name) for name in learned]
+    def _add_learned(self, group: dict, settings: dict, learning: Learning, values: dict, raw, host: bool) -> dict:
+        """values[name] = each learned value, in natural units, times its schedule's factor; returns the
+        schedule's moves (`scheduled`)."""
         if host:
-            learned_values = [kind.to_value(x) for kind, x in zip(kinds, group["hyper_raw"].tolist()[0])]
+            learned_values = group["hyper_raw"].tolist()[0]
+            if not learning.as_themselves:
+                learned_values = [kind.to_value(x) for kind, x in zip(learning.kinds, learned_values)]
         else:
-            learned_values = to_value_columns(kinds, group["hyper_raw"].detach() if raw is None else raw)
+            learned_values = to_value_columns(learning.kinds, group["hyper_raw"].detach() if raw is None else raw)
         scheduled = self.scheduled(group, settings)
-        for name, value in zip(learned, learned_values):
+        for name, value in zip(learning.names, learned_values):
             if name in scheduled:
                 now, initial = scheduled[name]
                 # exactly the schedule's value while the learned one has not moved (now × 1.0)
                 value = now * (value / initial) if not isinstance(now, torch.Tensor) else torch.where(
                     now == initial, value, now * (value / initial))
             values[name] = value
+        return scheduled
 
     def values_for_update(self, group: dict, t, host: bool) -> dict:
-        """`values` for the group's update at step t, kept for its next hypergradient (`values_used`)."""
-        values = self.values(group, t, host=host)
+        """`values` for the group's update at step t, kept, with the schedule's moves, for its next hypergradient
+        (`values_used`)."""
+        values, moved = self._values(group, t, None, host, False)
         if host or not torch.compiler.is_compiling():  # (the host path is never compiled)
-            self._used[id(group)] = (group, group["hyper_raw"]._version, host, values)
+            self._used[id(group)] = (group, group["hyper_raw"]._version, host, values, moved)
         return values
 
-    def values_used(self, group: dict, t, host: bool) -> dict:
-        """The values the group's last update (step t) used, for the hypergradient that differentiates it: as that
-        update kept them, where nothing has changed its learned values since (a load, keep_in_range's clamp), else
-        made again from the settings it used."""
+    def values_used(self, group: dict, t, host: bool) -> tuple[dict, dict]:
+        """The values the group's last update (step t) used, and the schedule's moves it took (`scheduled`), for
+        the hypergradient that differentiates it: as that update kept them, where nothing has changed its learned
+        values since (a load, keep_in_range's clamp), else made again from the settings it used."""
         # (compiled: no version; the host path is never compiled)
         kept = self._used.get(id(group)) if host or not torch.compiler.is_compiling() else None
         if kept is not None and kept[0] is group and kept[1] == group["hyper_raw"]._version and kept[2] == host:
-            return kept[3]
-        return self.values(group, t, host=host, last=True)
+            return kept[3], kept[4]
+        return self._values(group, t, None, host, True)
 
     @staticmethod
     def settings(group: dict, last: bool = False) -> dict:
@@ -628,6 +662,8 @@ class Hyperoptimizer(torch.optim.Optimizer):
         moved = {}
         for name, initial in group["initial"].items() if self.hyper is not None else ():
             now = settings[name]
+            if now is initial:  # (a number no schedule has set: the one the group was made with)
+                continue
             if isinstance(now, torch.Tensor) or isinstance(initial, torch.Tensor):
                 moved[name] = (now, initial)
             elif now != initial:
@@ -638,11 +674,12 @@ class Hyperoptimizer(torch.optim.Optimizer):
                 moved[name] = (now, initial)
         return moved
 
-    def schedule_slopes(self, group: dict) -> dict:
-        """∂(value used)/∂(learned value) of each scheduled hyperparameter in the group's last update: the
-        schedule's factor then."""
+    @staticmethod
+    def schedule_slopes(moved: dict) -> dict:
+        """∂(value used)/∂(learned value) of each hyperparameter a schedule had moved (`scheduled`) in an update:
+        the schedule's factor then."""
         slopes = {}
-        for name, (now, initial) in self.scheduled(group, self.settings(group, last=True)).items():
+        for name, (now, initial) in moved.items():
             slopes[name] = now / initial if not isinstance(now, torch.Tensor) else torch.where(
                 now == initial, 1.0, now / initial)
         return slopes
@@ -698,7 +735,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
     def _as_tensors(self, group: dict, settings: dict) -> dict:
         """{name: a 0-dim float64 tensor} for each setting that is a non-zero number, at the top of a stack through
         its parameterisation and back (as _fixed takes it)."""
-        fixed = self._fixed(group, settings)
+        fixed = self._fixed(group, settings, self.learned(group))
         numbers = [name for name in self.HYPERPARAMETERS
                    if isinstance(settings[name], float) and settings[name] != 0.0]
         values = torch.tensor([fixed.get(name, settings[name]) for name in numbers], dtype=torch.float64,
@@ -871,8 +908,8 @@ class Hyperoptimizer(torch.optim.Optimizer):
         # values used).
         # A process group does not pickle: the copy finds its shards again from its DTensor parameters, and refuses
         # to step where they were given by hand (process_group=).
-        return {**self.__dict__, "_compiled": {}, "_eager_steps": 0, "_flat": {}, "_used": {},
-                "backward": self.backward is not None and self.backward.copying,
+        return {**self.__dict__, "_compiled": {}, "_eager_steps": 0, "_flat": {}, "_used": {}, "_learning": {},
+                "_levels": None, "backward": self.backward is not None and self.backward.copying,
                 "process_group": None if self.process_group is None else GIVEN_BY_HAND, "shard_group": None,
                 "sharded": []}
 

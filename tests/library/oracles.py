@@ -25,7 +25,7 @@ def autograd_hypergradient(level, group: dict, before, upstream: list[torch.Tens
 
     def steps(raw):
         h = level.values(group, t, raw=raw)
-        hs = operands(h, runs, [p.dim() for p in group["params"]], raw.dtype)
+        hs = operands(h, runs, group["params"], raw.dtype)
         taken = []
         for h_p, g, state, p in zip(hs, grads, states, params):
             direction, scale = level.update(h_p, learned, g, {k: v.clone() for k, v in state.items()})
