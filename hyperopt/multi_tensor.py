@@ -8,10 +8,8 @@ that ``optimizer.state[p]`` reads and saves as torch.optim's does. Each step the
 flat tensor kept from step to step (one foreach copy), and the direction the update returns is split into pieces
 added to kept flat views of the parameters (one foreach operation). Views are made once and kept: on a CPU one
 view costs about what an element-wise pass over a small tensor does, and ResNet-20 has 59 tensors; the flat
-gradients' memory is freed after each step all the same (`release`). Where the update keeps the gradient for the
-next hypergradient (SGD's, RMSProp's, Adam's learning β), the copy itself becomes the kept buffer, and the buffer it
-replaces the next step's copy (`take`). In a group of runs the flat tensors are (runs, elements), each run's
-elements in a row.
+gradients' memory is freed after each step all the same (`release`). In a group of runs the flat tensors are
+(runs, elements), each run's elements in a row.
 """
 
 from __future__ import annotations
@@ -88,23 +86,6 @@ class FlatState:
             flat.untyped_storage().resize_(flat.numel() * flat.element_size())
         torch._foreach_copy_(views, tensors)
         return flat
-
-    def take(self, key: str, tensor: torch.Tensor) -> bool:
-        """Keep `tensor`, one of this step's flat copies, as the state buffer `key` in place of copying it there
-        (a pass over memory saved): the buffer it replaces becomes that copy's, refilled at the next step and
-        freed in between, and each parameter's state is handed its views. False where it is no such copy, the
-        buffer has no views yet, or the step is compiled (it flattens anew)."""
-        views = self.views.get(key)
-        if self.compiling or views is None or views[0]._base is not self.buffers[key]:
-            return False
-        for name, (flat, flat_views) in self.copied.items():
-            if flat is tensor:
-                self.copied[name] = (self.buffers[key], views)
-                self.buffers[key], self.views[key] = flat, flat_views
-                for state, view in zip(self.states, flat_views):
-                    state[key] = view
-                return True
-        return False
 
     def release(self) -> None:
         """At the end of a step: the memory of the flat tensors refilled each step freed, keeping them and their

@@ -577,3 +577,26 @@ def test_each_optimizers_constructor_names_and_documents_its_hyperparameters(nam
                    "process_group"):
         assert option in inspect.signature(hyperopt.Hyperoptimizer).parameters
         assert re.search(rf"^\s+{option}:", options, re.MULTILINE), f"{option} undocumented"
+
+
+@pytest.mark.parametrize("spec", ["SGD(0.01)/SGD(0.01)", "RMSProp/SGD(1e-4)", "Adam/SGD(1e-5)"])
+def test_the_state_a_caller_holds_stays_the_optimizers_after_the_next_step(spec, batches):
+    # as torch.optim's: a tensor of state_dict() or optimizer.state is the optimizer's, updated in place (a
+    # checkpoint taken while training goes on reads it); never memory the step frees
+    torch.manual_seed(0)
+    model = MLP().double()
+    opt = hyperopt.stack(spec, model.parameters())
+    for x, y in batches[:3]:
+        opt.zero_grad()
+        loss_of(model, x, y).backward()
+        opt.step()
+    held = {(index, key): value for index, state in opt.state_dict()["state"].items() for key, value in state.items()}
+    x, y = batches[3]
+    opt.zero_grad()
+    loss_of(model, x, y).backward()
+    opt.step()
+    now = opt.state_dict()["state"]
+    assert {key for _, key in held} >= {"grad_prev"}
+    for (index, key), value in held.items():
+        assert value.untyped_storage().nbytes() > 0, (index, key)
+        assert torch.equal(value, now[index][key]), (index, key)
