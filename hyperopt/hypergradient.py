@@ -187,7 +187,8 @@ def update(level, group: dict, grads: list[torch.Tensor | None], active: torch.T
     parameters, and a parameter without a gradient (None) is left as it is, state and all, as torch.optim leaves
     it. With `flat` (the multi-tensor path), the group's tensors are handed over as one; `handed`: as this step's
     hypergradient was handed them, taken again where it was handed these gradients."""
-    if handed is not None and handed.given is grads:
+    # (tensor by tensor: torch.compile before torch 2.14 cannot trace `is` between two lists)
+    if handed is not None and len(handed.given) == len(grads) and all(map(operator.is_, handed.given, grads)):
         group["without_grad"] = []
     else:
         chosen = [i for i, g in enumerate(grads) if g is not None]
@@ -360,14 +361,16 @@ def hypergradients_bottom_up(weights, levels, step: Step, first: torch.Tensor | 
 def updates_top_down(weights, levels, step: Step, active: torch.Tensor | None) -> None:
     """Each stepping group's count moved on, then each level's update from the top (`active`: the runs that go
     on, where runs are stacked and checked)."""
-    ts = []
+    moving = []  # each group's count, None where the group does not step
     for group, count, steps in zip(weights.param_groups, step.counts, step.stepping):
         state = weights.state[group["params"][0]]
         if steps and count is None:
             state["step"] = torch.zeros((), dtype=group["hyper_raw"].dtype, device=group["hyper_raw"].device)
-        if steps:
-            state["step"].add_(1.0)
-        ts.append(None if not steps else float(state["step"]) if step.host else state["step"])
+        moving.append(state["step"] if steps else None)
+    # (as torch.optim moves its counts: torch.compile before torch 2.14 dropped a plain add_ to a count, and the
+    # compiled step then took every later one at the wrong t)
+    torch._foreach_add_([count for count in moving if count is not None], 1.0)  # (one group at least steps)
+    ts = [count if count is None or not step.host else float(count) for count in moving]
     nones = [None] * len(step.flats)  # (a level above has no flat state; the top, no hypergradient)
     for k, (level, grads) in reversed(list(enumerate(zip(levels, step.grads)))):
         flats = step.flats if k == 0 else nones

@@ -257,15 +257,25 @@ class Hyperoptimizer(torch.optim.Optimizer):
         values["beta1"], values["beta2"] = betas
         return values
 
-    def _take_betas(self, group: dict) -> None:
-        """Make group["betas"] and group["beta1"], group["beta2"] agree: whichever was written since the group's last
-        update (or since it was made) wins, betas= as torch.optim's schedulers write it (OneCycleLR cycles β1
-        there), beta1= and beta2= as the notation spells them."""
+    @staticmethod
+    def _betas_written(group: dict) -> dict:
+        """{"beta1": β1, "beta2": β2} where group["betas"] was written since the group's last update (or since it
+        was made), as torch.optim's schedulers write it (OneCycleLR cycles β1 there); else {}."""
         last = group["last_step"]
         written = group["betas"]
-        if not (_same(written[0], last["beta1"]) and _same(written[1], last["beta2"])):
-            group["beta1"], group["beta2"] = written
-        elif not (_same(group["beta1"], last["beta1"]) and _same(group["beta2"], last["beta2"])):
+        if _same(written[0], last["beta1"]) and _same(written[1], last["beta2"]):
+            return {}
+        return {"beta1": written[0], "beta2": written[1]}
+
+    def _take_betas(self, group: dict) -> None:
+        """Make group["betas"] and group["beta1"], group["beta2"] agree, at the start of a step: whichever was
+        written since the group's last update wins, betas= as torch.optim's schedulers write it, beta1= and beta2=
+        as the notation spells them."""
+        written = self._betas_written(group)
+        if written:
+            group.update(written)
+        elif not (_same(group["beta1"], group["last_step"]["beta1"])
+                  and _same(group["beta2"], group["last_step"]["beta2"])):
             group["betas"] = (group["beta1"], group["beta2"])
 
     @classmethod
@@ -547,12 +557,15 @@ class Hyperoptimizer(torch.optim.Optimizer):
             assert [level.NAME for level in opt.levels()] == ["Adam", "SGD", "SGD"]
             ```
         """
-        if self._levels is None:  # (the stack above a level is fixed when it is made)
+        levels = self._levels
+        if levels is None:  # (the stack above a level is fixed when it is made)
             chain = [self]
             while chain[-1].hyper is not None:
                 chain.append(chain[-1].hyper)
-            self._levels = tuple(chain)
-        return list(self._levels)
+            levels = tuple(chain)
+            if not torch.compiler.is_compiling():  # (torch 2.11's compiler cannot set an optimizer's attributes)
+                self._levels = levels
+        return list(levels)
 
     def stored_as(self, group: dict, name: str) -> Parameterisation:
         """How the level above holds the group's learned `name` (hyperopt/parameterisations.py)."""
@@ -601,8 +614,6 @@ class Hyperoptimizer(torch.optim.Optimizer):
 
     def _values(self, group: dict, t, raw, host: bool, last: bool) -> tuple[dict, dict]:
         """`values`, and the schedule's moves it took (`scheduled`), which the hypergradient differentiates."""
-        if self.HAS_BETAS and not last and not torch.compiler.is_compiling():  # (compiled: taken before)
-            self._take_betas(group)
         settings = self.settings(group, last)
         learning = self.learning(group)
         values = self._fixed(group, settings, learning.names)
@@ -635,16 +646,24 @@ class Hyperoptimizer(torch.optim.Optimizer):
         """`values` for the group's update at step t, kept, with the schedule's moves, for its next hypergradient
         (`values_used`)."""
         values, moved = self._values(group, t, None, host, False)
-        if host or not torch.compiler.is_compiling():  # (the host path is never compiled)
+        if host or self._keeps_values(group):
             self._used[id(group)] = (group, group["hyper_raw"]._version, host, values, moved)
         return values
+
+    @staticmethod
+    def _keeps_values(group: dict) -> bool:
+        """Whether an update keeps the values it used for the next hypergradient, and a hypergradient takes those
+        kept: in an eager step, not in one compiled (no version counter tells a change there) nor in one a CUDA
+        graph captures (each replay would read the values kept by the step before the capture). (The host path is
+        neither: its callers ask this only off it.)"""
+        return not (torch.compiler.is_compiling()
+                    or group["hyper_raw"].is_cuda and torch.cuda.is_current_stream_capturing())
 
     def values_used(self, group: dict, t, host: bool) -> tuple[dict, dict]:
         """The values the group's last update (step t) used, and the schedule's moves it took (`scheduled`), for
         the hypergradient that differentiates it: as that update kept them, where nothing has changed its learned
         values since (a load, keep_in_range's clamp), else made again from the settings it used."""
-        # (compiled: no version; the host path is never compiled)
-        kept = self._used.get(id(group)) if host or not torch.compiler.is_compiling() else None
+        kept = self._used.get(id(group)) if host or self._keeps_values(group) else None
         if kept is not None and kept[0] is group and kept[1] == group["hyper_raw"]._version and kept[2] == host:
             return kept[3], kept[4]
         return self._values(group, t, None, host, True)
@@ -700,7 +719,9 @@ class Hyperoptimizer(torch.optim.Optimizer):
         """The step of the whole stack (hypergradient.step_stack); with compile=True, the same under torch.compile,
         compiled once and kept. The first two steps are taken eagerly: they make the state (the first its buffers,
         the second what the next hypergradient keeps), after which the compiled step's structure does not change."""
-        if not self.compile or self._eager_steps < 2:
+        if not self.compile:
+            return hypergradient.step_stack
+        if self._eager_steps < 2:
             self._eager_steps += 1
             return hypergradient.step_stack
         if "step" not in self._compiled:
@@ -715,8 +736,6 @@ class Hyperoptimizer(torch.optim.Optimizer):
         for level in self.levels():
             level._used.clear()  # (the compiled step keeps no values for the next)
             for group in level.param_groups:
-                if level.HAS_BETAS:
-                    level._take_betas(group)
                 made_here = {}
                 now = {name: group[name] for name in level.HYPERPARAMETERS}
                 for settings in (group, group["last_step"]):
@@ -786,12 +805,18 @@ class Hyperoptimizer(torch.optim.Optimizer):
             raise RuntimeError("this torch's GradScaler no longer hands itself to step(), so the hypergradient "
                                "cannot take its scale off: use torch<=2.14's GradScaler, or bf16 autocast (which "
                                "needs no scaler)")
-        for level in self.levels()[1:]:  # it steps too: a scheduler of a level above checks (torch reads this flag)
-            level._opt_called = True
+        levels = self.levels()
+        if not torch.compiler.is_compiling():  # (torch 2.11's compiler cannot set an optimizer's attributes)
+            for level in levels[1:]:  # it steps too: a scheduler of a level above checks (torch reads this flag)
+                level._opt_called = True
         returned = None
         if closure is not None:
             with torch.enable_grad():
                 returned = loss = closure()
+        for level in levels:
+            if level.HAS_BETAS:
+                for group in level.param_groups:
+                    level._take_betas(group)
         bound = polyak.mean_loss(self, polyak.check_loss(self, loss)) if self.needs_loss else None
         if grad_scaler is None:
             made, skip = made_gradients(self), False
@@ -879,7 +904,9 @@ class Hyperoptimizer(torch.optim.Optimizer):
             if count > 1 and run is None:
                 raise ValueError(f"this stack trains {count} runs: say which (run=0 to {count - 1})")
             values = {}
-            for name, value in level.values(g).items():
+            # (betas= that a schedule wrote since the last step, which the next takes; read, not taken: reading
+            # changes nothing)
+            for name, value in level.values({**g, **level._betas_written(g)} if level.HAS_BETAS else g).items():
                 if name in level.OPTIONS:  # an option, not a value
                     continue
                 if isinstance(value, torch.Tensor) and value.dim() == 2:  # (runs, 1) or (runs, L): one per run

@@ -515,6 +515,22 @@ def test_beta1_set_by_hand_is_used_and_said_in_betas(batches):
     assert optimizers[0].param_groups[0]["betas"] == (0.5, 0.999) and optimizers[1].param_groups[0]["beta1"] == 0.5
 
 
+def test_reading_a_stack_changes_nothing(batches):
+    """repr, str and hyperparameters() report a betas= that a schedule wrote since the last step, and leave it for
+    the next step to take. (torch 2.11's compiler calls repr while it builds its guards: a read that took betas=
+    into beta1 there made the compiled step fail.)"""
+    model = MLP().double()
+    optimizer = hyperopt.stack("Adam(1e-3)/SGD(1e-5)", model.parameters())
+    group = optimizer.param_groups[0]
+    group["betas"] = (0.5, 0.999)
+    before = dict(group)
+    repr(optimizer), str(optimizer)
+    assert optimizer.hyperparameters()[0]["beta1"] == pytest.approx(0.5, rel=1e-12)
+    assert group == before and group["beta1"] == 0.9
+    run_side_by_side([model], [optimizer], batches[:1])
+    assert group["beta1"] == 0.5
+
+
 @pytest.mark.parametrize("optimizer, torch_optimizer, values", [
     (hyperopt.SGD, torch.optim.SGD, {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.01}),
     (hyperopt.AdamW, torch.optim.AdamW, {"lr": 0.01})])
