@@ -122,7 +122,9 @@ def main():
     parser.add_argument("--model", default="mlp", choices=sorted(MODELS),
                         help="the MNIST MLP, ResNet-20 (Figure 2) or the character-level LSTM of the RNN experiment")
     parser.add_argument("--heights", default="0,1,2,3,4", help="stack heights to time, comma-separated")
-    parser.add_argument("--families", help="comma-separated; by default every family timed with the model")
+    parser.add_argument("--families", nargs="+", metavar="FAMILY",
+                        help="by default every family timed with the model (the MLP: SGD Adam AdaGrad RMSProp; "
+                             "ResNet-20: 'SGD(α, μ)' Adam; the LSTM: Adam^α)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per configuration per round")
     parser.add_argument("--rounds", type=int, default=41)
     parser.add_argument("--batch-size", type=int, help="by default 256 for the MLP, 128 for the LSTM")
@@ -137,7 +139,11 @@ def main():
 
     factory, make_batch, loss, default_batch_size, all_families = MODELS[args.model]
     batch_size = args.batch_size or default_batch_size
-    families = {name: all_families[name] for name in (args.families.split(",") if args.families else all_families)}
+    unknown = sorted(set(args.families or ()) - set(all_families))
+    if unknown:
+        parser.error(f"--families: {', '.join(unknown)} not timed with {args.model}; its families: "
+                     + ", ".join(all_families))
+    families = {name: all_families[name] for name in args.families or all_families}
     torch.manual_seed(0)
     base_model = factory().to(device)
     generator = torch.Generator().manual_seed(0)
@@ -161,7 +167,8 @@ def main():
     times = interleaved_rounds(trainers, args.steps, args.rounds, warmup=5, device=device)
     median = {name: statistics.median(values) for name, values in times.items()}
     memory = {loop.name: (state_bytes(loop.optimizer) if hasattr(loop, "optimizer") else None,
-                          peak_bytes(loop, device)) for loop in trainers}
+                          peak_bytes(loop, device) if loop.diverged is None else None) for loop in trainers}
+    diverged = {loop.name: loop.diverged for loop in trainers if loop.diverged is not None}
 
     results = []
     for family in families:
@@ -175,11 +182,14 @@ def main():
                 if name in median:
                     row[f"{who}_ms"] = median[name] * 1e3
                     row[f"{who}_vs_torch_optim"] = paired_ratio(times[name], times[plain])
+                elif name in diverged:
+                    row[f"{who}_diverged"] = diverged[name]
             ours_state, ours_peak = memory[f"{family}/ours/{height}"]
             row.update(torch_optim_state_MB=plain_state / 2 ** 20, ours_state_MB=ours_state / 2 ** 20,
                        ours_state_vs_torch_optim=ours_state / plain_state if plain_state else None)
             if plain_peak is not None:
-                row.update(torch_optim_peak_MB=plain_peak / 2 ** 20, ours_peak_MB=ours_peak / 2 ** 20)
+                row.update(torch_optim_peak_MB=plain_peak / 2 ** 20,
+                           ours_peak_MB=None if ours_peak is None else ours_peak / 2 ** 20)
             results.append(row)
     report = {
         "benchmark": f"per-step time of hyperoptimizer stacks, {DESCRIPTIONS[args.model]}, random inputs",

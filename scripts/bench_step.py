@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 import hyperopt
-from experiments.benchmark import Loop, interleaved_rounds, paired_ratio
+from experiments.benchmark import Loop, interleaved_rounds, paired_ratio, raise_if_diverged
 from hyperopt import hypergradient
 from experiments.provenance import provenance
 from experiments.reports import publish
@@ -103,6 +103,7 @@ def main():
             if foreach and device.type == "cpu":
                 loops.append(with_scalars_as_tensors(stepper(f"{spec}/tensors", args.model, make, device)))
     times = interleaved_rounds(loops, args.steps, args.rounds, warmup=3, device=device)
+    raise_if_diverged(loops)
     results = []
     for family, (_, _, stacks) in FAMILIES.items():
         plain = times[f"{family}/torch.optim"]

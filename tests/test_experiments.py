@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from experiments.benchmark import Loop, interleaved, interleaved_rounds
 from experiments.config import ConfigError, validate
 from experiments.optimizers import BASELINES, build_optimizer, set_mode
 from experiments.paper import TABLE_1
@@ -374,6 +375,47 @@ def test_sensitivity_runs_and_figure_3_is_drawn_from_records(tmp_path):
     for band in ("tab:green", "tab:purple", "tab:brown"):  # Prodigy, DAdaptSGD, DAdaptAdam, as bands
         assert share_in_colour(out / "figure3.png", band, alpha=0.25) > 0, band
     assert share_in_colour(out / "figure3.png", "firebrick") > 0  # the deviation note
+
+
+def test_a_loop_that_diverges_leaves_the_rounds_and_says_why():
+    """One configuration of a benchmark diverging (on the H200, an Adam stack on ResNet-20 at its 6th step) leaves
+    the others' times; interleaved() has a median for every loop or none, and says which diverged."""
+    steps = {"steady": 0, "diverging": 0}
+
+    def counting(name, fails_at=None):
+        def step(x, y):
+            steps[name] += 1
+            if steps[name] == fails_at:
+                raise FloatingPointError(f"nan at step {fails_at}")
+        return Loop(name, iter(lambda: (torch.zeros(1), torch.zeros(1)), None), step)
+
+    loops = [counting("steady"), counting("diverging", fails_at=4)]
+    times = interleaved_rounds(loops, steps=2, rounds=3, warmup=1, device=torch.device("cpu"))
+    assert list(times) == ["steady"] and len(times["steady"]) == 3 and steps == {"steady": 7, "diverging": 4}
+    assert loops[1].diverged == "nan at step 4" and loops[0].diverged is None
+    with pytest.raises(FloatingPointError, match="diverging: nan at step 5"):
+        interleaved([counting("diverging", fails_at=5)], steps=2, rounds=3, warmup=1, device=torch.device("cpu"))
+
+
+def test_bench_overhead_takes_family_names_as_they_are_written():
+    result = script("bench_overhead", "--model", "resnet20", "--families", "SGD(α, μ)", "Adam^α", check=False)
+    assert result.returncode == 2
+    assert "--families: Adam^α not timed with resnet20; its families: SGD(α, μ), Adam" in result.stderr
+
+
+def test_a_report_brought_back_alone_is_published_with_its_table(tmp_path):
+    report = {"benchmark": "a step", "method": "once", "machine": {"gpu": "NVIDIA H200"},
+              "versions": {"torch": "2.11.0"}, "git": {"commit": "1094d184b1ee"}, "command": ["scripts/bench_step.py"],
+              "results": [{"stack": "SGD/SGD", "ms": 1.5}]}
+    (tmp_path / "back.json").write_text(json.dumps(report))
+    script("publish_report", str(tmp_path / "back.json"), "--out", str(tmp_path / "results" / "step.json"))
+    assert json.loads((tmp_path / "results" / "step.json").read_text()) == report
+    markdown = (tmp_path / "results" / "step.md").read_text()
+    assert "Measured on NVIDIA H200, torch 2.11.0, commit 1094d184b1" in markdown and "| SGD/SGD | 1.5 |" in markdown
+    (tmp_path / "damaged.json").write_text('{"benchmark": ')
+    result = script("publish_report", str(tmp_path / "damaged.json"), "--out", str(tmp_path / "x.json"), check=False)
+    assert result.returncode == 1 and "damaged.json: not a benchmark's JSON report" in result.stderr
+    assert not (tmp_path / "x.json").exists()
 
 
 def test_schedule_free_evaluates_at_its_averaged_weights():
