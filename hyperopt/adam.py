@@ -13,27 +13,29 @@ import torch
 
 from .hyperoptimizer import Hyperoptimizer, Params, Value
 from .parameterisations import IDENTITY, UNIT_INTERVAL
-from .scalars import constant, divide
+from .scalars import constant, divide, nonzero
 
 
 BETAS = ("beta1", "beta2")
 
 
 def step_scalars(h, t):
-    # The bias corrections and their slopes, the weights 1 - β of the new gradient in m and v, and α / (1 - β1^t):
-    # once per group rather than per tensor. As tensors, both β at once: the same arithmetic in half the kernels.
+    # The bias corrections and their slopes, the weights 1 - β of the new gradient in m and v, β as the divisor of
+    # the hypergradient's terms, and α / (1 - β1^t): once per group rather than per tensor. As tensors, both β at
+    # once: the same arithmetic in half the kernels.
     pair = both(h["beta1"], h["beta2"], t) if isinstance(t, torch.Tensor) else None
     if pair is None:
         corrected = [corrections(h[beta], t) for beta in BETAS]
     else:
         corrected = zip(*(value.unbind() for value in corrections(pair, t)))
     if pair is not None and isinstance(h["beta1"], torch.Tensor):
-        weights = (1.0 - pair).unbind()
+        weights, divisors = (1.0 - pair).unbind(), nonzero(pair).unbind()
     else:
-        weights = [1.0 - h[beta] for beta in BETAS]
+        weights, divisors = [1.0 - h[beta] for beta in BETAS], [nonzero(h[beta]) for beta in BETAS]
     scalars = {}
-    for beta, (correction, slope), weight in zip(BETAS, corrected, weights):
-        scalars.update({f"{beta}_correction": correction, f"{beta}_slope": slope, f"{beta}_weight": weight})
+    for beta, (correction, slope), weight, divisor in zip(BETAS, corrected, weights, divisors):
+        scalars.update({f"{beta}_correction": correction, f"{beta}_slope": slope, f"{beta}_weight": weight,
+                        f"{beta}_divisor": divisor})
     scalars["step_size"] = divide(h["lr"], scalars["beta1_correction"])
     return scalars
 
@@ -80,7 +82,8 @@ def hypergradient_dots(h, learned, state, u, dot):
         sums.append(dot(g, w))
     if "beta2" in learned:
         q = w.mul_(m).div_(denominator.mul_(root))
-        sums += [dot(q, v), dot(q.mul_(g), g)]
+        # q·g² as q·(g g), not (q g)·g: where β2 is 0, v is g g to the bit and the two sums cancel exactly
+        sums += [dot(q, v), dot(q, torch.mul(g, g, out=root))]
     return sums
 
 
@@ -91,11 +94,12 @@ def hypergradient_terms(h, learned, sums):
     if "beta1" in learned:
         # ∂m̂/∂β1 = (m_old - g) / (1 - β1^t) + m̂ t β1^(t-1) / (1 - β1^t), and m_old - g = (m - g) / β1
         g_w = rest.pop(0)
-        terms["beta1"] = step_size * divide(m_w - g_w, h["beta1"]) + (h["lr"] * h["beta1_slope"]) * terms["lr"]
+        terms["beta1"] = step_size * divide(m_w - g_w, h["beta1_divisor"]) + (h["lr"] * h["beta1_slope"]) * terms["lr"]
     if "beta2" in learned:
         # ∂step/∂β2 = -step / ((√v̂ + ε) 2√v̂) · ∂v̂/∂β2, and v_old - g² = (v - g²) / β2
         q_v, q_gg = rest
-        terms["beta2"] = divide(step_size * -0.5, c2) * (divide(q_v - q_gg, h["beta2"]) + q_v * h["beta2_slope"])
+        terms["beta2"] = divide(step_size * -0.5, c2) * (divide(q_v - q_gg, h["beta2_divisor"])
+                                                          + q_v * h["beta2_slope"])
     return [terms[name] for name in learned]
 
 

@@ -50,11 +50,15 @@ def _unit_derivative(raw):
     return torch.addcmul(constant((0.5,), raw.dtype, raw.device), y, y, value=-0.5)
 
 
-# β ∈ (0, 1) is stored as atanh(2β - 1) and read back as (tanh(x) + 1) / 2. (A fixed β = 0, which torch.optim
-# accepts, is -inf stored and 0 read back.)
-UNIT_INTERVAL = Parameterisation(
-    lambda y: 0.5 * math.log((1.0 + (2.0 * y - 1.0)) / (1.0 - (2.0 * y - 1.0))) if y > 0.0 else -math.inf,
-    _unit_value, _unit_derivative)
+def _unit_raw(y):
+    # atanh(2y - 1) as the reference's rounding gives it: -inf where 2y - 1 is -1 (a fixed β = 0, which torch.optim
+    # accepts, or any β below about 1e-16), which reads back as 0
+    x = 2.0 * y - 1.0
+    return 0.5 * math.log((1.0 + x) / (1.0 - x)) if x > -1.0 else -math.inf
+
+
+# β ∈ (0, 1) is stored as atanh(2β - 1) and read back as (tanh(x) + 1) / 2.
+UNIT_INTERVAL = Parameterisation(_unit_raw, _unit_value, _unit_derivative)
 
 
 def to_value_columns(kinds: list[Parameterisation], raw: torch.Tensor) -> list[torch.Tensor]:

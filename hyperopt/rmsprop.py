@@ -13,7 +13,7 @@ import torch
 
 from .hyperoptimizer import Hyperoptimizer, Params, Value
 from .parameterisations import SQUARE, UNIT_INTERVAL
-from .scalars import divide
+from .scalars import divide, nonzero
 
 EPS = 1e-8
 
@@ -48,7 +48,7 @@ def hypergradient_dots(h, learned, state, u, dot):
 def hypergradient_terms(h, learned, sums):
     terms = {"lr": sums[0]}
     if "gamma" in learned:
-        terms["gamma"] = divide(-h["lr"], 2.0 * h["gamma"]) * sums[1]
+        terms["gamma"] = divide(-h["lr"] * sums[1], 2.0 * nonzero(h["gamma"]))  # (0 where γ is 0: s is g² there)
     return [terms[name] for name in learned]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 
 import torch
 
@@ -16,6 +17,20 @@ def divide(a, b):
     if a == 0.0 or math.isnan(a):
         return math.nan
     return math.copysign(math.inf, a) * math.copysign(1.0, b)
+
+
+def nonzero(beta):
+    """β as a divisor: β, or the smallest normal number of its dtype where β is 0.
+
+    A β stored as atanh(2β - 1) is exactly 0 once that is below about -9 in float32 (-19 in float64), and the
+    derivative of its parameterisation is exactly 0 there too: the reference's autograd gives the stored value a
+    hypergradient of 0. A term that recovers β's old average from the new one, (new - g) / β, would be 0 / 0 there
+    (the new average is then g to the bit); over this divisor it is 0, which the chain rule multiplies by that 0.
+    No other β is changed: the smallest normal number is far below half a unit in the last place of any β > 0 that
+    (tanh(x) + 1) / 2 can give."""
+    if isinstance(beta, torch.Tensor):
+        return beta.clamp_min(torch.finfo(beta.dtype).tiny)
+    return max(beta, sys.float_info.min)
 
 
 def constant(numbers: tuple, dtype: torch.dtype, device: torch.device | None = None) -> torch.Tensor:

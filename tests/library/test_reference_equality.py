@@ -60,6 +60,33 @@ def test_matches_reference_step_for_step(spec, batches):
         assert ours[2][-1][0] != ours[2][0][0]
 
 
+@pytest.mark.parametrize("foreach", [False, True], ids=["single tensor", "multi tensor"])
+@pytest.mark.parametrize("tensor_path", [False, True], ids=["numbers", "tensors"])
+@pytest.mark.parametrize("spec, steps", [("Adam(1e-3, 1e-300)/SGD(1e-5)", 10), ("Adam(1e-3, 0.9, 1e-300)/SGD(1e-5)", 3),
+                                         ("RMSProp(0.01, 1e-300)/SGD(1e-4)", 10)])
+def test_a_beta_at_0_is_learned_as_the_reference_learns_it(spec, steps, tensor_path, foreach, synthetic_batches,
+                                                           monkeypatch):
+    """A β (or γ) stored as atanh(2β - 1) that has reached 0 (below about -9 stored in float32, -19 in float64; the
+    first GPU run's Adam/SGD/SGD on ResNet-20 took β1 there within 5 steps), here from the start (-inf stored, as
+    the reference stores a β below 1e-16): the reference trains on, its β held at 0 by a hypergradient of 0 (the
+    parameterisation's derivative is 0 there). Ours once stopped with a NaN hypergradient: its terms recover the
+    old average as (new - g) / β, 0 / 0 at β = 0. (A linear model: none of its gradients is 0, which with β2 = 0
+    would put √v̂ at 0, where the reference's hypergradient is NaN as well. With β2 near 0 the update is about
+    α sign(g), and the difference from the reference grows a hundredfold a step, at β2 = 1e-6 as at 0: 3 steps.)"""
+    if tensor_path:
+        monkeypatch.setattr(hyperopt.hypergradient, "on_host", lambda weights: False)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10), torch.nn.LogSoftmax(-1)).double()
+    reference = run_reference(spec, model, synthetic_batches[:steps])
+    ours = run_ours(spec, model, synthetic_batches[:steps], foreach=foreach)
+    name = "gamma" if spec.startswith("RMSProp") else "beta1" if "0.9" not in spec else "beta2"
+    for step, (ref_w, ref_h, our_w, our_h) in enumerate(zip(*reference[1:], *ours[1:])):
+        assert_close(our_w, ref_w, f"weights at step {step}")
+        assert our_h[0][name] == ref_h[0][name] == 0.0
+        assert_close(our_h[0]["lr"], ref_h[0]["lr"], f"lr at step {step}")
+    assert ours[2][-1][0]["lr"] != ours[2][0][0]["lr"]
+
+
 def test_weight_decay_hypergradients_are_those_of_the_l2_regularised_loss(batches):
     """SGD(α, μ, λ)/SGD(κ) equals the reference code minimising loss + (λ/2)|w|², step for step."""
     decay, spec = 0.01, "SGD(0.1, 0.9)/SGD(1e-3)"
