@@ -107,7 +107,8 @@ class BatchedResNet(Batched):
             out = self._norm(self._conv(out, f"{name}.conv2", block.conv2), f"{name}.bn2", block.bn2)
             x = F.relu(out + self._shortcut(x, block))
         features = x.mean((2, 3)).view(batch, runs, -1).transpose(0, 1)  # (N, B, C)
-        return F.log_softmax(_linear(features, self.weight("fc.weight"), self.weight("fc.bias")).float(), dim=-1)
+        logits = _linear(features, self.weight("fc.weight"), self.weight("fc.bias"))
+        return F.log_softmax(logits, dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32))
 
 
 class BatchedCharRNN(Batched):

@@ -51,7 +51,8 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks(F.relu(self.bn(self.conv(x))))
-        return F.log_softmax(self.fc(x.mean((2, 3))).float(), dim=1)
+        logits = self.fc(x.mean((2, 3)))  # (log-probabilities in float32 at least, under bf16 too)
+        return F.log_softmax(logits, dim=1, dtype=torch.promote_types(logits.dtype, torch.float32))
 
 
 def resnet20(classes: int = 10) -> ResNet:

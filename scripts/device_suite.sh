@@ -55,7 +55,7 @@ else
     # one run and the machine's start (under a minute) is enough to run a failed part again.
     limits=(60 70 45 40 35 50 30 30 30 85)
     bench=()
-    overhead=(--heights 0,1,2 --rounds 11 --no-reference)
+    overhead=(--heights 0,1,2 --rounds 11 --no-reference --no-compiled)  # (compiled: bench_compile, below)
     step=()
     compiled=(--steps 10)
     rnn=(rnn.alpha=1e-4,2e-3,1e-2 seed=0,1,2)
