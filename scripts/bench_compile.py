@@ -4,9 +4,11 @@ CUDA graph too. Prints JSON (and writes it with --out).
 
 Method: every configuration steps on fixed gradients (one batch's). Inductor's caches are off (every configuration
 compiles from nothing); its compile time is the wall time of its first compiled step minus the median time of its
-later steps, during which a schedule changes the step size every step: the compiled step must not compile again.
-Its eager step is timed alike, on a fresh copy; on a GPU, so is the step under torch.compile(mode="reduce-overhead")
-(without the schedule), which replays it as a CUDA graph once recorded. Times are medians over the later steps.
+later steps. Then the compiled step and the eager one (of a fresh copy) take turns, a schedule changing the step
+size of each every step (the compiled step must not compile again): the times are medians over the turns, the
+ratio the median of each turn's (paired, so that the machine's drift cancels). On a GPU the step under
+torch.compile(mode="reduce-overhead"), which replays it as a CUDA graph once recorded, takes turns with an eager
+step likewise (without the schedule).
 """
 
 from __future__ import annotations
@@ -48,55 +50,62 @@ def prepared(name: str, device: torch.device):
     return optimizer
 
 
-def step_times(step, steps: int, device: torch.device, schedule=None) -> list[float]:
-    """The wall time of each of `steps` calls of `step` (the device synchronised around each)."""
-    times = []
-    for _ in range(steps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-        if schedule is not None:
-            schedule.step()
-    return times
+def step_time(step, device: torch.device, schedule=None) -> float:
+    """The wall time of one call of `step` (the device synchronised around it); then the schedule's step."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    if schedule is not None:
+        schedule.step()
+    return elapsed
+
+
+def in_turns(first, second, steps: int, device: torch.device) -> tuple[float, float, float]:
+    """The median times of two steps (each a function and its schedule or None) taking `steps` turns, and the
+    median ratio of the second's time to the first's."""
+    pairs = [(step_time(first[0], device, first[1]), step_time(second[0], device, second[1])) for _ in range(steps)]
+    ratio = statistics.median(b / a for a, b in pairs)
+    return statistics.median(a for a, _ in pairs), statistics.median(b for _, b in pairs), ratio
 
 
 def measure(name: str, steps: int, device: torch.device) -> dict:
-    optimizer = prepared(name, device)
-    eager = statistics.median(step_times(optimizer.step, steps, device,
-                                         torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.999))[1:])
-    optimizer = prepared(name, device)
-    ours = isinstance(optimizer, hyperopt.Hyperoptimizer)
+    eager, compiled = prepared(name, device), prepared(name, device)
+    ours = isinstance(compiled, hyperopt.Hyperoptimizer)
     if ours:
-        optimizer.compile = True  # (the flag compile=True sets: the first two steps eager, then compiled)
-        step = optimizer.step
+        compiled.compile = True  # (the flag compile=True sets: the first two steps eager, then compiled)
+        step = compiled.step
     else:
-        step = torch.compile(optimizer.step)
-    schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.999)
-    step_times(step, 2 if ours else 0, device, schedule)
+        step = torch.compile(compiled.step)
+    schedules = [torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.999) for optimizer in (eager, compiled)]
+    step_time(eager.step, device, schedules[0])  # (the state made)
+    for _ in range(2 if ours else 0):
+        step_time(step, device, schedules[1])
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-    times = step_times(step, steps, device, schedule)
-    later = statistics.median(times[1:])
-    result = {"configuration": name, "compile_s": times[0] - later, "compiled_step_ms": later * 1e3,
-              "eager_step_ms": eager * 1e3, "compiled_vs_eager": later / eager,
+    first = step_time(step, device, schedules[1])
+    eager_time, compiled_time, ratio = in_turns((eager.step, schedules[0]), (step, schedules[1]), steps, device)
+    result = {"configuration": name, "compile_s": first - compiled_time, "compiled_step_ms": compiled_time * 1e3,
+              "eager_step_ms": eager_time * 1e3, "compiled_vs_eager": ratio,
               "graphs_compiled": torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs}
     if device.type == "cuda":
         torch._dynamo.reset()
-        optimizer = prepared(name, device)
-        step_times(optimizer.step, 2 if ours else 0, device)  # (ours: the state made eagerly, as compile=True does)
-        # recorded after its warm-up calls, then replayed: the median is a replay's
-        captured = statistics.median(step_times(torch.compile(optimizer.step, mode="reduce-overhead"), steps,
-                                                device)[steps // 2:])
-        result.update(captured_step_ms=captured * 1e3, captured_vs_eager=captured / eager)
+        eager, captured = prepared(name, device), prepared(name, device)
+        step = torch.compile(captured.step, mode="reduce-overhead")
+        for _ in range(2 if ours else 0):  # (ours: the state made eagerly, as compile=True makes it)
+            captured.step()
+        for _ in range(5):  # compiled, warmed up, recorded
+            step_time(step, device)
+        eager_time, captured_time, ratio = in_turns((eager.step, None), (step, None), steps, device)
+        result.update(captured_step_ms=captured_time * 1e3, captured_vs_eager=ratio)
     return result
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=20, help="compiled steps, the first compiling")
+    parser.add_argument("--steps", type=int, default=20, help="turns of the compiled step and the eager one")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--configurations", nargs="+", default=list(CONFIGURATIONS), choices=list(CONFIGURATIONS))
     parser.add_argument("--out", type=Path)
@@ -108,11 +117,12 @@ def main():
         results.append(measure(name, args.steps, device))
     report = {"benchmark": "the whole step compiled, ResNet-20, gradients of a batch of 32",
               "method": "compile_s: the first compiled step's wall time less the median of the later ones, inductor's "
-                        "caches off; compiled_step_ms: that median; eager_step_ms: the same for the eager step; "
-                        "graphs_compiled: graphs dynamo compiled over "
-                        f"{args.steps} steps while an ExponentialLR schedule changed the step size every step; "
-                        "captured_step_ms (a GPU): the median of the second half of as many steps under "
-                        "torch.compile(mode='reduce-overhead'), replays of a CUDA graph",
+                        f"caches off; then {args.steps} turns of the compiled step and the eager one, an "
+                        "ExponentialLR schedule changing the step size every step: compiled_step_ms and "
+                        "eager_step_ms their medians, compiled_vs_eager the median of each turn's ratio, "
+                        "graphs_compiled the graphs dynamo compiled; captured_step_ms (a GPU): the same for the step "
+                        "under torch.compile(mode='reduce-overhead'), replays of a CUDA graph, against an eager step, "
+                        "without the schedule",
               **provenance(device), "results": results}
     publish(report, args.out, None)
 
