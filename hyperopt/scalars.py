@@ -26,8 +26,7 @@ def nonzero(beta):
     derivative of its parameterisation is exactly 0 there too: the reference's autograd gives the stored value a
     hypergradient of 0. A term that recovers β's old average from the new one, (new - g) / β, would be 0 / 0 there
     (the new average is then g to the bit); over this divisor it is 0, which the chain rule multiplies by that 0.
-    No other β is changed: the smallest normal number is far below half a unit in the last place of any β > 0 that
-    (tanh(x) + 1) / 2 can give."""
+    Any other β is itself: (tanh(x) + 1) / 2 is 0 or above 1e-17, far above the smallest normal number."""
     if isinstance(beta, torch.Tensor):
         return beta.clamp_min(torch.finfo(beta.dtype).tiny)
     return max(beta, sys.float_info.min)
