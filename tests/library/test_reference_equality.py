@@ -134,7 +134,7 @@ CLIPPINGS = {
 
 @pytest.mark.parametrize("clip", CLIPPINGS)
 @pytest.mark.parametrize("spec", ["SGD(0.5)/SGD(1e-2)", "SGD(0.1, 0.9)/SGD(1e-3)", "Adam/SGD(1e-5)",
-                                  "RMSProp/SGD(1e-4)/SGD(1e-4)"])
+                                  "RMSProp/SGD(1e-4)/SGD(1e-4)", "Adam(1e-3, 1e-300)/SGD(1e-5)"])
 def test_with_clipping_the_hypergradient_is_the_reference_codes(spec, clip, batches):
     """Clipping between backward() and step() changes the step taken, not the derivative of the loss: the
     hypergradient is from the gradient as backward made it (the reference gets it from the graph)."""
