@@ -4,11 +4,11 @@ CUDA graph too. Prints JSON (and writes it with --out).
 
 Method: every configuration steps on fixed gradients (one batch's). Inductor's caches are off (every configuration
 compiles from nothing); its compile time is the wall time of its first compiled step minus the median time of its
-later steps. Then the compiled step and the eager one (of a fresh copy) take turns, a schedule changing the step
-size of each every step (the compiled step must not compile again): the times are medians over the turns, the
-ratio the median of each turn's (paired, so that the machine's drift cancels). On a GPU the step under
-torch.compile(mode="reduce-overhead"), which replays it as a CUDA graph once recorded, takes turns with an eager
-step likewise (without the schedule).
+later steps. Then the compiled step and the eager one (of a fresh copy) take turns (experiments/benchmark.py, one
+untimed step each first), a schedule changing the step size of each every step (the compiled step must not compile
+again): the times are medians over the turns, the ratio the median of each turn's (paired, so that the machine's
+drift cancels). On a GPU the step under torch.compile(mode="reduce-overhead"), which replays it as a CUDA graph
+once recorded, takes turns with an eager step likewise (without the schedule).
 """
 
 from __future__ import annotations
@@ -18,14 +18,15 @@ import os
 os.environ.setdefault("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "1")
 
 import argparse  # noqa: E402
+import itertools  # noqa: E402
 import statistics  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import hyperopt  # noqa: E402
+from experiments.benchmark import Loop, interleaved_rounds, paired_ratio, raise_if_diverged  # noqa: E402
 from experiments.provenance import provenance  # noqa: E402
 from experiments.reports import publish  # noqa: E402
 from models import resnet20  # noqa: E402
@@ -50,26 +51,23 @@ def prepared(name: str, device: torch.device):
     return optimizer
 
 
-def step_time(step, device: torch.device, schedule=None) -> float:
-    """The wall time of one call of `step` (the device synchronised around it); then the schedule's step."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - start
-    if schedule is not None:
-        schedule.step()
-    return elapsed
+def stepping(name: str, step, schedule=None) -> Loop:
+    """A Loop of optimizer steps on the gradients already there, the schedule (if any) stepped after each."""
+    def one(x, y):
+        step()
+        if schedule is not None:
+            schedule.step()
+    nothing = torch.zeros(())
+    return Loop(name, itertools.repeat((nothing, nothing)), one)
 
 
-def in_turns(first, second, steps: int, device: torch.device) -> tuple[float, float, float]:
-    """The median times of two steps (each a function and its schedule or None) taking `steps` turns, and the
-    median ratio of the second's time to the first's."""
-    pairs = [(step_time(first[0], device, first[1]), step_time(second[0], device, second[1])) for _ in range(steps)]
-    ratio = statistics.median(b / a for a, b in pairs)
-    return statistics.median(a for a, _ in pairs), statistics.median(b for _, b in pairs), ratio
+def in_turns(first: Loop, second: Loop, steps: int, device: torch.device) -> tuple[float, float, float]:
+    """The median times of two loops' steps taking `steps` turns (after one more each), and the median ratio of
+    the second's time to the first's."""
+    times = interleaved_rounds([first, second], 1, steps, 1, device)
+    raise_if_diverged([first, second])
+    a, b = times[first.name], times[second.name]
+    return statistics.median(a), statistics.median(b), paired_ratio(b, a)
 
 
 def measure(name: str, steps: int, device: torch.device) -> dict:
@@ -80,25 +78,24 @@ def measure(name: str, steps: int, device: torch.device) -> dict:
         step = compiled.step
     else:
         step = torch.compile(compiled.step)
-    schedules = [torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.999) for optimizer in (eager, compiled)]
-    step_time(eager.step, device, schedules[0])  # (the state made)
-    for _ in range(2 if ours else 0):
-        step_time(step, device, schedules[1])
+    eager_loop = stepping("eager", eager.step, torch.optim.lr_scheduler.ExponentialLR(eager, gamma=0.999))
+    compiled_loop = stepping("compiled", step, torch.optim.lr_scheduler.ExponentialLR(compiled, gamma=0.999))
+    if ours:
+        compiled_loop.run(2, device)
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-    first = step_time(step, device, schedules[1])
-    eager_time, compiled_time, ratio = in_turns((eager.step, schedules[0]), (step, schedules[1]), steps, device)
+    first = compiled_loop.run(1, device)
+    eager_time, compiled_time, ratio = in_turns(eager_loop, compiled_loop, steps, device)
     result = {"configuration": name, "compile_s": first - compiled_time, "compiled_step_ms": compiled_time * 1e3,
               "eager_step_ms": eager_time * 1e3, "compiled_vs_eager": ratio,
               "graphs_compiled": torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs}
     if device.type == "cuda":
         torch._dynamo.reset()
         eager, captured = prepared(name, device), prepared(name, device)
-        step = torch.compile(captured.step, mode="reduce-overhead")
-        for _ in range(2 if ours else 0):  # (ours: the state made eagerly, as compile=True makes it)
-            captured.step()
-        for _ in range(5):  # compiled, warmed up, recorded
-            step_time(step, device)
-        eager_time, captured_time, ratio = in_turns((eager.step, None), (step, None), steps, device)
+        if ours:  # (the state made eagerly, as compile=True makes it)
+            stepping("state", captured.step).run(2, device)
+        captured_loop = stepping("captured", torch.compile(captured.step, mode="reduce-overhead"))
+        captured_loop.run(5, device)  # compiled, warmed up, recorded
+        eager_time, captured_time, ratio = in_turns(stepping("eager", eager.step), captured_loop, steps, device)
         result.update(captured_step_ms=captured_time * 1e3, captured_vs_eager=ratio)
     return result
 
