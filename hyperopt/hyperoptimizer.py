@@ -33,6 +33,7 @@ from .divergence import UNIT_RANGE, Divergence
 from .gradients import BackwardGradients, made_gradients, take_scale_off
 from .multi_tensor import FlatState
 from .parameterisations import IDENTITY, LOG, SQUARE, Parameterisation, to_value_columns
+from .scalars import on_device
 from .shards import groups_sharded, is_dtensor, made_by_zero
 
 
@@ -219,6 +220,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
         self.compile = compile
         self._compiled: dict[str, Callable] = {}
         self._eager_steps = 0  # taken before the step is compiled (step_stack)
+        self._settings_held: dict[tuple[int, int], tuple] = {}  # the compiled step's settings as tensors (_as_tensors)
         self.foreach = foreach
         self.maximize = bool(maximize)  # the weights' objective is maximized: every level steps along -gradient
         self._flat: dict[int, FlatState] = {}  # each param group's tensors as one, on the multi-tensor path
@@ -735,11 +737,11 @@ class Hyperoptimizer(torch.optim.Optimizer):
         kept = []
         for level in self.levels():
             level._used.clear()  # (the compiled step keeps no values for the next)
-            for group in level.param_groups:
+            for index, group in enumerate(level.param_groups):
                 made_here = {}
                 now = {name: group[name] for name in level.HYPERPARAMETERS}
-                for settings in (group, group["last_step"]):
-                    tensors = level._as_tensors(group, settings)
+                for last, settings in enumerate((group, group["last_step"])):
+                    tensors = level._as_tensors(group, settings, (index, last))
                     made_here.update({id(tensors[name]): settings[name] for name in tensors})
                     settings.update(tensors)
                 kept.append((group, now, made_here))
@@ -751,15 +753,27 @@ class Hyperoptimizer(torch.optim.Optimizer):
                 group["last_step"] = {name: made_here.get(id(value), value)
                                       for name, value in group["last_step"].items()}
 
-    def _as_tensors(self, group: dict, settings: dict) -> dict:
+    def _as_tensors(self, group: dict, settings: dict, key: tuple[int, int]) -> dict:
         """{name: a 0-dim float64 tensor} for each setting that is a non-zero number, at the top of a stack through
-        its parameterisation and back (as _fixed takes it)."""
+        its parameterisation and back (as _fixed takes it). The tensors are kept from step to step (`key`: the
+        group's index, and whether these are its settings now or at its last update), each refilled where its
+        number has changed: made anew each step, they would be copies from the host, each of which waits on a GPU
+        for every kernel queued before it."""
         fixed = self._fixed(group, settings, self.learned(group))
-        numbers = [name for name in self.HYPERPARAMETERS
-                   if isinstance(settings[name], float) and settings[name] != 0.0]
-        values = torch.tensor([fixed.get(name, settings[name]) for name in numbers], dtype=torch.float64,
-                              device=group["hyper_raw"].device)
-        return dict(zip(numbers, values.unbind()))
+        names = tuple(name for name in self.HYPERPARAMETERS
+                      if isinstance(settings[name], float) and settings[name] != 0.0)
+        numbers = tuple(fixed.get(name, settings[name]) for name in names)
+        device = group["hyper_raw"].device
+        held = self._settings_held.get(key)
+        if held is None or held[0] != names or held[2] != device:
+            tensors = on_device(numbers, torch.float64, device).unbind()
+        else:
+            tensors = held[3]
+            for tensor, before, number in zip(tensors, held[1], numbers):
+                if number != before:
+                    tensor.fill_(number)
+        self._settings_held[key] = (names, numbers, device, tensors)
+        return dict(zip(names, tensors))
 
     # ----------------------------------------------------------------- one step of the whole stack
     @torch.no_grad()
@@ -935,7 +949,8 @@ class Hyperoptimizer(torch.optim.Optimizer):
         # values used).
         # A process group does not pickle: the copy finds its shards again from its DTensor parameters, and refuses
         # to step where they were given by hand (process_group=).
-        return {**self.__dict__, "_compiled": {}, "_eager_steps": 0, "_flat": {}, "_used": {}, "_learning": {},
+        return {**self.__dict__, "_compiled": {}, "_eager_steps": 0, "_settings_held": {}, "_flat": {}, "_used": {},
+                "_learning": {},
                 "_levels": None, "backward": self.backward is not None and self.backward.copying,
                 "process_group": None if self.process_group is None else GIVEN_BY_HAND, "shard_group": None,
                 "sharded": []}

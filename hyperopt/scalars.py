@@ -1,5 +1,6 @@
 """Arithmetic on a step's scalars (hyperparameters, bias corrections, the hypergradient's terms) that reads the same
-for tensors and for Python numbers; a lone run on the CPU computes them in numbers (hyperopt/hypergradient.py)."""
+for tensors and for Python numbers (a lone run on the CPU computes them in numbers: hyperopt/hypergradient.py), and
+the making of fixed numbers into tensors on the device."""
 
 from __future__ import annotations
 
@@ -41,4 +42,14 @@ def constant(numbers: tuple, dtype: torch.dtype, device: torch.device | None = N
 
 @functools.lru_cache(maxsize=256)
 def _constant(numbers: tuple, dtype: torch.dtype, device: torch.device | None) -> torch.Tensor:
-    return torch.tensor(numbers, dtype=dtype, device=device)
+    return on_device(numbers, dtype, device)
+
+
+def on_device(numbers: tuple, dtype: torch.dtype, device: torch.device | None) -> torch.Tensor:
+    """Numbers as a tensor on the device without waiting for it: on a GPU, torch.tensor's copy from the host
+    waits for every kernel queued before it (it synchronises the stream); filling a tensor does not."""
+    if device is None or torch.device(device).type == "cpu":
+        return torch.tensor(numbers, dtype=dtype, device=device)
+    if not numbers:
+        return torch.empty(0, dtype=dtype, device=device)
+    return torch.stack([torch.full((), number, dtype=dtype, device=device) for number in numbers])

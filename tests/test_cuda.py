@@ -136,21 +136,29 @@ def test_channels_last_resnet_on_cuda_computes_what_it_computes_on_the_cpu():
     assert_relative_close(gpu_losses, cpu_losses, FLOAT32, "losses")
 
 
-def test_a_stack_of_runs_steps_without_synchronising_the_device():
-    models = [MLP() for _ in range(4)]
-    network = batch_models(models).cuda()
-    optimizer = hyperopt.stack(["Adam/SGD(1e-5)/SGD(1e-4)"] * 4, network.parameters())
-    x, y = torch.rand(4, 16, 784, device="cuda"), torch.randint(10, (4, 16), device="cuda")
-    for step in range(3):
-        loss = F.nll_loss(network(x).flatten(0, 1), y.flatten()) * 4
+@pytest.mark.parametrize("spec, runs, compile", [("Adam/SGD(1e-5)/SGD(1e-4)", 4, False),
+                                                  ("Adam^α/SGD(1e-5)/SGD(1e-4)", 4, False),
+                                                  ("Adam/SGD(1e-5)", None, True)])
+def test_a_step_that_reads_nothing_back_never_synchronises_the_device(spec, runs, compile):
+    """A stack of runs' eager step and the compiled step (compile=True) read nothing back, nor wait for the
+    device otherwise, while OneCycleLR cycles the step size and Adam's β1 (a fixed β1 too, with Adam^α) every
+    step: a tensor made of numbers (torch.tensor) would wait for every kernel queued before it."""
+    torch.manual_seed(0)
+    network = (MLP() if runs is None else batch_models([MLP() for _ in range(runs)])).cuda()
+    optimizer = hyperopt.stack(spec if runs is None else [spec] * runs, network.parameters(), compile=compile)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=10)
+    x, y = torch.rand(runs or 1, 16, 784, device="cuda"), torch.randint(10, (runs or 1, 16), device="cuda")
+    for step in range(6):
+        loss = F.nll_loss(network(x if runs else x[0]).reshape(-1, 10), y.flatten()) * (runs or 1)
         optimizer.zero_grad()
         loss.backward()
-        if step:  # the first step makes the state
+        if step >= (3 if compile else 1):  # the first step makes the state; compile=True compiles the third
             torch.cuda.set_sync_debug_mode("error")
         try:
             optimizer.step()
         finally:
             torch.cuda.set_sync_debug_mode("default")
+        schedule.step()
     assert optimizer.diverged() == []
 
 

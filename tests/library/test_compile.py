@@ -109,10 +109,14 @@ def test_a_compiled_step_keeps_the_hypergradient_of_the_gradient_before_clipping
 
 
 @pytest.mark.slow  # inductor compiles the step: ten seconds or so
-def test_compile_true_compiles_the_whole_step_once_whatever_the_schedules_set():
+def test_compile_true_compiles_the_whole_step_once_whatever_the_schedules_set(monkeypatch):
     """compile=True: the whole step under torch.compile from the third step, one graph for the run while schedules
     move a learned value's factor (the weights' level) and a fixed step size (the top) every step, and clipping
-    changes the gradients; the eager step's numbers (float64)."""
+    changes the gradients; the eager step's numbers (float64). Once compiled, a step makes no tensor of numbers
+    (torch.tensor): on a GPU that is a copy from the host, which waits for every kernel queued before it."""
+    made = []
+    tensor = torch.tensor
+    monkeypatch.setattr(torch, "tensor", lambda *args, **kwargs: made.append(args) or tensor(*args, **kwargs))
     runs = []
     for compile in (True, False):
         model, optimizer, gradient, batches = prepared("Adam/SGD(1e-5)", None, steps=0)
@@ -120,10 +124,13 @@ def test_compile_true_compiles_the_whole_step_once_whatever_the_schedules_set():
         schedules = [torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (step + 1)),
                      torch.optim.lr_scheduler.StepLR(optimizer.hyper, step_size=1, gamma=0.8)]
         graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-        for x, y in batches:
+        for number, (x, y) in enumerate(batches, 1):
             gradient(x, y)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+            made.clear()
             optimizer.step()
+            if compile and number > 3:  # (the third step is traced)
+                assert made == [], f"step {number}"
             for schedule in schedules:
                 schedule.step()
         runs.append((model, optimizer, torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs))
