@@ -32,7 +32,13 @@ def update(h, learned, g, state):
         state["m"], state["v"] = torch.zeros_like(g), torch.zeros_like(g)
     m, v = state["m"], state["v"]
     m.lerp_(g, h["beta1_weight"])
-    v.mul_(h["beta2"]).addcmul_(g, g, value=h["beta2_weight"])  # torch.optim.AdamW's order of operations
+    # torch.optim.AdamW's order of operations; value= takes a number, where a tensor would be read back to the
+    # host (on a GPU, a wait), so a tensor weight joins a factor instead: (w g) g, the same product to the bit
+    weight = h["beta2_weight"]
+    if isinstance(weight, torch.Tensor):
+        v.mul_(h["beta2"]).addcmul_(g * weight, g)
+    else:
+        v.mul_(h["beta2"]).addcmul_(g, g, value=weight)
     denominator = (v.sqrt() / h["beta2_correction_root"]).add_(h["eps"])
     return m / denominator, h["step_size"]
 
