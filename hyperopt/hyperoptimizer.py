@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+import operator
 from collections import OrderedDict
 from typing import Any, Callable, Iterable, NamedTuple, Sequence, Union
 
@@ -66,6 +67,17 @@ def _number_or_values(value):
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         return float(value)
     return value if isinstance(value, (dict, list, tuple, torch.Tensor)) else float(value)
+
+
+class HeldSettings(NamedTuple):
+    """A group's settings as the compiled step is handed them (Hyperoptimizer._as_tensors): the settings they were
+    made from, the device, a tensor for each non-zero number, the values those hold, and each tensor's setting by
+    the tensor's id (put back after the step)."""
+    given: tuple
+    device: torch.device
+    tensors: dict[str, torch.Tensor]
+    values: tuple[float, ...]
+    numbers: dict[int, float]
 
 
 class Learning(NamedTuple):
@@ -220,7 +232,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
         self.compile = compile
         self._compiled: dict[str, Callable] = {}
         self._eager_steps = 0  # taken before the step is compiled (step_stack)
-        self._settings_held: dict[tuple[int, int], tuple] = {}  # the compiled step's settings as tensors (_as_tensors)
+        self._settings_held: dict[tuple[int, int], HeldSettings] = {}  # the compiled step's settings (_as_tensors)
         self.foreach = foreach
         self.maximize = bool(maximize)  # the weights' objective is maximized: every level steps along -gradient
         self._flat: dict[int, FlatState] = {}  # each param group's tensors as one, on the multi-tensor path
@@ -738,42 +750,46 @@ class Hyperoptimizer(torch.optim.Optimizer):
         for level in self.levels():
             level._used.clear()  # (the compiled step keeps no values for the next)
             for index, group in enumerate(level.param_groups):
-                made_here = {}
-                now = {name: group[name] for name in level.HYPERPARAMETERS}
+                now = dict(zip(level.HYPERPARAMETERS, map(group.__getitem__, level.HYPERPARAMETERS)))
+                numbers = {}  # the setting each tensor stands for, by the tensor's id
                 for last, settings in enumerate((group, group["last_step"])):
-                    tensors = level._as_tensors(group, settings, (index, last))
-                    made_here.update({id(tensors[name]): settings[name] for name in tensors})
-                    settings.update(tensors)
-                kept.append((group, now, made_here))
+                    held = level._as_tensors(group, settings, (index, last))
+                    numbers.update(held.numbers)
+                    settings.update(held.tensors)
+                kept.append((group, now, numbers))
         try:
             self._compiled["step"](weights, made)
         finally:
-            for group, now, made_here in kept:
+            for group, now, numbers in kept:
                 group.update(now)
-                group["last_step"] = {name: made_here.get(id(value), value)
+                group["last_step"] = {name: numbers.get(id(value), value)
                                       for name, value in group["last_step"].items()}
 
-    def _as_tensors(self, group: dict, settings: dict, key: tuple[int, int]) -> dict:
-        """{name: a 0-dim float64 tensor} for each setting that is a non-zero number, at the top of a stack through
-        its parameterisation and back (as _fixed takes it). The tensors are kept from step to step (`key`: the
-        group's index, and whether these are its settings now or at its last update), each refilled where its
-        number has changed: made anew each step, they would be copies from the host, each of which waits on a GPU
-        for every kernel queued before it."""
-        fixed = self._fixed(group, settings, self.learned(group))
-        names = tuple(name for name in self.HYPERPARAMETERS
-                      if isinstance(settings[name], float) and settings[name] != 0.0)
-        numbers = tuple(fixed.get(name, settings[name]) for name in names)
+    def _as_tensors(self, group: dict, settings: dict, key: tuple[int, int]) -> HeldSettings:
+        """A 0-dim float64 tensor for each setting that is a non-zero number, at the top of a stack through its
+        parameterisation and back (as _fixed takes it). The tensors are kept from step to step (`key`: the group's
+        index, and whether these are its settings now or at its last update), each refilled where its number has
+        changed: made anew each step, they would be copies from the host, each of which waits on a GPU for every
+        kernel queued before it. Where every setting is the object it was, nothing is worked out again."""
+        given = tuple(map(settings.__getitem__, self.HYPERPARAMETERS))
         device = group["hyper_raw"].device
         held = self._settings_held.get(key)
-        if held is None or held[0] != names or held[2] != device:
-            tensors = on_device(numbers, torch.float64, device).unbind()
+        if held is not None and held.device == device and all(map(operator.is_, given, held.given)):
+            return held
+        fixed = self._fixed(group, settings, self.learned(group))
+        names = tuple(name for name, value in zip(self.HYPERPARAMETERS, given)
+                      if isinstance(value, float) and value != 0.0)
+        values = tuple(fixed.get(name, settings[name]) for name in names)
+        if held is None or held.device != device or tuple(held.tensors) != names:
+            tensors = dict(zip(names, on_device(values, torch.float64, device).unbind()))
         else:
-            tensors = held[3]
-            for tensor, before, number in zip(tensors, held[1], numbers):
-                if number != before:
-                    tensor.fill_(number)
-        self._settings_held[key] = (names, numbers, device, tensors)
-        return dict(zip(names, tensors))
+            tensors = held.tensors
+            for tensor, before, value in zip(tensors.values(), held.values, values):
+                if value != before:
+                    tensor.fill_(value)
+        held = self._settings_held[key] = HeldSettings(given, device, tensors, values, {
+            id(tensor): settings[name] for name, tensor in tensors.items()})
+        return held
 
     # ----------------------------------------------------------------- one step of the whole stack
     @torch.no_grad()
