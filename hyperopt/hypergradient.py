@@ -173,6 +173,8 @@ def group_tensors(level, group: dict, chosen: list[int], grads: list[torch.Tenso
     states can be made one."""
     tensors = picked(group["params"], chosen)
     params = list(map(local, tensors)) if level.dtensors else tensors  # (a DTensor's shard: element by element)
+    if flat is not None and flat.compiling and flat.held_before and len(tensors) == len(flat.params):
+        return Handed(params, [flat.buffers], [flat.copy("grads", grads, group["runs"])], flat, grads)
     states = list(map(level.state.__getitem__, tensors))
     if flat is not None:
         state = flat_state(flat, tensors, states, params, group["runs"])

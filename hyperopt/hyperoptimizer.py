@@ -757,9 +757,15 @@ class Hyperoptimizer(torch.optim.Optimizer):
                     numbers.update(held.numbers)
                     settings.update(held.tensors)
                 kept.append((group, now, numbers))
+        for index, group in enumerate(self.param_groups):
+            flat = self._flat.get(index)
+            if flat is not None:
+                flat.held_before = flat.holds(group["params"], list(map(self.state.__getitem__, group["params"])))
         try:
             self._compiled["step"](weights, made)
         finally:
+            for flat in self._flat.values():
+                flat.held_before = False
             for group, now, numbers in kept:
                 group.update(now)
                 group["last_step"] = {name: numbers.get(id(value), value)

@@ -150,3 +150,59 @@ def test_compile_true_compiles_the_whole_step_once_whatever_the_schedules_set():
         assert ours == pytest.approx(theirs, rel=1e-10)
     assert isinstance(compiled.param_groups[0]["lr"], float) and compiled.param_groups[0]["last_step"]["lr"] == \
         eager.param_groups[0]["last_step"]["lr"]
+
+
+@pytest.mark.slow  # inductor compiles the step, and again for each case below: tens of seconds
+def test_compile_true_takes_a_loaded_state_and_a_step_where_a_parameter_has_no_gradient():
+    """The compiled step reads no parameter's state where the flat buffers are found to be theirs just before the
+    call (so that torch.compile guards on none of their tensors). A load_state_dict replaces the states, and a step
+    where one parameter has no gradient steps the others alone: both take the eager numbers (float64)."""
+    runs = []
+    for compile in (True, False):
+        model, optimizer, gradient, batches = prepared("SGD(0.1, 0.9)/SGD(1e-3)", None, steps=0)
+        optimizer.compile = compile
+        for number, (x, y) in enumerate(batches, 1):
+            gradient(x, y)
+            if number == 7:
+                list(model.parameters())[-1].grad = None
+            optimizer.step()
+            if number == 2:
+                saved = copy.deepcopy(optimizer.state_dict())
+            if number == 4:  # (compiled from the third step)
+                optimizer.load_state_dict(saved)
+        runs.append((model, optimizer))
+    (compiled_model, compiled), (eager_model, eager) = runs
+    for (name, a), b in zip(compiled_model.named_parameters(), eager_model.parameters()):
+        assert_relative_close(a, b, 1e-10, name)
+    for ours, theirs in zip(compiled.hyperparameters(), eager.hyperparameters()):
+        assert ours == pytest.approx(theirs, rel=1e-10)
+    for p, q in zip(compiled_model.parameters(), eager_model.parameters()):  # the states a caller reads: the ones stepped
+        assert compiled.state[p].keys() == eager.state[q].keys()
+        for key, value in eager.state[q].items():
+            assert_relative_close(compiled.state[p][key], value, 1e-10, key)
+
+
+@pytest.mark.slow  # inductor compiles the step: ten seconds or so
+def test_compile_true_under_a_scaler_clipping_and_a_cycling_schedule_takes_the_eager_numbers():
+    """As a mixed-precision loop runs it: a GradScaler (which hands itself to step), the gradients unscaled and
+    clipped before the step, OneCycleLR moving the step size and β1 every step; compiled and eager, float64."""
+    runs = []
+    for compile in (True, False):
+        model, optimizer, _, batches = prepared("Adam/SGD(1e-5)", None, steps=0)
+        optimizer.compile = compile
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-3, total_steps=len(batches))
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+        for x, y in batches:
+            optimizer.zero_grad()
+            scaler.scale(F.nll_loss(model(x), y)).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+            scaler.step(optimizer)
+            scaler.update()
+            schedule.step()
+        runs.append((model, optimizer))
+    (compiled_model, compiled), (eager_model, eager) = runs
+    for (name, a), b in zip(compiled_model.named_parameters(), eager_model.parameters()):
+        assert_relative_close(a, b, 1e-10, name)
+    for ours, theirs in zip(compiled.hyperparameters(), eager.hyperparameters()):
+        assert ours == pytest.approx(theirs, rel=1e-10)
