@@ -80,7 +80,8 @@ class BackwardGradients:
             grad = p.grad
             if grad is None:
                 continue
-            self.seen[id(p)] = (grad, local(grad)._version)
+            # (a DTensor's version is its shard's; a tensor is its own shard, and asking costs a failed lookup)
+            self.seen[id(p)] = (grad, (local(grad) if self.blind else grad)._version)
             if self.copying or self.compiled:
                 copy, grad = self.copies.get(id(p)), local(grad)
                 if copy is None or copy.shape != grad.shape:
