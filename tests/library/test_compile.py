@@ -45,6 +45,14 @@ def graph_breaks(step) -> int:
     return torch._dynamo.explain(step)().graph_break_count
 
 
+def assert_trained_alike(compiled_model, compiled, eager_model, eager) -> None:
+    """The weights and every learned value of a compile=True stack and of its eager twin, to rounding (float64)."""
+    for (name, a), b in zip(compiled_model.named_parameters(), eager_model.parameters()):
+        assert_relative_close(a, b, 1e-10, name)
+    for ours, theirs in zip(compiled.hyperparameters(), eager.hyperparameters()):
+        assert ours == pytest.approx(theirs, rel=1e-10)
+
+
 CASES = [(spec, None) for spec in TABLE_1_STACKS + TALL] + [("Adam/SGD(1e-5)", RUNS), (TALL[0], RUNS)]
 
 
@@ -144,10 +152,7 @@ def test_compile_true_compiles_the_whole_step_once_whatever_the_schedules_set():
         runs.append((model, optimizer, torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs))
     (compiled_model, compiled, graphs), (eager_model, eager, _) = runs
     assert graphs == 1
-    for (name, a), b in zip(compiled_model.named_parameters(), eager_model.parameters()):
-        assert_relative_close(a, b, 1e-10, name)
-    for ours, theirs in zip(compiled.hyperparameters(), eager.hyperparameters()):
-        assert ours == pytest.approx(theirs, rel=1e-10)
+    assert_trained_alike(compiled_model, compiled, eager_model, eager)
     assert isinstance(compiled.param_groups[0]["lr"], float) and compiled.param_groups[0]["last_step"]["lr"] == \
         eager.param_groups[0]["last_step"]["lr"]
 
@@ -172,11 +177,8 @@ def test_compile_true_takes_a_loaded_state_and_a_step_where_a_parameter_has_no_g
                 optimizer.load_state_dict(saved)
         runs.append((model, optimizer))
     (compiled_model, compiled), (eager_model, eager) = runs
-    for (name, a), b in zip(compiled_model.named_parameters(), eager_model.parameters()):
-        assert_relative_close(a, b, 1e-10, name)
-    for ours, theirs in zip(compiled.hyperparameters(), eager.hyperparameters()):
-        assert ours == pytest.approx(theirs, rel=1e-10)
-    for p, q in zip(compiled_model.parameters(), eager_model.parameters()):  # the states a caller reads: the ones stepped
+    assert_trained_alike(compiled_model, compiled, eager_model, eager)
+    for p, q in zip(compiled_model.parameters(), eager_model.parameters()):  # the states a caller reads
         assert compiled.state[p].keys() == eager.state[q].keys()
         for key, value in eager.state[q].items():
             assert_relative_close(compiled.state[p][key], value, 1e-10, key)
@@ -202,7 +204,4 @@ def test_compile_true_under_a_scaler_clipping_and_a_cycling_schedule_takes_the_e
             schedule.step()
         runs.append((model, optimizer))
     (compiled_model, compiled), (eager_model, eager) = runs
-    for (name, a), b in zip(compiled_model.named_parameters(), eager_model.parameters()):
-        assert_relative_close(a, b, 1e-10, name)
-    for ours, theirs in zip(compiled.hyperparameters(), eager.hyperparameters()):
-        assert ours == pytest.approx(theirs, rel=1e-10)
+    assert_trained_alike(compiled_model, compiled, eager_model, eager)
