@@ -23,6 +23,7 @@ import copy
 import inspect
 import math
 import operator
+import types
 from collections import OrderedDict
 from typing import Any, Callable, Iterable, NamedTuple, Sequence, Union
 
@@ -59,6 +60,15 @@ NOT_HERE = {
 def _same(a, b) -> bool:
     # a value as a group holds it: a number, or a tensor (one per run), which is the same only as itself
     return a is b or not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor) and a == b
+
+
+def _own_copy(function: Callable) -> Callable:
+    """`function` with a code object of its own. Dynamo keeps what it compiles per code object, at most 8 graphs
+    (torch._dynamo.config.recompile_limit), and checks their guards one by one at each call: every compile=True stack
+    compiles a graph of its own, so the ninth in a process would run eagerly (dynamo only logs it), and every stack
+    would check the others' guards."""
+    return types.FunctionType(function.__code__.replace(), function.__globals__, function.__name__,
+                              function.__defaults__, function.__closure__)
 
 
 def _number_or_values(value):
@@ -739,7 +749,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
             self._eager_steps += 1
             return hypergradient.step_stack
         if "step" not in self._compiled:
-            self._compiled["step"] = torch.compile(hypergradient.step_stack)
+            self._compiled["step"] = torch.compile(_own_copy(hypergradient.step_stack))
         return self._compiled_step
 
     def _compiled_step(self, weights: Hyperoptimizer, made: list, loss: None = None) -> None:

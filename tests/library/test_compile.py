@@ -205,3 +205,23 @@ def test_compile_true_under_a_scaler_clipping_and_a_cycling_schedule_takes_the_e
         runs.append((model, optimizer))
     (compiled_model, compiled), (eager_model, eager) = runs
     assert_trained_alike(compiled_model, compiled, eager_model, eager)
+
+
+@pytest.mark.slow  # inductor compiles a step for each stack (its cache makes the later ones quick)
+def test_every_compile_true_stack_in_a_process_is_compiled_however_many_there_are():
+    """Dynamo keeps at most recompile_limit graphs (8) per code object, and every compile=True stack compiles its
+    own: each stack compiles a copy of the step, so the ninth in a process (the third here, under a limit of 2) is
+    compiled too, not run eagerly with a line in dynamo's log."""
+    with torch._dynamo.config.patch(recompile_limit=2):
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        twins = [prepared("SGD(0.1)/SGD(1e-3)", None, steps=0) for _ in range(4)]
+        for _, optimizer, _, _ in twins[1:]:
+            optimizer.compile = True
+        for x, y in twins[0][3]:
+            for _, optimizer, gradient, _ in twins:
+                gradient(x, y)
+                optimizer.step()
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs == 3
+    eager_model, eager = twins[0][:2]
+    for compiled_model, compiled, _, _ in twins[1:]:
+        assert_trained_alike(compiled_model, compiled, eager_model, eager)
