@@ -42,6 +42,7 @@ class Run:
     bucket_view: bool = False  # DDP's gradient_as_bucket_view
     no_sync: bool = False  # two micro-batches, DDP's all-reduce on the second only
     resume_at: int | None = None  # save every rank's state after this step, rebuild, load, go on
+    compile: bool = False  # compile=True on every rank (the oracle steps eagerly)
 
 
 def batches(world_size: int, run: Run):
@@ -117,7 +118,7 @@ def wrapped_training(rank: int, world_size: int, run: Run):
     model = MLP(hidden=run.hidden).double()
     if run.wrapper == "ddp":
         wrapped = DistributedDataParallel(model, gradient_as_bucket_view=run.bucket_view)
-        return model, wrapped, hyperopt.stack(run.spec, param_groups(wrapped, run.layout))
+        return model, wrapped, hyperopt.stack(run.spec, param_groups(wrapped, run.layout), compile=run.compile)
     if run.wrapper == "fsdp2":
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
@@ -125,7 +126,7 @@ def wrapped_training(rank: int, world_size: int, run: Run):
         mesh = init_device_mesh("cpu", shape, mesh_dim_names=("replicate", "shard")[-len(shape):])
         fully_shard(model.layer1, mesh=mesh)
         fully_shard(model, mesh=mesh)
-        return model, model, hyperopt.stack(run.spec, param_groups(model, run.layout))
+        return model, model, hyperopt.stack(run.spec, param_groups(model, run.layout), compile=run.compile)
     if run.wrapper == "fsdp1":
         wrapped = FullyShardedDataParallel(model, use_orig_params=True, device_id=torch.device("cpu"))
         return model, wrapped, hyperopt.stack(run.spec, wrapped.parameters(), process_group=wrapped.process_group)
@@ -298,3 +299,13 @@ def test_what_cannot_be_found_is_refused_with_what_to_do(how, says):
 
 def test_zero_learns_what_one_process_learns_with_the_stack_summed_over_its_group():
     check(Run("SGD(0.1, 0.9)/SGD(1e-3)", clip=0.05, wrapper="zero"))
+
+
+@pytest.mark.parametrize("run", [
+    Run("Adam/SGD(1e-5)", clip=0.05, compile=True),
+    Run("SGD(0.1, 0.9)/SGD(1e-3)", clip=0.05, wrapper="fsdp2", compile=True),
+], ids=["DDP", "FSDP2"])
+def test_compile_true_on_every_rank_learns_what_one_process_learns(run):
+    """The whole step compiled on each rank (from its third step), clipped: under FSDP2 the all-reduce of the
+    shards' sums is inside the compiled step."""
+    check(run)
