@@ -45,12 +45,14 @@ def graph_breaks(step) -> int:
     return torch._dynamo.explain(step)().graph_break_count
 
 
-def assert_trained_alike(compiled_model, compiled, eager_model, eager) -> None:
-    """The weights and every learned value of a compile=True stack and of its eager twin, to rounding (float64)."""
+def assert_trained_alike(compiled_model, compiled, eager_model, eager, runs: int | None = None) -> None:
+    """The weights and every learned value (of each run) of a compile=True stack and of its eager twin, to rounding
+    (float64)."""
     for (name, a), b in zip(compiled_model.named_parameters(), eager_model.parameters()):
         assert_relative_close(a, b, 1e-10, name)
-    for ours, theirs in zip(compiled.hyperparameters(), eager.hyperparameters()):
-        assert ours == pytest.approx(theirs, rel=1e-10)
+    for run in range(runs or 1):
+        for ours, theirs in zip(compiled.hyperparameters(run=run), eager.hyperparameters(run=run)):
+            assert ours == pytest.approx(theirs, rel=1e-10), f"run {run}"
 
 
 CASES = [(spec, None) for spec in TABLE_1_STACKS + TALL] + [("Adam/SGD(1e-5)", RUNS), (TALL[0], RUNS)]
@@ -225,3 +227,20 @@ def test_every_compile_true_stack_in_a_process_is_compiled_however_many_there_ar
     eager_model, eager = twins[0][:2]
     for compiled_model, compiled, _, _ in twins[1:]:
         assert_trained_alike(compiled_model, compiled, eager_model, eager)
+
+
+@pytest.mark.slow  # inductor compiles the step: ten seconds or so
+@pytest.mark.parametrize("spec", ["Adam/SGD(1e-5)", TALL[0]])
+def test_compile_true_steps_a_stack_of_runs_as_the_eager_step_does(spec):
+    """Runs stacked in one param group (runs=3): the compiled step takes each run's own values, as the eager step
+    does (float64)."""
+    runs = []
+    for compile in (True, False):
+        model, optimizer, gradient, batches = prepared(spec, RUNS, steps=0)
+        optimizer.compile = compile
+        for x, y in batches:
+            gradient(x, y)
+            optimizer.step()
+        runs.append((model, optimizer))
+    (compiled_model, compiled), (eager_model, eager) = runs
+    assert_trained_alike(compiled_model, compiled, eager_model, eager, RUNS)
