@@ -769,8 +769,9 @@ class Hyperoptimizer(torch.optim.Optimizer):
                 kept.append((group, now, numbers))
         for index, group in enumerate(self.param_groups):
             flat = self._flat.get(index)
-            if flat is not None:
-                flat.held_before = flat.holds(group["params"], list(map(self.state.__getitem__, group["params"])))
+            if flat is not None:  # (state.get: a parameter never stepped gets no state, as in torch.optim)
+                states = list(map(self.state.get, group["params"]))
+                flat.held_before = None not in states and flat.holds(group["params"], states)
         try:
             self._compiled["step"](weights, made)
         finally:

@@ -244,3 +244,18 @@ def test_compile_true_steps_a_stack_of_runs_as_the_eager_step_does(spec):
         runs.append((model, optimizer))
     (compiled_model, compiled), (eager_model, eager) = runs
     assert_trained_alike(compiled_model, compiled, eager_model, eager, RUNS)
+
+
+@pytest.mark.slow  # inductor compiles the step: ten seconds or so
+def test_compile_true_makes_no_state_for_a_parameter_that_never_had_a_gradient():
+    """As the eager step and torch.optim: a parameter never stepped has no entry in the state (nor in a saved one)."""
+    saved = []
+    for compile in (True, False):
+        model, optimizer, gradient, batches = prepared("Adam/SGD(1e-5)", None, steps=0)
+        optimizer.compile = compile
+        for x, y in batches[:4]:
+            gradient(x, y)
+            list(model.parameters())[-1].grad = None
+            optimizer.step()
+        saved.append(sorted(optimizer.state_dict()["state"]))
+    assert saved[0] == saved[1] == [0, 1, 2]
