@@ -983,8 +983,7 @@ class Hyperoptimizer(torch.optim.Optimizer):
         # A process group does not pickle: the copy finds its shards again from its DTensor parameters, and refuses
         # to step where they were given by hand (process_group=).
         return {**self.__dict__, "_compiled": {}, "_eager_steps": 0, "_settings_held": {}, "_flat": {}, "_used": {},
-                "_learning": {},
-                "_levels": None, "backward": self.backward is not None and self.backward.copying,
+                "_learning": {}, "_levels": None, "backward": self.backward is not None and self.backward.copying,
                 "process_group": None if self.process_group is None else GIVEN_BY_HAND, "shard_group": None,
                 "sharded": []}
 
