@@ -129,6 +129,8 @@ def hypergradient(level, group: dict, upstream: list[torch.Tensor | None], t, ho
         if not learning.as_themselves:  # (raw values read only where a derivative needs them)
             columns = [c if kind is IDENTITY else c * kind.derivative(x)
                        for c, kind, x in zip(columns, learning.kinds, raw.tolist()[0])]
+        if len(columns) == 1:  # (α alone, the usual case: torch.full is two operations where new_tensor is four)
+            return torch.full((1, 1), -columns[0], dtype=raw.dtype), handed
         return raw.new_tensor([[-c for c in columns]]), handed
     count = raw.shape[0]
     stacked = torch.stack([column.reshape(count) for column in columns], dim=-1)
@@ -369,10 +371,17 @@ def updates_top_down(weights, levels, step: Step, active: torch.Tensor | None) -
         if steps and count is None:
             state["step"] = torch.zeros((), dtype=group["hyper_raw"].dtype, device=group["hyper_raw"].device)
         moving.append(state["step"] if steps else None)
-    # (as torch.optim moves its counts: torch.compile before torch 2.14 dropped a plain add_ to a count, and the
-    # compiled step then took every later one at the wrong t)
-    torch._foreach_add_([count for count in moving if count is not None], 1.0)  # (one group at least steps)
-    ts = [count if count is None or not step.host else float(count) for count in moving]
+    if step.host:  # (each count is read as a number anyway; filling it in is one operation, adding 1 to it four)
+        ts = [None if count is None else float(count) + 1.0 for count in moving]
+        for count, t in zip(moving, ts):
+            if count is not None:
+                count.fill_(t)  # (which holds t exactly up to 2^24, float32's every integer)
+        ts = [t if t is None or t <= 2.0 ** 24 else float(count) for t, count in zip(ts, moving)]
+    else:
+        # (as torch.optim moves its counts: torch.compile before torch 2.14 dropped a plain add_ to a count, and the
+        # compiled step then took every later one at the wrong t)
+        torch._foreach_add_([count for count in moving if count is not None], 1.0)  # (one group at least steps)
+        ts = moving
     nones = [None] * len(step.flats)  # (a level above has no flat state; the top, no hypergradient)
     for k, (level, grads) in reversed(list(enumerate(zip(levels, step.grads)))):
         flats = step.flats if k == 0 else nones
