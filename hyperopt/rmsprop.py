@@ -2,7 +2,9 @@
 hypergradient terms.
 
 With w = g / √(s + ε) (s after the update): ∂step/∂α = w and ∂step/∂γ = -α / (2γ) · w (s - g²) / (s + ε), so the
-hypergradient needs the dot products w·u and (w (s - g²) / (s + ε))·u.
+hypergradient needs the dot products w·u and (w (s - g²) / (s + ε))·u. The update, which divides by √(s + ε) anyway,
+keeps w for the next hypergradient (as AdaGrad keeps its quotient), and (s - g²) / (s + ε) is s / (s + ε) - w²: no
+square root, and no gradient kept.
 """
 
 from __future__ import annotations
@@ -26,29 +28,44 @@ def update(h, learned, g, state):
     if "square_avg" not in state:
         state["square_avg"] = torch.zeros_like(g)
     square_average = state["square_avg"].mul_(h["gamma"]).add_(h["gamma_weight"] * (g * g))
+    root = (square_average + EPS).sqrt_()
+    if "grad_scaled" in state:
+        torch.div(g, root, out=state["grad_scaled"])
+    elif learned:
+        state["grad_scaled"] = g / root
     # α·g first, as the reference: its first steps are near α·sign(g) (s starts at 0), which amplifies the last
     # bit of (g / √s)·α against (α·g) / √s past 1e-9 of the weights within 30 steps on MNIST
-    return (h["lr"] * g).div_((square_average + EPS).sqrt_()), 1.0
+    return (h["lr"] * g).div_(root), 1.0
 
 
 def keep(h, learned, g, state):
-    return {"grad_prev": g}
+    return {}
 
 
 def hypergradient_dots(h, learned, state, u, dot):
-    g, square_average = state["grad_prev"], state["square_avg"]
-    shifted = square_average + EPS
-    w = g / shifted.sqrt()
+    w, square_average = state["grad_scaled"], state["square_avg"]
     sums = [dot(w, u)]
     if "gamma" in learned:
-        sums.append(dot((square_average - g * g).div_(shifted).mul_(w), u))
+        shifted = square_average + EPS
+        sums.append(dot(torch.div(square_average, shifted, out=shifted).addcmul_(w, w, value=-1.0).mul_(w), u))
     return sums
+
+
+def from_older(state):
+    """A state saved before the update kept g / √(s + ε): made from the gradient it kept."""
+    if "grad_prev" in state:
+        state["grad_scaled"] = state.pop("grad_prev") / torch.sqrt(state["square_avg"] + EPS)
 
 
 def hypergradient_terms(h, learned, sums):
     terms = {"lr": sums[0]}
     if "gamma" in learned:
-        terms["gamma"] = divide(-h["lr"] * sums[1], 2.0 * nonzero(h["gamma"]))  # (0 where γ is 0: s is g² there)
+        gamma = h["gamma"]
+        term = divide(-h["lr"] * sums[1], 2.0 * nonzero(gamma))
+        # 0 where γ is 0, as s is g² there: s / (s + ε) - w² is that 0 only to rounding, which 1 / nonzero(0) would
+        # magnify past any number
+        terms["gamma"] = torch.where(gamma == 0.0, 0.0, term) if isinstance(gamma, torch.Tensor) else (
+            term if gamma != 0.0 else 0.0)
     return [terms[name] for name in learned]
 
 
@@ -78,4 +95,5 @@ class RMSProp(Hyperoptimizer):
         """
         super().__init__(params, lr, gamma=gamma, **options)
     step_scalars, update, keep = staticmethod(step_scalars), staticmethod(update), staticmethod(keep)
+    from_older = staticmethod(from_older)
     hypergradient_dots, hypergradient_terms = staticmethod(hypergradient_dots), staticmethod(hypergradient_terms)

@@ -28,7 +28,10 @@ def autograd_hypergradient(level, group: dict, before, upstream: list[torch.Tens
         hs = operands(h, runs, group["params"], raw.dtype)
         taken = []
         for h_p, g, state, p in zip(hs, grads, states, params):
-            direction, scale = level.update(h_p, learned, g, {k: v.clone() for k, v in state.items()})
+            # (without the quotient AdaGrad and RMSProp keep for the next hypergradient: the update writes it, not
+            # reads it, and writes it with out=, which cannot hold jacfwd's dual numbers)
+            kept = {k: v.clone() for k, v in state.items() if k != "grad_scaled"}
+            direction, scale = level.update(h_p, learned, g, kept)
             decay = h_p["lr"] * h_p["weight_decay"] * p if level.DECOUPLED_DECAY else 0.0
             taken.append(direction * scale + decay)
         return taken

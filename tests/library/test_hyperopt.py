@@ -571,6 +571,23 @@ def test_a_fixed_beta_of_zero_is_accepted_as_torch_optim_accepts_it(spec, batche
     assert optimizer.hyperparameters()[0].get("beta1", optimizer.hyperparameters()[0].get("gamma")) == 0.0
 
 
+@pytest.mark.parametrize("as_tensors", [False, True])
+def test_rmsprops_gamma_term_is_zero_where_a_learned_gamma_has_rounded_to_zero(as_tensors):
+    """Where γ is 0, s is g² and γ's term (s - g²) / (s + ε) 0; its sum, made from s / (s + ε) - w², is that 0 only
+    to rounding, which the divisor nonzero(0) (the smallest normal number) would make some 1e300."""
+    from hyperopt import rmsprop
+    rounding = 1e-17
+    if as_tensors:  # (a stack of two runs: one γ at 0, one not)
+        h = {"lr": torch.tensor([0.01, 0.01], dtype=torch.float64),
+             "gamma": torch.tensor([0.0, 0.5], dtype=torch.float64)}
+        sums = [torch.ones(2, dtype=torch.float64), torch.full((2,), rounding, dtype=torch.float64)]
+        _, term = rmsprop.hypergradient_terms(h, ("lr", "gamma"), sums)
+        assert term.tolist() == [0.0, -0.01 * rounding / (2 * 0.5)]
+    else:
+        _, term = rmsprop.hypergradient_terms({"lr": 0.01, "gamma": 0.0}, ("lr", "gamma"), [1.0, rounding])
+        assert term == 0.0
+
+
 def test_a_step_size_learned_as_its_logarithm_changes_by_a_factor_and_stays_above_zero():
     """Two gradients that point opposite ways: the additive step size is pushed below 0 (gradient ascent), the
     one learned as log α shrinks by the factor exp(-κ·α·g₂·g₁) and stays above 0."""
