@@ -372,11 +372,13 @@ def updates_top_down(weights, levels, step: Step, active: torch.Tensor | None) -
             state["step"] = torch.zeros((), dtype=group["hyper_raw"].dtype, device=group["hyper_raw"].device)
         moving.append(state["step"] if steps else None)
     if step.host:  # (each count is read as a number anyway; filling it in is one operation, adding 1 to it four)
-        ts = [None if count is None else float(count) + 1.0 for count in moving]
-        for count, t in zip(moving, ts):
-            if count is not None:
-                count.fill_(t)  # (which holds t exactly up to 2^24, float32's every integer)
-        ts = [t if t is None or t <= 2.0 ** 24 else float(count) for t, count in zip(ts, moving)]
+        ts = []
+        for count in moving:
+            t = None if count is None else float(count) + 1.0
+            if t is not None:
+                count.fill_(t)  # (which holds t exactly up to 2^24, float32's every integer: above, read it back)
+                t = t if t <= 2.0 ** 24 else float(count)
+            ts.append(t)
     else:
         # (as torch.optim moves its counts: torch.compile before torch 2.14 dropped a plain add_ to a count, and the
         # compiled step then took every later one at the wrong t)
