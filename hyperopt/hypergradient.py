@@ -210,10 +210,10 @@ def update(level, group: dict, grads: list[torch.Tensor | None], active: torch.T
     for h_g, g, state in zip(hs, handed.grads, handed.states):
         if learned:
             for name, tensor in level.keep(h_g, learned, g, state).items():
-                if name in state:  # a caller's in-place zero_grad, or the update, must not change it
-                    state[name].copy_(tensor)
-                else:
+                if name not in state:
                     state[name] = tensor.clone()
+                elif handed.flat is None or not handed.flat.hand_over(state[name], tensor):
+                    state[name].copy_(tensor)  # (a caller's in-place zero_grad, or the update, must not change it)
         steps.append(level.update(h_g, learned, g, state))
     params = handed.params
     if level.DECOUPLED_DECAY:
