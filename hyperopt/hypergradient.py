@@ -277,12 +277,13 @@ def gradients(level, group: dict, grads: list[torch.Tensor | None]) -> list[torc
 
 class Step(NamedTuple):
     """What one step of a stack carries from phase to phase: for each param group of the weights (each level above
-    has one group per group below), whether it steps, its updates so far (None before the first), and its
-    multi-tensor state (None on the single-tensor path); for each level, each group's gradients, those the update
+    has one group per group below), whether it steps, its updates so far (None before the first; `ts`: as the
+    hypergradient takes them, on the host path numbers read once a step), and its multi-tensor state (None on the single-tensor path); for each level, each group's gradients, those the update
     uses (the weights' p.grad; a level above's hypergradient); and the weights' gradients as backward made them,
     which the hypergradient differentiates."""
     stepping: list[bool]
     counts: list[torch.Tensor | None]
+    ts: list[torch.Tensor | float | None]
     flats: list[FlatState | None]
     grads: list[list[list[torch.Tensor | None]]]
     made: list[list[torch.Tensor | None]]
@@ -337,7 +338,9 @@ def gathered(weights, made: list[list[torch.Tensor | None]]) -> Step | None:
             for group, group_now, group_made, taken in zip(weights.param_groups, now, made, grads)]
     flats = [weights.flat_state(index).begin() if weights.uses_foreach() else None
              for index in range(len(weights.param_groups))]
-    return Step(stepping, counts, flats, [grads], made, on_host(weights), [])
+    host = on_host(weights)
+    ts = [None if count is None else float(count) for count in counts] if host else counts
+    return Step(stepping, counts, ts, flats, [grads], made, host, [])
 
 
 def hypergradients_bottom_up(weights, levels, step: Step, first: torch.Tensor | None) -> tuple[Step, torch.Tensor]:
@@ -345,11 +348,10 @@ def hypergradients_bottom_up(weights, levels, step: Step, first: torch.Tensor | 
     the level above's gradients (``hyper_raw.grad``, as torch.optim would see them). Where the weights are shards
     held by several processes, what they decide together is summed over them in one all-reduce
     (`decide_together`)."""
-    ts = [None if count is None else float(count) if step.host else count for count in step.counts]
     upstream, flats = step.made, step.flats
     for k, level in enumerate(levels[:-1]):
         hypergradients, handed = zip(*[hypergradient(level, group, us, t, step.host, flat)
-                                       for group, us, t, flat in zip(level.param_groups, upstream, ts, flats)])
+                                       for group, us, t, flat in zip(level.param_groups, upstream, step.ts, flats)])
         step.handed.append(handed)
         if k == 0 and weights.shard_group is not None:
             stepping, first, hypergradients = decide_together(weights, step.stepping, first, hypergradients,
@@ -371,10 +373,10 @@ def updates_top_down(weights, levels, step: Step, active: torch.Tensor | None) -
         if steps and count is None:
             state["step"] = torch.zeros((), dtype=group["hyper_raw"].dtype, device=group["hyper_raw"].device)
         moving.append(state["step"] if steps else None)
-    if step.host:  # (each count is read as a number anyway; filling it in is one operation, adding 1 to it four)
+    if step.host:  # (each count was read as a number when the step began; filling in t is one operation, adding 1 four)
         ts = []
-        for count in moving:
-            t = None if count is None else float(count) + 1.0
+        for count, before in zip(moving, step.ts):
+            t = None if count is None else (0.0 if before is None else before) + 1.0
             if t is not None:
                 count.fill_(t)  # (which holds t exactly up to 2^24, float32's every integer: above, read it back)
                 t = t if t <= 2.0 ** 24 else float(count)

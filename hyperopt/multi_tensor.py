@@ -97,8 +97,8 @@ class FlatState:
     def hand_over(self, buffer: torch.Tensor, kept: torch.Tensor) -> bool:
         """Whether `kept`, which the state's `buffer` is to hold from now on, is the flat gradients, whose memory
         then becomes the buffer's at the end of the step (`release`), the buffer's own being freed: in place of a
-        copy, a pass over all the group's elements (a tenth of SGD/SGD's step on the MNIST MLP), the two memories
-        trade places, the parameters' views of the buffer going with it."""
+        copy (a pass over all the group's elements), the two memories trade places, the parameters' views of the
+        buffer going with it."""
         grads = self.copied.get("grads")
         if self.compiling or grads is None or grads[0] is not kept or buffer.untyped_storage().nbytes() != \
                 kept.untyped_storage().nbytes() or buffer.dtype != kept.dtype:
