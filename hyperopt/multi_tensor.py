@@ -54,8 +54,9 @@ class FlatState:
         self.held_before = False
 
     def begin(self) -> FlatState:
-        """At the start of a step: whether it is compiled."""
+        """At the start of a step: whether it is compiled; nothing handed over yet (by a step that stopped short)."""
         self.compiling = torch.compiler.is_compiling()
+        self.handed_to = None
         return self
 
     def holds(self, params: list, states: list[dict]) -> bool:
