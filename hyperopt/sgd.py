@@ -49,9 +49,10 @@ def hypergradient_dots(h, learned, state, u, dot):
         sums = [dot(state["grad_prev"], u), dot(state["buf"], u)]
     else:
         sums = [dot(state["buf"] if "buf" in state else state["grad_prev"], u)]
-    if "momentum" in learned:  # 0 after the first update, whose buffer had no past (a number where dot gives one)
-        zero = torch.zeros_like(sums[0]) if isinstance(sums[0], torch.Tensor) else 0.0
-        sums.append(dot(state["buf_prev"], u) if "buf_prev" in state else zero)
+    if "momentum" in learned and "buf_prev" in state:
+        sums.append(dot(state["buf_prev"], u))
+    elif "momentum" in learned:  # 0 after the first update, whose buffer had no past (a number where dot gives one)
+        sums.append(torch.zeros_like(sums[0]) if isinstance(sums[0], torch.Tensor) else 0.0)
     return sums
 
 
