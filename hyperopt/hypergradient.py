@@ -278,9 +278,10 @@ def gradients(level, group: dict, grads: list[torch.Tensor | None]) -> list[torc
 class Step(NamedTuple):
     """What one step of a stack carries from phase to phase: for each param group of the weights (each level above
     has one group per group below), whether it steps, its updates so far (None before the first; `ts`: as the
-    hypergradient takes them, on the host path numbers read once a step), and its multi-tensor state (None on the single-tensor path); for each level, each group's gradients, those the update
-    uses (the weights' p.grad; a level above's hypergradient); and the weights' gradients as backward made them,
-    which the hypergradient differentiates."""
+    hypergradient takes them, on the host path numbers read once a step), and its multi-tensor state (None on the
+    single-tensor path); for each level, each group's gradients, those the update uses (the weights' p.grad; a
+    level above's hypergradient); and the weights' gradients as backward made them, which the hypergradient
+    differentiates."""
     stepping: list[bool]
     counts: list[torch.Tensor | None]
     ts: list[torch.Tensor | float | None]
