@@ -109,8 +109,10 @@ def hypergradient(level, group: dict, upstream: list[torch.Tensor | None], t, ho
     sums = per_tensor[0] if len(per_tensor) == 1 else torch.stack(
         [total for totals in per_tensor for total in totals]).unflatten(0, (len(per_tensor), -1)).sum(0)
     if host:
-        totals = sums.tolist() if isinstance(sums, torch.Tensor) else [float(total) for total in sums]
-        terms = level.hypergradient_terms(h, learned, totals)  # (a lone run's sums are scalars)
+        # (a lone run's sums are scalars, read by tolist: float() would dispatch an operation for each)
+        totals = sums.tolist() if isinstance(sums, torch.Tensor) else [
+            total.tolist() if isinstance(total, torch.Tensor) else total for total in sums]
+        terms = level.hypergradient_terms(h, learned, totals)
     else:
         totals = list(sums)
         h = operands(h, runs, totals[:1], raw.dtype)[0]  # (as against a per-run sum)
@@ -146,7 +148,7 @@ def decoupled_decay_terms(h: dict, learned: tuple[str, ...], terms: list, params
         return terms
     now = functools.reduce(torch.add, (run_dot(p, u, runs) for p, u in zip(params, upstream)))
     own = dict(zip(learned, terms))
-    before = divide((float(now) if host else now) + alpha * own["lr"], 1.0 - alpha * decay)
+    before = divide((now.tolist() if host else now) + alpha * own["lr"], 1.0 - alpha * decay)
     own["lr"] = own["lr"] + decay * before
     if "weight_decay" in learned:
         own["weight_decay"] = alpha * before
@@ -340,7 +342,7 @@ def gathered(weights, made: list[list[torch.Tensor | None]]) -> Step | None:
     flats = [weights.flat_state(index).begin() if weights.uses_foreach() else None
              for index in range(len(weights.param_groups))]
     host = on_host(weights)
-    ts = [None if count is None else float(count) for count in counts] if host else counts
+    ts = [None if count is None else count.tolist() for count in counts] if host else counts  # (tolist: hypergradient)
     return Step(stepping, counts, ts, flats, [grads], made, host, [])
 
 
@@ -380,7 +382,7 @@ def updates_top_down(weights, levels, step: Step, active: torch.Tensor | None) -
             t = None if count is None else (0.0 if before is None else before) + 1.0
             if t is not None:
                 count.fill_(t)  # (which holds t exactly up to 2^24, float32's every integer: above, read it back)
-                t = t if t <= 2.0 ** 24 else float(count)
+                t = t if t <= 2.0 ** 24 else count.tolist()
             ts.append(t)
     else:
         # (as torch.optim moves its counts: torch.compile before torch 2.14 dropped a plain add_ to a count, and the
