@@ -335,8 +335,9 @@ def gathered(weights, made: list[list[torch.Tensor | None]]) -> Step | None:
     stepping = [any(g is not None for g in group_now) for group_now in now]
     if weights.shard_group is None and not any(stepping):
         return None
-    counts = [weights.state[group["params"][0]].get("step") for group in weights.param_groups]
     grads = [gradients(weights, group, group_now) for group, group_now in zip(weights.param_groups, now)]
+    # (state.get: a group that has not stepped gets no state, as in torch.optim)
+    counts = [weights.state.get(group["params"][0], {}).get("step") for group in weights.param_groups]
     made = [taken if all(map(operator.is_, group_now, group_made)) else gradients(weights, group, group_made)
             for group, group_now, group_made, taken in zip(weights.param_groups, now, made, grads)]
     flats = [weights.flat_state(index).begin() if weights.uses_foreach() else None
@@ -372,10 +373,10 @@ def updates_top_down(weights, levels, step: Step, active: torch.Tensor | None) -
     on, where runs are stacked and checked)."""
     moving = []  # each group's count, None where the group does not step
     for group, count, steps in zip(weights.param_groups, step.counts, step.stepping):
-        state = weights.state[group["params"][0]]
         if steps and count is None:
-            state["step"] = torch.zeros((), dtype=group["hyper_raw"].dtype, device=group["hyper_raw"].device)
-        moving.append(state["step"] if steps else None)
+            weights.state[group["params"][0]]["step"] = torch.zeros((), dtype=group["hyper_raw"].dtype,
+                                                                    device=group["hyper_raw"].device)
+        moving.append(weights.state[group["params"][0]]["step"] if steps else None)
     if step.host:  # (each count was read as a number when the step began; filling in t is one operation, adding 1 four)
         ts = []
         for count, before in zip(moving, step.ts):
