@@ -373,10 +373,13 @@ def updates_top_down(weights, levels, step: Step, active: torch.Tensor | None) -
     on, where runs are stacked and checked)."""
     moving = []  # each group's count, None where the group does not step
     for group, count, steps in zip(weights.param_groups, step.counts, step.stepping):
-        if steps and count is None:
-            weights.state[group["params"][0]]["step"] = torch.zeros((), dtype=group["hyper_raw"].dtype,
-                                                                    device=group["hyper_raw"].device)
-        moving.append(weights.state[group["params"][0]]["step"] if steps else None)
+        if not steps:  # (its state is not touched: a group that has not stepped gets none, as in torch.optim)
+            moving.append(None)
+            continue
+        state = weights.state[group["params"][0]]
+        if count is None:
+            state["step"] = torch.zeros((), dtype=group["hyper_raw"].dtype, device=group["hyper_raw"].device)
+        moving.append(state["step"])
     if step.host:  # (each count was read as a number when the step began; filling in t is one operation, adding 1 four)
         ts = []
         for count, before in zip(moving, step.ts):
