@@ -10,7 +10,7 @@ of Python's collector (its passes over them land in one count and not the other)
 (their spinning is counted), and Python's string hashes have a fixed seed (their collisions in dicts move a step's
 count by a tenth). Two processes then count the same step within a few hundred instructions. The share executed in
 the Python interpreter's own code (CPython's sources, where its build names them) is the step's bookkeeping in
-Python; the rest is torch (dispatch and the kernels' arithmetic) and the C library. `Floor` (scripts/bench_floor.py)
+Python; the rest is torch (dispatch and the kernels' arithmetic) and the C library. `SGDFloor` (scripts/bench_floor.py)
 is the least the SGD/SGD stack's arithmetic needs.
 
 With --whole, the whole training step instead (forward, backward and step, on a fixed batch), against the paper's
@@ -46,11 +46,11 @@ import hyperopt  # noqa: E402
 from experiments.provenance import provenance  # noqa: E402
 from experiments.reports import publish  # noqa: E402
 from models import MLP  # noqa: E402
-from scripts.bench_floor import Floor  # noqa: E402
+from scripts.bench_floor import SGDFloor  # noqa: E402
 
 CONFIGURATIONS = {
     "torch.optim.SGD(0.01)": lambda params: torch.optim.SGD(params, lr=0.01),
-    "floor SGD(0.01)/SGD(0.01)": Floor,
+    "floor SGD(0.01)/SGD(0.01)": SGDFloor,
     "SGD(0.01)": "SGD(0.01)",
     "SGD(0.01)/SGD(0.01)": "SGD(0.01)/SGD(0.01)",
     "SGD(0.01)/SGD(0.01)/SGD(0.01)/SGD(0.01)": "SGD(0.01)/SGD(0.01)/SGD(0.01)/SGD(0.01)",

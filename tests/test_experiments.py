@@ -468,34 +468,46 @@ def test_the_mnist_epoch_benchmark_times_the_harness_against_a_bare_loop(tmp_pat
     assert set(rows) == {"SGD(0.01)", "Adam/SGD(1e-5)", "SGD(0.01), whole epoch: harness vs bare torch loop"}
 
 
-def test_the_floor_benchmarks_hand_written_step_takes_the_stacks_steps():
-    """scripts/bench_floor.py times the stack against its arithmetic written out by hand: that is a fair floor only
-    if it computes the stack's numbers (the weights and the learned α after every step, float64)."""
+@pytest.mark.parametrize("spec", ["SGD(0.01)/SGD(0.01)", "Adam/SGD(1e-5)", "RMSProp/SGD(1e-4)"])
+def test_the_floor_benchmarks_hand_written_step_takes_the_stacks_steps(spec):
+    """scripts/bench_floor.py times each stack against its arithmetic written out by hand: that is a fair floor only
+    if it computes the stack's numbers (the weights and every learned value after every step, float64)."""
     import hyperopt
-    from scripts.bench_floor import SPEC, Floor
+    from scripts.bench_floor import STACKS, unit
 
     torch.manual_seed(0)
     ours_model = MLP().double()
     floor_model = MLP().double()
     floor_model.load_state_dict(ours_model.state_dict())
-    ours, floor = hyperopt.stack(SPEC, ours_model.parameters()), Floor(floor_model.parameters())
+    ours, floor = hyperopt.stack(spec, ours_model.parameters()), STACKS[spec][1](floor_model.parameters())
+    # the floor's raw values read back as the stack reads them: β and γ by (tanh + 1) / 2, RMSProp's α as (√α)²
+    read_back = {"SGD": lambda raw: {"lr": raw[0]},
+                 "Adam": lambda raw: {"lr": raw[0], "beta1": unit(raw[1])[0], "beta2": unit(raw[2])[0]},
+                 "RMSProp": lambda raw: {"lr": raw[0] ** 2, "gamma": unit(raw[1])[0]}}[spec.split("/")[0].split("(")[0]]
+    first = ours.hyperparameters()[0]
     for _ in range(6):
         x, y = torch.randn(32, 1, 28, 28, dtype=torch.float64), torch.randint(0, 10, (32,))
         for model, optimizer in ((ours_model, ours), (floor_model, floor)):
             optimizer.zero_grad()
             torch.nn.functional.nll_loss(model(x), y).backward()
             optimizer.step()
-        assert ours.hyperparameters()[0]["lr"] == pytest.approx(floor.alpha.item(), rel=1e-12)
+        learned = ours.hyperparameters()[0]
+        expected = read_back(floor.raw[0].tolist())
+        assert {name: learned[name] for name in expected} == pytest.approx(expected, rel=1e-12)
         for a, b in zip(ours_model.parameters(), floor_model.parameters()):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
-    assert ours.hyperparameters()[0]["lr"] != 0.01  # (α moved: the hypergradient was taken)
+    assert all(learned[name] != first[name] for name in expected)  # (each moved: the hypergradient was taken)
 
 
 @pytest.mark.slow
 def test_the_floor_benchmark_reports_each_configuration_against_torch_optim(tmp_path):
+    from scripts.bench_floor import STACKS
+
     script("bench_floor", "--steps", "1", "--rounds", "2", "--out", str(tmp_path / "floor.json"))
-    rows = {row["configuration"]: row for row in json.loads((tmp_path / "floor.json").read_text())["results"]}
-    assert set(rows) == {"torch.optim", "ours", "floor"} and rows["torch.optim"]["vs_torch_optim"] == 1.0
+    rows = {(row["stack"], row["configuration"]): row
+            for row in json.loads((tmp_path / "floor.json").read_text())["results"]}
+    assert set(rows) == {(spec, name) for spec in STACKS for name in ("torch.optim", "ours", "floor")}
+    assert all(rows[spec, "torch.optim"]["vs_torch_optim"] == 1.0 for spec in STACKS)
     assert all(row["ms"] > 0 and row["vs_torch_optim"] > 0 for row in rows.values())
     assert all("step_in_context_ms" in row for row in rows.values())
     assert (tmp_path / "floor.md").exists()
