@@ -16,28 +16,23 @@ from .parameterisations import IDENTITY, UNIT_INTERVAL
 from .scalars import constant, divide, nonzero
 
 
-BETAS = ("beta1", "beta2")
-
-
 def step_scalars(h, t):
     # The bias corrections and their slopes, the weights 1 - β of the new gradient in m and v, β as the divisor of
     # the hypergradient's terms, and α / (1 - β1^t): once per group rather than per tensor. As tensors, both β at
     # once: the same arithmetic in half the kernels.
-    pair = both(h["beta1"], h["beta2"], t) if isinstance(t, torch.Tensor) else None
+    beta1, beta2 = h["beta1"], h["beta2"]
+    pair = both(beta1, beta2, t) if isinstance(t, torch.Tensor) else None
     if pair is None:
-        corrected = [corrections(h[beta], t) for beta in BETAS]
+        (c1, slope1), (c2, slope2) = corrections(beta1, t), corrections(beta2, t)
     else:
-        corrected = zip(*(value.unbind() for value in corrections(pair, t)))
-    if pair is not None and isinstance(h["beta1"], torch.Tensor):
-        weights, divisors = (1.0 - pair).unbind(), nonzero(pair).unbind()
+        (c1, c2), (slope1, slope2) = (value.unbind() for value in corrections(pair, t))
+    if pair is not None and isinstance(beta1, torch.Tensor):
+        (weight1, weight2), (divisor1, divisor2) = (1.0 - pair).unbind(), nonzero(pair).unbind()
     else:
-        weights, divisors = [1.0 - h[beta] for beta in BETAS], [nonzero(h[beta]) for beta in BETAS]
-    scalars = {}
-    for beta, (correction, slope), weight, divisor in zip(BETAS, corrected, weights, divisors):
-        scalars.update({f"{beta}_correction": correction, f"{beta}_slope": slope, f"{beta}_weight": weight,
-                        f"{beta}_divisor": divisor})
-    scalars["step_size"] = divide(h["lr"], scalars["beta1_correction"])
-    return scalars
+        weight1, weight2, divisor1, divisor2 = 1.0 - beta1, 1.0 - beta2, nonzero(beta1), nonzero(beta2)
+    return {"beta1_correction": c1, "beta1_slope": slope1, "beta1_weight": weight1, "beta1_divisor": divisor1,
+            "beta2_correction": c2, "beta2_slope": slope2, "beta2_weight": weight2, "beta2_divisor": divisor2,
+            "step_size": divide(h["lr"], c1)}
 
 
 def corrections(beta, t):

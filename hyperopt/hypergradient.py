@@ -20,6 +20,7 @@ scalar arithmetic in Python numbers (`on_host`).
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import operator
 import warnings
@@ -92,7 +93,7 @@ def hypergradient(level, group: dict, upstream: list[torch.Tensor | None], t, ho
     linear in u: over shards (a DTensor's), this process's share, which the processes holding the others complete
     by a sum. With `flat` (the multi-tensor path), the group's tensors are handed over as one."""
     raw, runs = group["hyper_raw"], group["runs"]
-    chosen = [i for i, u in enumerate(upstream) if u is not None]
+    chosen = present(upstream)
     if group["without_grad"]:
         skipped = set(group["without_grad"])
         chosen = [i for i in chosen if i not in skipped]
@@ -155,6 +156,14 @@ def decoupled_decay_terms(h: dict, learned: tuple[str, ...], terms: list, params
     return [own[name] for name in learned]
 
 
+def present(tensors: list) -> range | list[int]:
+    """The indices of the tensors that are there (not None): all of them, as a range, in the common case, found in
+    a loop in C."""
+    if all(map(operator.is_not, tensors, itertools.repeat(None))):
+        return range(len(tensors))
+    return [i for i, tensor in enumerate(tensors) if tensor is not None]
+
+
 def picked(tensors: list, chosen: list[int]) -> list:
     """The tensors at the indices chosen (the list itself where that is all of them)."""
     return tensors if len(chosen) == len(tensors) else [tensors[i] for i in chosen]
@@ -197,7 +206,7 @@ def update(level, group: dict, grads: list[torch.Tensor | None], active: torch.T
     if handed is not None and len(handed.given) == len(grads) and all(map(operator.is_, handed.given, grads)):
         group["without_grad"] = []
     else:
-        chosen = [i for i, g in enumerate(grads) if g is not None]
+        chosen = present(grads)
         group["without_grad"] = [] if len(chosen) == len(grads) else [i for i, g in enumerate(grads) if g is None]
         if not chosen:
             return
@@ -332,7 +341,7 @@ def gathered(weights, made: list[list[torch.Tensor | None]]) -> Step | None:
     here once: the tensors one by one, or each group's as one (multi_tensor.py). None where no group steps (and
     no other process holds shards of one)."""
     now = [[p.grad for p in group["params"]] for group in weights.param_groups]
-    stepping = [any(g is not None for g in group_now) for group_now in now]
+    stepping = [any(map(operator.is_not, group_now, itertools.repeat(None))) for group_now in now]
     if weights.shard_group is None and not any(stepping):
         return None
     grads = [gradients(weights, group, group_now) for group, group_now in zip(weights.param_groups, now)]
@@ -512,7 +521,7 @@ def raise_if_not_finite(levels, hypergradients, count: torch.Tensor | None, host
     their values read as numbers, not summed on the device first)."""
     flat = [g[0] for groups in hypergradients for g in groups]
     if host:
-        total = sum(value for g in flat for row in g.tolist() for value in row)
+        total = sum(map(sum, itertools.chain.from_iterable(map(torch.Tensor.tolist, flat))))
     else:
         total = float(flat[0].sum() if len(flat) == 1 else torch.cat([g.reshape(-1) for g in flat]).sum())
     if math.isfinite(total):  # NaN and ±inf survive a sum (a finite sum that overflows is looked into)

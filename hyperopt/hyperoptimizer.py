@@ -668,9 +668,9 @@ class Hyperoptimizer(torch.optim.Optimizer):
 
     def values_for_update(self, group: dict, t, host: bool) -> dict:
         """`values` for the group's update at step t, kept, with the schedule's moves, for its next hypergradient
-        (`values_used`)."""
+        (`values_used`), where a level above takes one."""
         values, moved = self._values(group, t, None, host, False)
-        if host or self._keeps_values(group):
+        if self.hyper is not None and (host or self._keeps_values(group)):
             self._used[id(group)] = (group, group["hyper_raw"]._version, host, values, moved)
         return values
 

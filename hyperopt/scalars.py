@@ -13,8 +13,10 @@ import torch
 
 def divide(a, b):
     """a / b, with a tensor's answer where b is 0 (±inf, or NaN for 0 / 0) rather than Python's ZeroDivisionError."""
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor) or b != 0.0:
+    try:  # (only numbers raise: a tensor's division by 0 gives the tensor's answer; a try costs nothing unless raised)
         return a / b
+    except ZeroDivisionError:
+        pass
     if a == 0.0 or math.isnan(a):
         return math.nan
     return math.copysign(math.inf, a) * math.copysign(1.0, b)

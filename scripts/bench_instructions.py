@@ -10,8 +10,8 @@ of Python's collector (its passes over them land in one count and not the other)
 (their spinning is counted), and Python's string hashes have a fixed seed (their collisions in dicts move a step's
 count by a tenth). Two processes then count the same step within a few hundred instructions. The share executed in
 the Python interpreter's own code (CPython's sources, where its build names them) is the step's bookkeeping in
-Python; the rest is torch (dispatch and the kernels' arithmetic) and the C library. `SGDFloor` (scripts/bench_floor.py)
-is the least the SGD/SGD stack's arithmetic needs.
+Python; the rest is torch (dispatch and the kernels' arithmetic) and the C library. Each floor (scripts/bench_floor.py)
+is the least its stack's arithmetic needs.
 
 With --whole, the whole training step instead (forward, backward and step, on a fixed batch), against the paper's
 reference code's, whose hypergradient is built in the backward (create_graph=True), so that only whole steps
@@ -46,17 +46,21 @@ import hyperopt  # noqa: E402
 from experiments.provenance import provenance  # noqa: E402
 from experiments.reports import publish  # noqa: E402
 from models import MLP  # noqa: E402
-from scripts.bench_floor import SGDFloor  # noqa: E402
+from scripts.bench_floor import STACKS  # noqa: E402
 
 CONFIGURATIONS = {
-    "torch.optim.SGD(0.01)": lambda params: torch.optim.SGD(params, lr=0.01),
-    "floor SGD(0.01)/SGD(0.01)": SGDFloor,
+    "torch.optim.SGD(0.01)": STACKS["SGD(0.01)/SGD(0.01)"][0],
+    "floor SGD(0.01)/SGD(0.01)": STACKS["SGD(0.01)/SGD(0.01)"][1],
     "SGD(0.01)": "SGD(0.01)",
     "SGD(0.01)/SGD(0.01)": "SGD(0.01)/SGD(0.01)",
     "SGD(0.01)/SGD(0.01)/SGD(0.01)/SGD(0.01)": "SGD(0.01)/SGD(0.01)/SGD(0.01)/SGD(0.01)",
     "AdaGrad/SGD(0.01)": "AdaGrad/SGD(0.01)",
-    "torch.optim.Adam": lambda params: torch.optim.Adam(params),
+    "torch.optim.Adam": STACKS["Adam/SGD(1e-5)"][0],
+    "floor Adam/SGD(1e-5)": STACKS["Adam/SGD(1e-5)"][1],
     "Adam/SGD(1e-5)": "Adam/SGD(1e-5)",
+    "torch.optim.RMSprop": STACKS["RMSProp/SGD(1e-4)"][0],
+    "floor RMSProp/SGD(1e-4)": STACKS["RMSProp/SGD(1e-4)"][1],
+    "RMSProp/SGD(1e-4)": "RMSProp/SGD(1e-4)",
 }
 # The whole step's: a stack in the paper's notation, ("reference", a stack) for the reference code's, a torch.optim
 # optimizer's maker, or None for the forward and backward alone

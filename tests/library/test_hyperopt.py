@@ -588,6 +588,18 @@ def test_rmsprops_gamma_term_is_zero_where_a_learned_gamma_has_rounded_to_zero(a
         assert term == 0.0
 
 
+def test_a_division_by_zero_in_numbers_gives_what_a_tensor_gives():
+    """The host path divides Python numbers where the tensor path divides tensors: by 0 they must agree (±inf, NaN
+    for 0 / 0 and NaN / 0), not raise ZeroDivisionError."""
+    from hyperopt.scalars import divide
+    for a in (2.0, -2.0, 0.0, math.nan, math.inf):
+        for b in (0.0, -0.0, 4.0):
+            expected = (torch.tensor(a, dtype=torch.float64) / torch.tensor(b, dtype=torch.float64)).item()
+            assert divide(a, b) == pytest.approx(expected, nan_ok=True)
+            assert math.copysign(1.0, divide(a, b)) == math.copysign(1.0, expected) or math.isnan(expected)
+            assert torch.equal(divide(torch.tensor(a), b), torch.tensor(a) / b) or math.isnan(expected)
+
+
 def test_a_step_size_learned_as_its_logarithm_changes_by_a_factor_and_stays_above_zero():
     """Two gradients that point opposite ways: the additive step size is pushed below 0 (gradient ascent), the
     one learned as log α shrinks by the factor exp(-κ·α·g₂·g₁) and stays above 0."""
