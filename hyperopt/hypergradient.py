@@ -93,7 +93,7 @@ def hypergradient(level, group: dict, upstream: list[torch.Tensor | None], t, ho
     linear in u: over shards (a DTensor's), this process's share, which the processes holding the others complete
     by a sum. With `flat` (the multi-tensor path), the group's tensors are handed over as one."""
     raw, runs = group["hyper_raw"], group["runs"]
-    chosen = present(upstream)
+    chosen = [i for i, u in enumerate(upstream) if u is not None]
     if group["without_grad"]:
         skipped = set(group["without_grad"])
         chosen = [i for i in chosen if i not in skipped]
@@ -156,14 +156,6 @@ def decoupled_decay_terms(h: dict, learned: tuple[str, ...], terms: list, params
     return [own[name] for name in learned]
 
 
-def present(tensors: list) -> range | list[int]:
-    """The indices of the tensors that are there (not None): all of them, as a range, in the common case, found in
-    a loop in C."""
-    if all(map(operator.is_not, tensors, itertools.repeat(None))):
-        return range(len(tensors))
-    return [i for i, tensor in enumerate(tensors) if tensor is not None]
-
-
 def picked(tensors: list, chosen: list[int]) -> list:
     """The tensors at the indices chosen (the list itself where that is all of them)."""
     return tensors if len(chosen) == len(tensors) else [tensors[i] for i in chosen]
@@ -206,7 +198,7 @@ def update(level, group: dict, grads: list[torch.Tensor | None], active: torch.T
     if handed is not None and len(handed.given) == len(grads) and all(map(operator.is_, handed.given, grads)):
         group["without_grad"] = []
     else:
-        chosen = present(grads)
+        chosen = [i for i, g in enumerate(grads) if g is not None]
         group["without_grad"] = [] if len(chosen) == len(grads) else [i for i, g in enumerate(grads) if g is None]
         if not chosen:
             return
@@ -341,7 +333,7 @@ def gathered(weights, made: list[list[torch.Tensor | None]]) -> Step | None:
     here once: the tensors one by one, or each group's as one (multi_tensor.py). None where no group steps (and
     no other process holds shards of one)."""
     now = [[p.grad for p in group["params"]] for group in weights.param_groups]
-    stepping = [any(map(operator.is_not, group_now, itertools.repeat(None))) for group_now in now]
+    stepping = [any(g is not None for g in group_now) for group_now in now]
     if weights.shard_group is None and not any(stepping):
         return None
     grads = [gradients(weights, group, group_now) for group, group_now in zip(weights.param_groups, now)]
@@ -385,10 +377,10 @@ def updates_top_down(weights, levels, step: Step, active: torch.Tensor | None) -
         if not steps:  # (its state is not touched: a group that has not stepped gets none, as in torch.optim)
             moving.append(None)
             continue
-        state = weights.state[group["params"][0]]
-        if count is None:
-            state["step"] = torch.zeros((), dtype=group["hyper_raw"].dtype, device=group["hyper_raw"].device)
-        moving.append(state["step"])
+        if count is None:  # (else the count is the tensor its state holds, moved in place)
+            count = weights.state[group["params"][0]]["step"] = torch.zeros(
+                (), dtype=group["hyper_raw"].dtype, device=group["hyper_raw"].device)
+        moving.append(count)
     if step.host:  # (each count was read as a number when the step began; filling in t is one operation, adding 1 four)
         ts = []
         for count, before in zip(moving, step.ts):

@@ -49,7 +49,7 @@ class HandWritten(torch.optim.Optimizer):
         self.flat_params = [p.view(-1) for p in self.params]
         self.grads = torch.zeros(sum(self.sizes), dtype=self.params[0].dtype)
         self.last = torch.zeros_like(self.grads)
-        self.views = self.views_of(self.grads)
+        self.views, self.last_views = self.views_of(self.grads), self.views_of(self.last)
         self.raw = torch.tensor([raw], dtype=torch.float64)
         self.hyper_lr = hyper_lr
         self.updates = 0
@@ -63,7 +63,7 @@ class HandWritten(torch.optim.Optimizer):
 
     def keep_gradients(self) -> None:
         self.grads, self.last = self.last, self.grads
-        self.views = self.views_of(self.grads)
+        self.views, self.last_views = self.last_views, self.views
 
     def learn(self, hypergradient: list[float]) -> None:
         """The level above's step on the raw values, by ∂L/∂(raw values)."""
