@@ -148,11 +148,11 @@ class RMSPropFloor(HandWritten):
     def __init__(self, params, lr: float = 0.01, gamma: float = 0.99, hyper_lr: float = 1e-4):
         super().__init__(params, [math.sqrt(lr), math.atanh(2 * gamma - 1)], hyper_lr)
         self.square_average = torch.zeros_like(self.grads)
-        self.scaled = torch.zeros_like(self.grads)
 
     @torch.no_grad()
     def step(self, closure=None):
-        u, s, w = self.gradients(), self.square_average, self.scaled
+        # (w is kept where the other floors keep the last gradient, which RMSProp's hypergradient does not need)
+        u, s, w = self.gradients(), self.square_average, self.last
         root_lr, raw_gamma = self.raw.tolist()[0]
         gamma, slope = unit(raw_gamma)
         if self.updates:  # the hypergradient of the last update, whose values the raw values still give
